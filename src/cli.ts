@@ -1,0 +1,133 @@
+import { readFileSync } from 'node:fs';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import pLimit from 'p-limit';
+import { ConfigError, loadConfig } from './config/load.js';
+import { probeTarget, resolveBackends } from './config/resolve.js';
+import type { Config } from './config/schema.js';
+import { runDaemon } from './run.js';
+import { runCheck } from './probes/run.js';
+
+export const EXIT = { ok: 0, down: 2, usage: 64, config: 78 } as const;
+export const DEFAULT_CONFIG = '/etc/nf-healthd/config.yaml';
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+const HELP = `nf-healthd: health checks that steer kernel (netfilter) load balancing
+
+Usage:
+  nf-healthd run    [-c FILE]          run the daemon
+  nf-healthd check  [-c FILE]          validate the config (exit 0, or 78 with the errors)
+  nf-healthd probe  [-c FILE] [--json] check every backend once, write nothing
+                                       (exit 0 all up, 2 some down, 78 bad config)
+
+Options:
+  -c, --config FILE   config file (default ${DEFAULT_CONFIG})
+      --json          machine-readable output
+  -h, --help          this text
+  -V, --version       the version
+`;
+
+const OPTIONS = {
+  config: { type: 'string', short: 'c', default: DEFAULT_CONFIG },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+  version: { type: 'boolean', short: 'V', default: false },
+} satisfies ParseArgsConfig['options'];
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
+
+function usage(io: Io, message: string): number {
+  io.err(`nf-healthd: ${message}. Try 'nf-healthd --help'.\n`);
+  return EXIT.usage;
+}
+
+/** Loads the config or prints every problem; undefined on error. */
+function load(io: Io, file: string): Config | undefined {
+  try {
+    return loadConfig(file);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    io.err(`${err.message}\n`);
+    return undefined;
+  }
+}
+
+export async function main(argv: string[], io: Io = stdio): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (err) {
+    return usage(io, (err as Error).message.split('. ')[0]!.replace(/\.$/, ''));
+  }
+  const { values, positionals } = parsed;
+  if (values.version) {
+    io.out(`${version()}\n`);
+    return EXIT.ok;
+  }
+  if (values.help) {
+    io.out(HELP);
+    return EXIT.ok;
+  }
+  const [command, ...rest] = positionals;
+  if (command === undefined) return usage(io, 'a command is needed (run, check, probe)');
+  if (rest.length > 0) return usage(io, `unexpected argument '${rest[0]}'`);
+  switch (command) {
+    case 'check': {
+      const config = load(io, values.config);
+      if (!config) return EXIT.config;
+      const n = config.services.reduce((sum, s) => sum + s.backends.length, 0);
+      io.out(`${values.config}: OK (${config.services.length} services, ${n} backends)\n`);
+      return EXIT.ok;
+    }
+    case 'probe': {
+      const config = load(io, values.config);
+      if (!config) return EXIT.config;
+      return probeAll(io, config, values.json);
+    }
+    case 'run': {
+      const config = load(io, values.config);
+      if (!config) return EXIT.config;
+      return runDaemon(values.config, config);
+    }
+    default:
+      return usage(io, `unknown command '${command}'`);
+  }
+}
+
+async function probeAll(io: Io, config: Config, json: boolean): Promise<number> {
+  const limit = pLimit(config.concurrency);
+  const specs = resolveBackends(config);
+  const rows = await Promise.all(
+    specs.map(async (spec) => {
+      const result = await limit(() => runCheck(spec.check, probeTarget(spec), spec.timeout));
+      return { service: spec.service, backend: spec.name, address: spec.address, port: spec.port, type: spec.check.type, ...result };
+    }),
+  );
+  if (json) {
+    io.out(`${JSON.stringify(rows, null, 2)}\n`);
+  } else {
+    const table = [
+      ['SERVICE', 'BACKEND', 'ADDRESS', 'TYPE', 'RESULT', 'LATENCY', 'DETAIL'],
+      ...rows.map((r) => [
+        r.service,
+        r.backend,
+        r.address.includes(':') ? `[${r.address}]:${r.port}` : `${r.address}:${r.port}`,
+        r.type,
+        r.up ? 'up' : 'DOWN',
+        `${Math.round(r.latencyMs)}ms`,
+        r.detail,
+      ]),
+    ];
+    const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+    for (const row of table) io.out(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
+  }
+  return rows.every((r) => r.up) ? EXIT.ok : EXIT.down;
+}

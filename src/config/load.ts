@@ -1,0 +1,114 @@
+import { readFileSync } from 'node:fs';
+import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import type { z } from 'zod';
+import { checkTypes } from '../probes/registry.js';
+import { configSchema, type Config } from './schema.js';
+
+/** One problem in a config file, located for an editor: `FILE:LINE:COLUMN: key.path: message`. */
+export interface ConfigProblem {
+  file: string;
+  line: number;
+  column: number;
+  path: string;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(readonly problems: ConfigProblem[]) {
+    super(problems.map(formatProblem).join('\n'));
+  }
+}
+
+export function formatProblem(p: ConfigProblem): string {
+  return `${p.file}:${p.line}:${p.column}: ${p.path === '' ? '(top)' : p.path}: ${p.message}`;
+}
+
+/** `services[0].backends[1].name` */
+export function formatPath(path: readonly PropertyKey[]): string {
+  return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : i === 0 ? String(k) : `.${String(k)}`)).join('');
+}
+
+/** Reads and validates a config file; throws ConfigError listing every problem at once. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new ConfigError([{ file, line: 1, column: 1, path: '', message: `cannot read the file: ${e.code ?? e.message}` }]);
+  }
+  return parseConfig(text, file);
+}
+
+export function parseConfig(text: string, file = '<config>'): Config {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
+  const at = (offset: number) => {
+    const { line, col } = lineCounter.linePos(offset);
+    return { line, column: col };
+  };
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => ({ file, ...at(e.pos[0]), path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
+  }
+  const result = configSchema.safeParse(doc.toJS({ maxAliasCount: 100 }) ?? {});
+  if (result.success) return result.data;
+  const problems = result.error.issues.flatMap((issue) => locate(doc, issue, file, at));
+  problems.sort((a, b) => a.line - b.line || a.column - b.column);
+  throw new ConfigError(problems);
+}
+
+type Issue = z.core.$ZodIssue;
+
+function locate(doc: Document, issue: Issue, file: string, at: (offset: number) => { line: number; column: number }): ConfigProblem[] {
+  const path = issue.path.filter((k): k is string | number => typeof k !== 'symbol');
+  if (issue.code === 'unrecognized_keys') {
+    const map = doc.getIn(path, true);
+    return issue.keys.map((key) => {
+      let offset = nodeOffset(map);
+      if (isMap(map)) {
+        const pair = map.items.find((p) => isScalar(p.key) && p.key.value === key);
+        if (pair && isScalar(pair.key) && pair.key.range) offset = pair.key.range[0];
+      }
+      return { file, ...at(offset), path: formatPath([...path, key]), message: `unknown key "${key}"${suggest(key)}` };
+    });
+  }
+  // Point at the deepest node that exists: a missing key is reported at its parent.
+  let node: unknown;
+  let depth = path.length;
+  for (; depth >= 0; depth--) {
+    node = depth === 0 ? doc.contents : doc.getIn(path.slice(0, depth), true);
+    if (node !== undefined) break;
+  }
+  let message = issue.message;
+  if (issue.code === 'invalid_union' && path.at(-1) === 'check' || (issue.code === 'invalid_union' && path.at(-1) === 'type')) {
+    message = `unknown check type: expected one of ${checkTypes.join(', ')}`;
+  } else if (depth < path.length && issue.code === 'invalid_type') {
+    message = `missing required key "${String(path.at(-1))}"`;
+  }
+  return [{ file, ...at(nodeOffset(node)), path: formatPath(path), message }];
+}
+
+function nodeOffset(node: unknown): number {
+  const range = (node as Node | undefined)?.range;
+  if (range) return range[0];
+  return 0;
+}
+
+const KNOWN_HINTS: Record<string, string> = {
+  fast_interval: 'fastInterval',
+  fastinter: 'fastInterval',
+  inter: 'interval',
+  initial_state: 'initialState',
+  upvalue: 'upValue',
+  expect_status: 'expectStatus',
+  expect_body: 'expectBody',
+  in_interface: 'inInterface',
+};
+
+function suggest(key: string): string {
+  const hint = KNOWN_HINTS[key.toLowerCase()];
+  return hint ? ` (did you mean "${hint}"?)` : '';
+}
+
+

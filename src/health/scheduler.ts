@@ -1,0 +1,101 @@
+/**
+ * Runs each job again after it finishes, never two runs of one job at once, with
+ * jitter so that a thousand backends do not fire in one burst. Plain timers, so
+ * vitest's fake timers drive it in tests.
+ */
+export interface Job {
+  readonly id: string;
+  /** One run; the scheduler waits for it before planning the next. */
+  run(): Promise<void>;
+  /** Milliseconds until the next run, decided after each run (interval or fastInterval). */
+  nextDelay(): number;
+}
+
+export interface SchedulerOptions {
+  /** Fraction of a delay removed at random: 0.1 runs a 2 s job every 1.8 to 2 s. */
+  jitter?: number;
+  random?: () => number;
+  /** Called when a run throws: jobs are expected not to, but one bad job must not stop the others. */
+  onError?: (job: Job, err: unknown) => void;
+}
+
+interface Entry {
+  job: Job;
+  timer?: NodeJS.Timeout;
+  running?: Promise<void>;
+  removed: boolean;
+  /** When the current wait was planned to end (performance.now()), for lag metrics. */
+  due?: number;
+}
+
+export interface Scheduler {
+  /** Starts a job; its first run after `firstDelay` ms. */
+  add(job: Job, firstDelay: number): void;
+  /** Stops a job; resolves when a run in progress has finished. */
+  remove(id: string): Promise<void>;
+  has(id: string): boolean;
+  ids(): string[];
+  /** Stops every job; resolves when runs in progress have finished. */
+  stop(): Promise<void>;
+  /** Milliseconds by which the latest run started late, for progress and lag reporting. */
+  lastLagMs(): number;
+  /** performance.now() of the latest run start, for watchdogs. */
+  lastRunAt(): number;
+}
+
+export function createScheduler(options: SchedulerOptions = {}): Scheduler {
+  const jitter = options.jitter ?? 0.1;
+  const random = options.random ?? Math.random;
+  const entries = new Map<string, Entry>();
+  let lag = 0;
+  let lastRun = performance.now();
+
+  const plan = (entry: Entry, delay: number) => {
+    if (entry.removed) return;
+    const ms = Math.max(0, delay);
+    entry.due = performance.now() + ms;
+    entry.timer = setTimeout(() => fire(entry), ms);
+  };
+
+  const fire = (entry: Entry) => {
+    entry.timer = undefined;
+    if (entry.removed) return;
+    const now = performance.now();
+    lag = entry.due === undefined ? 0 : Math.max(0, now - entry.due);
+    lastRun = now;
+    entry.running = entry.job
+      .run()
+      .catch((err: unknown) => options.onError?.(entry.job, err))
+      .finally(() => {
+        entry.running = undefined;
+        if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()));
+      });
+  };
+
+  const removeEntry = async (entry: Entry) => {
+    entry.removed = true;
+    if (entry.timer) clearTimeout(entry.timer);
+    entries.delete(entry.job.id);
+    await entry.running;
+  };
+
+  return {
+    add(job, firstDelay) {
+      if (entries.has(job.id)) throw new Error(`job ${job.id} is scheduled already`);
+      const entry: Entry = { job, removed: false };
+      entries.set(job.id, entry);
+      plan(entry, firstDelay);
+    },
+    async remove(id) {
+      const entry = entries.get(id);
+      if (entry) await removeEntry(entry);
+    },
+    has: (id) => entries.has(id),
+    ids: () => [...entries.keys()],
+    async stop() {
+      await Promise.all([...entries.values()].map(removeEntry));
+    },
+    lastLagMs: () => lag,
+    lastRunAt: () => lastRun,
+  };
+}

@@ -1,0 +1,153 @@
+import net from 'node:net';
+import { CheckFailed, type ProbeTarget } from './types.js';
+
+/** Byte bounds for everything read from a backend during one check. */
+export interface ReadBounds {
+  /** Longest line accepted, without its end of line. */
+  maxLineBytes: number;
+  /** Total bytes one check may read. */
+  maxTotalBytes: number;
+}
+
+export const DEFAULT_BOUNDS: ReadBounds = { maxLineBytes: 4096, maxTotalBytes: 65_536 };
+
+/**
+ * A connected socket seen as lines: the one primitive every line-based check
+ * (SMTP, and the send/expect presets) is built on. Every read is bounded and
+ * every wait ends when `signal` aborts.
+ */
+export interface LineConnection {
+  readonly socket: net.Socket;
+  /** What the check is doing, for the detail of a timeout ("reading greeting"). */
+  phase: string;
+  /** Next line without CR/LF; rejects on close, reset, abort or a bound. */
+  readLine(): Promise<string>;
+  write(data: string): Promise<void>;
+  /** Half-close and wait (bounded by the signal) for the peer to close: no lost-connection logs. */
+  closeGracefully(): Promise<void>;
+  /** Tear down now with a RST: no TIME_WAIT left behind on our side. */
+  reset(): void;
+  bytesRead(): number;
+}
+
+/** Human words for a socket error: `connect ECONNREFUSED`, `read ECONNRESET`. */
+export function describeSocketError(err: unknown, phase: string): string {
+  if (err instanceof CheckFailed) return err.message;
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code) return `${phase} ${e.code}`;
+  return `${phase}: ${e?.message ?? String(err)}`;
+}
+
+/** The verdict for an aborted wait: the abort's reason (say, "timeout after 3s") and what the check was doing. */
+export function abortedDuring(signal: AbortSignal, phase: string): CheckFailed {
+  const reason: unknown = signal.reason;
+  const why = reason instanceof Error ? reason.message : 'aborted';
+  return new CheckFailed(`${why} (${phase})`);
+}
+
+/** Opens a TCP connection; resolves once connected. The socket is destroyed when `signal` aborts. */
+export function connect(target: ProbeTarget, signal: AbortSignal): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(abortedDuring(signal, 'connect'));
+    const socket = net.connect({ host: target.address, port: target.port, noDelay: true });
+    const onAbort = () => {
+      socket.destroy();
+      reject(abortedDuring(signal, 'connect'));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    socket.once('connect', () => {
+      socket.removeListener('error', onError);
+      resolve(socket);
+    });
+    const onError = (err: Error) => {
+      signal.removeEventListener('abort', onAbort);
+      socket.destroy();
+      reject(new CheckFailed(describeSocketError(err, 'connect')));
+    };
+    socket.once('error', onError);
+    socket.once('close', () => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/** Wraps a connected socket into a bounded line reader. */
+export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: ReadBounds = DEFAULT_BOUNDS): LineConnection {
+  let buffer = '';
+  let total = 0;
+  let failure: Error | undefined;
+  let ended = false;
+  let waiter: (() => void) | undefined;
+  const wake = () => {
+    const w = waiter;
+    waiter = undefined;
+    w?.();
+  };
+  const fail = (err: Error) => {
+    failure ??= err;
+    socket.destroy();
+    wake();
+  };
+  const conn: LineConnection = {
+    socket,
+    phase: 'reading',
+    async readLine() {
+      for (;;) {
+        const nl = buffer.indexOf('\n');
+        if (nl >= 0) {
+          const line = buffer.slice(0, nl > 0 && buffer.charCodeAt(nl - 1) === 13 ? nl - 1 : nl);
+          buffer = buffer.slice(nl + 1);
+          if (line.length > bounds.maxLineBytes) throw new CheckFailed(`${conn.phase}: line longer than ${bounds.maxLineBytes} bytes`);
+          return line;
+        }
+        if (buffer.length > bounds.maxLineBytes) throw new CheckFailed(`${conn.phase}: line longer than ${bounds.maxLineBytes} bytes`);
+        if (failure) throw failure;
+        if (ended) {
+          throw new CheckFailed(buffer.length > 0 ? `${conn.phase}: connection closed in the middle of a line` : `${conn.phase}: connection closed by backend`);
+        }
+        await new Promise<void>((resolve) => (waiter = resolve));
+      }
+    },
+    write(data) {
+      return new Promise((resolve, reject) => {
+        if (failure) return reject(failure);
+        socket.write(data, 'latin1', (err) => (err ? reject(new CheckFailed(describeSocketError(err, `${conn.phase}: write`))) : resolve()));
+      });
+    },
+    async closeGracefully() {
+      if (socket.destroyed) return;
+      socket.end();
+      if (socket.readyState === 'closed') return;
+      await new Promise<void>((resolve) => {
+        socket.once('close', () => resolve());
+        // Drain what the peer still says (its 221), within the byte bound, so the close is clean.
+        socket.resume();
+      });
+    },
+    reset() {
+      if (!socket.destroyed) socket.resetAndDestroy();
+    },
+    bytesRead: () => total,
+  };
+  socket.setEncoding('latin1');
+  socket.on('data', (chunk: string) => {
+    total += chunk.length;
+    if (total > bounds.maxTotalBytes) return fail(new CheckFailed(`${conn.phase}: backend sent more than ${bounds.maxTotalBytes} bytes`));
+    buffer += chunk;
+    wake();
+  });
+  socket.on('end', () => {
+    ended = true;
+    wake();
+  });
+  socket.on('error', (err) => fail(new CheckFailed(describeSocketError(err, conn.phase))));
+  socket.on('close', () => {
+    ended = true;
+    wake();
+  });
+  const onAbort = () => fail(abortedDuring(signal, conn.phase));
+  if (signal.aborted) onAbort();
+  else {
+    signal.addEventListener('abort', onAbort, { once: true });
+    socket.once('close', () => signal.removeEventListener('abort', onAbort));
+  }
+  return conn;
+}

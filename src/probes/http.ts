@@ -1,0 +1,118 @@
+import http from 'node:http';
+import { z } from 'zod';
+import { abortedDuring, describeSocketError } from './connection.js';
+import { shorten } from './conversation.js';
+import { CheckFailed, defineProbe, type ProbeTarget, type ProbeVerdict } from './types.js';
+
+const statusRange = z.union([
+  z.number().int().min(100).max(599),
+  z
+    .string()
+    .regex(/^\d{3}(-\d{3})?$/, 'expected a status code such as 200 or a range such as 200-399')
+    .refine((s) => {
+      const [lo, hi = lo] = s.split('-').map(Number);
+      return lo! >= 100 && hi! <= 599 && lo! <= hi!;
+    }, 'expected codes between 100 and 599, low to high'),
+]);
+
+export const httpOptions = {
+  path: z.string().startsWith('/', 'a path starts with /').default('/'),
+  method: z.enum(['GET', 'HEAD']).default('GET'),
+  host: z.string().min(1).optional(),
+  expectStatus: z.array(statusRange).min(1).default(['200-399']),
+  expectBody: z.string().min(1).optional(),
+  /** How much of the body is searched for expectBody. */
+  maxBodyBytes: z.number().int().min(1).max(16 * 1024 * 1024).default(65_536),
+};
+
+export const httpSchema = z.strictObject({ type: z.literal('http'), ...httpOptions });
+export type HttpOptions = z.infer<typeof httpSchema>;
+
+export function statusMatches(status: number, expect: readonly (number | string)[]): boolean {
+  return expect.some((e) => {
+    if (typeof e === 'number') return status === e;
+    const [lo, hi = lo] = e.split('-').map(Number);
+    return status >= lo! && status <= hi!;
+  });
+}
+
+/** Formats an IPv6 literal for a Host header. */
+function hostHeader(target: ProbeTarget, host: string | undefined): string {
+  if (host !== undefined) return host;
+  const addr = target.address.includes(':') ? `[${target.address}]` : target.address;
+  return target.port === 80 ? addr : `${addr}:${target.port}`;
+}
+
+/**
+ * One HTTP exchange on a fresh connection (no agent: a pooled socket would hide a
+ * dead backend), no redirects followed, the body read only as far as needed and
+ * never past `maxBodyBytes`. `request` is http.request or https.request.
+ */
+export function httpExchange(
+  request: typeof http.request,
+  target: ProbeTarget,
+  options: Omit<HttpOptions, 'type'>,
+  extra: http.RequestOptions,
+  signal: AbortSignal,
+): Promise<ProbeVerdict> {
+  return new Promise<ProbeVerdict>((resolve, reject) => {
+    let phase = 'connect';
+    const req = request({
+      ...extra,
+      host: target.address,
+      port: target.port,
+      method: options.method,
+      path: options.path,
+      agent: false,
+      signal,
+      headers: { Host: hostHeader(target, options.host), 'User-Agent': 'nf-healthd', Accept: '*/*', Connection: 'close' },
+      maxHeaderSize: 16_384,
+    });
+    const finish = (verdict: ProbeVerdict | Error) => {
+      req.destroy();
+      if (verdict instanceof Error) reject(verdict);
+      else resolve(verdict);
+    };
+    req.on('socket', (socket) => {
+      socket.once('connect', () => (phase = 'response'));
+      socket.once('secureConnect', () => (phase = 'response'));
+    });
+    req.on('error', (err) => {
+      if (signal.aborted) return finish(abortedDuring(signal, phase));
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code?.startsWith('HPE_')) return finish(new CheckFailed(`malformed HTTP response (${code})`));
+      finish(new CheckFailed(describeSocketError(err, phase)));
+    });
+    req.on('response', (res) => {
+      const status = res.statusCode ?? 0;
+      const statusText = `${status} ${res.statusMessage ?? ''}`.trim();
+      const where = status >= 300 && status < 400 && res.headers.location ? ` (Location: ${shorten(res.headers.location)})` : '';
+      if (!statusMatches(status, options.expectStatus)) {
+        return finish(new CheckFailed(`status ${statusText}${where}, expected ${options.expectStatus.join(', ')}`));
+      }
+      const needle = options.expectBody;
+      if (needle === undefined || options.method === 'HEAD') return finish({ up: true, detail: `${statusText}${where}` });
+      phase = 'body';
+      let seen = '';
+      let total = 0;
+      res.setEncoding('latin1');
+      res.on('data', (chunk: string) => {
+        const room = options.maxBodyBytes - total;
+        total += chunk.length;
+        // Keep only what can still complete a match across chunk borders.
+        seen = (seen + chunk.slice(0, Math.max(room, 0))).slice(-(needle.length + chunk.length));
+        if (seen.includes(needle)) return finish({ up: true, detail: `${statusText}, body has "${shorten(needle)}"` });
+        if (total >= options.maxBodyBytes) finish(new CheckFailed(`status ${statusText}, "${shorten(needle)}" not in the first ${options.maxBodyBytes} bytes of the body`));
+      });
+      res.on('end', () => finish(new CheckFailed(`status ${statusText}, body lacks "${shorten(needle)}"`)));
+      res.on('error', (err) => finish(new CheckFailed(describeSocketError(err, 'body'))));
+    });
+    req.end();
+  });
+}
+
+export const httpProbe = defineProbe({
+  type: 'http',
+  schema: httpSchema,
+  run: (target, options, signal) => httpExchange(http.request, target, options, {}, signal),
+});

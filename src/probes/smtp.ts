@@ -1,0 +1,27 @@
+import { z } from 'zod';
+import { converse, type Step } from './conversation.js';
+import { defineProbe } from './types.js';
+
+const hostname = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$|^\[[0-9A-Fa-f:.]+\]$/, 'expected a host name or an address literal such as [192.0.2.1]');
+
+/**
+ * SMTP: the 220 greeting (RFC 5321 multi-line replies) is the verdict; with `ehlo`
+ * the EHLO reply must be 250 as well. QUIT afterwards so the server logs a clean
+ * session instead of a lost connection.
+ */
+export const smtpProbe = defineProbe({
+  type: 'smtp',
+  schema: z.strictObject({
+    type: z.literal('smtp'),
+    ehlo: hostname.optional(),
+  }),
+  run(target, options, signal) {
+    const steps: Step[] = [{ kind: 'reply', code: '220', phase: 'greeting' }];
+    if (options.ehlo !== undefined) {
+      steps.push({ kind: 'send', data: `EHLO ${options.ehlo}\r\n`, phase: 'EHLO' }, { kind: 'reply', code: '250', phase: 'EHLO' });
+    }
+    return converse(target, { steps, farewell: 'QUIT\r\n' }, signal);
+  },
+});

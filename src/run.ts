@@ -1,0 +1,60 @@
+import type { Config } from './config/schema.js';
+import { createDaemon, type DaemonObserver } from './daemon.js';
+import { createLogger } from './log.js';
+
+/** Extra parts wired around the daemon by `run` (notify, metrics, state): each gets the daemon. */
+export type DaemonPlugin = (context: PluginContext) => DaemonObserver | void;
+export interface PluginContext {
+  daemon: ReturnType<typeof createDaemon>;
+  log: ReturnType<typeof createLogger>;
+  configPath: string;
+}
+
+export const plugins: DaemonPlugin[] = [];
+
+/**
+ * `nf-healthd run`: the daemon with its signals. SIGHUP reloads, SIGTERM and
+ * SIGINT stop (checks in flight aborted, writes under way finished), exit 0.
+ */
+export async function runDaemon(configPath: string, config: Config): Promise<number> {
+  const log = createLogger({ level: config.log.level, format: config.log.format });
+  const daemon = createDaemon({ configPath, config, log });
+  for (const plugin of plugins) {
+    const observer = plugin({ daemon, log, configPath });
+    if (observer) daemon.addObserver(observer);
+  }
+
+  let stopping: Promise<void> | undefined;
+  let reloading = Promise.resolve();
+  const done = new Promise<number>((resolve) => {
+    const stop = (signal: string) => {
+      if (stopping) return;
+      log.info({ event: 'stopping', signal }, `stopping on ${signal}`);
+      stopping = reloading.then(() => daemon.stop());
+      stopping.then(
+        () => resolve(0),
+        (err: unknown) => {
+          log.error({ err }, 'error while stopping');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  process.on('SIGHUP', () => {
+    if (stopping) return;
+    log.info({ event: 'reloading' }, 'SIGHUP: reloading the configuration');
+    reloading = reloading.then(() => daemon.reload().then(() => undefined));
+  });
+
+  log.info({ event: 'starting', config: configPath, backends: config.services.reduce((n, s) => n + s.backends.length, 0) }, `nf-healthd starting with ${configPath}`);
+  daemon.start().catch((err: unknown) => {
+    log.error({ err }, 'start failed');
+    process.kill(process.pid, 'SIGTERM');
+  });
+  const code = await done;
+  // Anything still open (a socket in its close handshake) must not hold the exit.
+  setTimeout(() => process.exit(code), 500).unref();
+  return code;
+}

@@ -1,0 +1,86 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { conditionName } from '../config/names.js';
+import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
+
+export const conditionWriterSchema = z.strictObject({
+  type: z.literal('condition'),
+  dir: z.string().startsWith('/', 'expected an absolute path').default('/proc/net/nf_condition'),
+  /** The recipe's rules say `! --condition`, so 0 means up there. */
+  upValue: z.union([z.literal(0), z.literal(1)]).default(0),
+  /** Create missing files: right for a plain folder, wrong under /proc where the kernel owns them. Default: not under /proc. */
+  create: z.boolean().optional(),
+});
+export type ConditionWriterConfig = z.infer<typeof conditionWriterSchema>;
+
+function fileFor(dir: string, name: string): string {
+  // Names are validated by the config schema; check again right before they become a path.
+  if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
+  return path.join(dir, name);
+}
+
+/**
+ * xt_condition's files: open, write, close every time (a descriptor held across a
+ * rule reload fails with EIO); the kernel looks only at the first byte.
+ */
+export function createConditionWriter(options: ConditionWriterConfig): Writer {
+  const create = options.create ?? !/^\/proc(\/|$)/.test(options.dir);
+  const valueFor = (up: boolean) => (up ? options.upValue : 1 - options.upValue);
+  return {
+    async read(targets) {
+      const out = new Map<string, ReadOutcome>();
+      await Promise.all(
+        targets.map(async (t) => {
+          try {
+            const raw = (await readFile(fileFor(options.dir, t.key), 'latin1')).slice(0, 16);
+            const first = raw[0];
+            out.set(t.key, { raw, up: first === '0' || first === '1' ? Number(first) === options.upValue : undefined });
+          } catch (err) {
+            out.set(t.key, { error: asErrno(err) });
+          }
+        }),
+      );
+      return out;
+    },
+    async write(changes) {
+      const failed = new Map<string, NodeJS.ErrnoException>();
+      await Promise.all(
+        changes.map(async (c) => {
+          try {
+            // One 2-byte write(2): never a half-written file. 'r+' does not create.
+            await writeFile(fileFor(options.dir, c.target.key), `${valueFor(c.up)}\n`, { flag: create ? 'w' : 'r+' });
+          } catch (err) {
+            failed.set(c.target.key, asErrno(err));
+          }
+        }),
+      );
+      return failed;
+    },
+    hint(error, target) {
+      switch (error.code) {
+        case 'ENOENT':
+          return create
+            ? `the folder ${options.dir} does not exist`
+            : `no loaded rule names condition "${target.key}" yet: the kernel creates the file when a rule with "-m condition --condition ${target.key}" is loaded (is xt_condition from xtables-addons installed, and is nf-healthd in the firewall's network namespace?)`;
+        case 'EACCES':
+        case 'EPERM':
+          return 'run as root, or load xt_condition with condition_uid_perms/condition_gid_perms and condition_list_perms so that this user may write';
+        case 'EIO':
+          return 'the condition went away while writing (rules reloaded); retrying';
+        default:
+          return 'retrying on every check';
+      }
+    },
+  };
+}
+
+export const conditionWriter = defineWriter({
+  type: 'condition',
+  schema: conditionWriterSchema,
+  create: createConditionWriter,
+  target(options, _service, backend): WriterTarget {
+    const key = backend.condition ?? backend.name;
+    return { key, label: path.join(options.dir, key) };
+  },
+});
