@@ -5,7 +5,9 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { probeTarget, resolveBackends } from './config/resolve.js';
 import type { Config } from './config/schema.js';
 import { runDaemon } from './run.js';
-import { runCheck } from './probes/run.js';
+import { runStatus } from './ops/status-command.js';
+import { printRules } from './rules/command.js';
+import { checkLabel, runCheck } from './probes/run.js';
 
 export const EXIT = { ok: 0, down: 2, usage: 64, config: 78 } as const;
 export const DEFAULT_CONFIG = '/etc/nf-healthd/config.yaml';
@@ -22,10 +24,18 @@ Usage:
   nf-healthd check  [-c FILE]          validate the config (exit 0, or 78 with the errors)
   nf-healthd probe  [-c FILE] [--json] check every backend once, write nothing
                                        (exit 0 all up, 2 some down, 78 bad config)
+  nf-healthd status [-c FILE] [--json] the running daemon's view of every backend
+                                       (exit 0 all up, 2 some down, 3 not running or stale)
+  nf-healthd rules  [-c FILE] [--format F]
+                                       print the balancing ruleset for the kernel; F is
+                                       iptables (xt_condition), iptables-ipset, ipset (the
+                                       sets alone) or nft, by default the one writer.type
+                                       drives (exit 78 when the config cannot be expressed)
 
 Options:
   -c, --config FILE   config file (default ${DEFAULT_CONFIG})
       --json          machine-readable output
+      --format F      rules: the ruleset format
   -h, --help          this text
   -V, --version       the version
 `;
@@ -33,6 +43,7 @@ Options:
 const OPTIONS = {
   config: { type: 'string', short: 'c', default: DEFAULT_CONFIG },
   json: { type: 'boolean', default: false },
+  format: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'V', default: false },
 } satisfies ParseArgsConfig['options'];
@@ -92,6 +103,13 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
       if (!config) return EXIT.config;
       return probeAll(io, config, values.json);
     }
+    case 'rules': {
+      const config = load(io, values.config);
+      if (!config) return EXIT.config;
+      return printRules(io, config, values.config, values.format);
+    }
+    case 'status':
+      return runStatus(io, values.config, values.json);
     case 'run': {
       const config = load(io, values.config);
       if (!config) return EXIT.config;
@@ -107,8 +125,8 @@ async function probeAll(io: Io, config: Config, json: boolean): Promise<number> 
   const specs = resolveBackends(config);
   const rows = await Promise.all(
     specs.map(async (spec) => {
-      const result = await limit(() => runCheck(spec.check, probeTarget(spec), spec.timeout));
-      return { service: spec.service, backend: spec.name, address: spec.address, port: spec.port, type: spec.check.type, ...result };
+      const result = await limit(() => runCheck(spec.checks, probeTarget(spec), spec.timeout));
+      return { service: spec.service, backend: spec.name, address: spec.address, port: spec.port, type: checkLabel(spec.checks), ...result };
     }),
   );
   if (json) {

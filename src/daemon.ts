@@ -2,7 +2,9 @@ import pLimit, { type LimitFunction } from 'p-limit';
 import { loadConfig, ConfigError } from './config/load.js';
 import { resolveBackends, probeTarget, type BackendSpec } from './config/resolve.js';
 import type { Config } from './config/schema.js';
+import { damp, type DampingState } from './health/damping.js';
 import { initialHealth, observe, type BackendState, type Health } from './health/hysteresis.js';
+import { nextCheckDelay } from './health/pace.js';
 import { createScheduler, type Scheduler } from './health/scheduler.js';
 import type { Logger } from './log.js';
 import { runCheck } from './probes/run.js';
@@ -22,7 +24,12 @@ export interface BackendStatus {
   last?: ProbeResult & { at: number };
   /** What the writer last made the kernel hold, and whether it was confirmed. */
   written?: { up: boolean; confirmed: boolean; at: number };
+  /** Flap damping: recent changes and the hold, when `damping` is configured. */
+  damping?: DampingState;
 }
+
+/** What a restart may resume for one backend (from the state file). */
+export type ResumedStatus = Pick<BackendStatus, 'health' | 'since' | 'reason' | 'last' | 'damping'>;
 
 /** Plain callbacks for the parts that watch the daemon (notify, metrics, state file, hooks). */
 export interface DaemonObserver {
@@ -34,6 +41,8 @@ export interface DaemonObserver {
   /** After a reload was applied (ok) or rejected (the errors). */
   onReloaded?(ok: boolean, problems: string[]): void;
   onStopping?(): void;
+  /** Checks and writes have finished: the last word (final state file, closing listeners). */
+  onStopped?(): void;
   onSync?(backend: BackendStatus, outcome: SyncOutcome): void;
 }
 
@@ -46,6 +55,10 @@ export interface DaemonOptions {
   /** Replaces the writer from the config (tests of failure paths). */
   writerFactory?: (config: Config) => Writer;
   random?: () => number;
+  /** At start: the saved status of an unchanged backend, to resume instead of initialState. */
+  restore?: (spec: BackendSpec) => ResumedStatus | undefined;
+  /** Runs one check; the real probes by default (scheduling tests pass a scripted one). */
+  runCheck?: typeof runCheck;
 }
 
 export interface Daemon {
@@ -60,6 +73,8 @@ export interface Daemon {
   lastProgressAt(): number;
   scheduler(): Scheduler;
   addObserver(observer: DaemonObserver): void;
+  /** Checks holding a concurrency slot now, and checks waiting for one. */
+  checksInFlight(): { active: number; pending: number };
 }
 
 export function summarize(backends: readonly BackendStatus[]): string {
@@ -91,6 +106,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const shutdown = new AbortController();
   let limit: LimitFunction = pLimit(config.concurrency);
   const random = options.random ?? Math.random;
+  const checkOnce = options.runCheck ?? runCheck;
   const scheduler = createScheduler({ random, onError: (job, err) => log.error({ err, backend: job.id }, 'check job failed') });
   const runtimes = new Map<string, BackendStatus>();
   let progressAt = performance.now();
@@ -106,18 +122,32 @@ export function createDaemon(options: DaemonOptions): Daemon {
 
   const check = async (b: BackendStatus) => {
     const spec = b.spec;
-    const result = await limit(() => runCheck(spec.check, probeTarget(spec), spec.timeout, shutdown.signal));
+    const result = await limit(() => checkOnce(spec.checks, probeTarget(spec), spec.timeout, shutdown.signal));
     if (shutdown.signal.aborted || runtimes.get(spec.id) !== b) return; // aborted checks are no verdict
     progressAt = performance.now();
     b.last = { ...result, at: Date.now() };
-    const seen = observe(b.health, result.up, spec);
+    const now = Date.now();
+    const damped = damp(observe(b.health, result.up, spec), b.damping, config.damping, now);
+    const seen = damped.observation;
+    if (config.damping) b.damping = damped.damping;
     b.health = seen.health;
+    let holdReason: string | undefined;
+    for (const e of damped.events) {
+      const line = { event: `damping_${e.type}`, service: spec.service, backend: spec.name };
+      if (e.type === 'hold' && !seen.transition) {
+        b.reason = `${result.detail}; ${e.reason}`;
+        log.warn({ ...line, reason: b.reason, until: new Date(e.until).toISOString() }, `backend ${spec.name} stays down: ${e.reason}`);
+      } else if (e.type === 'hold') holdReason = e.reason;
+      else if (e.type === 'released') log.info({ ...line, heldMs: e.heldMs }, `backend ${spec.name}: flap damping hold ended`);
+      else log.debug({ ...line, until: new Date(e.until).toISOString() }, `backend ${spec.name} passes its checks but is held down: ${e.reason}`);
+    }
     notify('onCheck', b, result);
     if (seen.transition) {
       const { from, to } = seen.transition;
       b.since = Date.now();
       b.reason =
         to === 'down' ? `${seen.health.failures} consecutive failures: ${result.detail}` : `${seen.health.successes} consecutive successes: ${result.detail}`;
+      if (holdReason) b.reason += `; ${holdReason}`;
       const line = { event: 'transition', service: spec.service, backend: spec.name, state: to, previous: from, reason: b.reason, target: spec.target.label };
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
@@ -133,17 +163,14 @@ export function createDaemon(options: DaemonOptions): Daemon {
       {
         id: b.spec.id,
         run: () => check(b),
-        nextDelay: () => {
-          const settling = b.health.state === 'up' ? b.health.failures > 0 : b.health.successes > 0;
-          return settling ? b.spec.fastInterval : b.spec.interval;
-        },
+        nextDelay: () => nextCheckDelay({ ...b, heldUntil: b.damping?.heldUntil }, b.spec, Date.now()),
       },
       firstDelay,
     );
   };
 
   /** Builds runtimes for new backends, adopting the kernel's values when asked to. */
-  const newRuntimes = async (specs: BackendSpec[]): Promise<BackendStatus[]> => {
+  const newRuntimes = async (specs: BackendSpec[], atStart = false): Promise<BackendStatus[]> => {
     let kernel = new Map<string, BackendState | undefined>();
     if (config.initialState === 'kernel' && specs.length > 0) {
       const read = await writer.read(specs.map((s) => s.target));
@@ -153,6 +180,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
       }));
     }
     return specs.map((spec) => {
+      const resumed = atStart ? options.restore?.(spec) : undefined;
+      if (resumed) return { spec, ...resumed };
       const adopted = kernel.get(spec.id);
       const state: BackendState = config.initialState === 'kernel' ? (adopted ?? 'up') : config.initialState;
       const reason =
@@ -167,7 +196,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
 
   const daemon: Daemon = {
     async start() {
-      const fresh = await newRuntimes(resolveBackends(config));
+      const fresh = await newRuntimes(resolveBackends(config), true);
       for (const b of fresh) runtimes.set(b.spec.id, b);
       await Promise.all(fresh.map((b) => sync(b, 'start')));
       await Promise.all(fresh.map((b) => check(b)));
@@ -237,6 +266,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       await scheduler.stop();
       await reconciler.idle();
       await writer.close?.();
+      notify('onStopped');
     },
 
     backends: () => [...runtimes.values()],
@@ -244,6 +274,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     lastProgressAt: () => progressAt,
     scheduler: () => scheduler,
     addObserver: (o) => observers.push(o),
+    checksInFlight: () => ({ active: limit.activeCount, pending: limit.pendingCount }),
   };
   return daemon;
 }

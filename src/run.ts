@@ -1,6 +1,11 @@
 import type { Config } from './config/schema.js';
 import { createDaemon, type DaemonObserver } from './daemon.js';
 import { createLogger } from './log.js';
+import { operationsPlugins } from './ops/plugins.js';
+import { outagePlugin } from './health/outage.js';
+import { loadRestore } from './ops/restore.js';
+import { systemdPlugin } from './systemd/service.js';
+import { samplesPlugin } from './samples.js';
 
 /** Extra parts wired around the daemon by `run` (notify, metrics, state): each gets the daemon. */
 export type DaemonPlugin = (context: PluginContext) => DaemonObserver | void;
@@ -10,7 +15,7 @@ export interface PluginContext {
   configPath: string;
 }
 
-export const plugins: DaemonPlugin[] = [];
+export const plugins: DaemonPlugin[] = [systemdPlugin, samplesPlugin, ...operationsPlugins, outagePlugin];
 
 /**
  * `nf-healthd run`: the daemon with its signals. SIGHUP reloads, SIGTERM and
@@ -18,7 +23,7 @@ export const plugins: DaemonPlugin[] = [];
  */
 export async function runDaemon(configPath: string, config: Config): Promise<number> {
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  const daemon = createDaemon({ configPath, config, log });
+  const daemon = createDaemon({ configPath, config, log, restore: await loadRestore(config, log) });
   for (const plugin of plugins) {
     const observer = plugin({ daemon, log, configPath });
     if (observer) daemon.addObserver(observer);

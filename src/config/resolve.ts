@@ -13,23 +13,38 @@ export interface BackendSpec extends EffectiveTiming {
   address: string;
   port: number;
   weight: number;
+  /** The first of `checks` (what a backend with one check has). */
   check: CheckConfig;
+  /** Every check; the backend is up when all pass. */
+  checks: CheckConfig[];
   target: WriterTarget;
+}
+
+/** A backend's own check(s), else its service's, else a TCP connect. */
+function checksOf(service: Config['services'][number], backend: Config['services'][number]['backends'][number]): CheckConfig[] {
+  if (backend.checks) return backend.checks;
+  if (backend.check) return [backend.check];
+  if (service.checks) return service.checks;
+  return [service.check ?? { type: 'tcp' }];
 }
 
 export function resolveBackends(config: Config): BackendSpec[] {
   return config.services.flatMap((service) =>
-    service.backends.map((backend) => ({
-      id: `${service.name}/${backend.name}`,
-      service: service.name,
-      name: backend.name,
-      address: backend.address,
-      port: backend.port ?? service.port,
-      weight: backend.weight,
-      check: backend.check ?? service.check,
-      target: writerTarget(config.writer, service, backend),
-      ...effectiveTiming(config.defaults, service, backend),
-    })),
+    service.backends.map((backend) => {
+      const checks = checksOf(service, backend);
+      return {
+        check: checks[0]!,
+        checks,
+        id: `${service.name}/${backend.name}`,
+        service: service.name,
+        name: backend.name,
+        address: backend.address,
+        port: backend.port ?? service.port,
+        weight: backend.weight,
+        target: writerTarget(config.writer, service, backend, config.services),
+        ...effectiveTiming(config.defaults, service, backend),
+      };
+    }),
   );
 }
 

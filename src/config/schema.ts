@@ -3,6 +3,7 @@ import { checkSchema } from '../probes/registry.js';
 import { writerSchema } from '../writers/registry.js';
 import { duration, formatDuration } from './duration.js';
 import { address, conditionName, ipAddress, objectName, port } from './names.js';
+import { operationsKeys } from './operations.js';
 
 export { address, conditionName, ipAddress, objectName, port };
 
@@ -15,6 +16,8 @@ const timing = {
   timeout: duration.optional(),
   rise: z.number().int().min(1).optional(),
   fall: z.number().int().min(1).optional(),
+  /** Period between checks of a backend that has been down for at least this long (HAProxy's downinter); default: interval. */
+  downInterval: duration.optional(),
 };
 export const TIMING_DEFAULTS = { interval: 2000, fastInterval: 500, timeout: 1500, rise: 2, fall: 3 } as const;
 
@@ -25,6 +28,8 @@ export const backendSchema = z.strictObject({
   condition: conditionName.optional(),
   weight: z.number().int().min(1).max(1000).default(1),
   check: checkSchema.optional(),
+  /** Several checks instead of `check`: up only when every one passes. */
+  checks: z.array(checkSchema).min(1).max(16).optional(),
   ...timing,
 });
 
@@ -34,7 +39,10 @@ export const serviceSchema = z.strictObject({
   port,
   protocol: z.enum(['tcp']).default('tcp'),
   inInterface: interfaceName.optional(),
-  check: checkSchema.default({ type: 'tcp' }),
+  /** Default `tcp` unless `checks` is set. */
+  check: checkSchema.optional(),
+  /** Several checks instead of `check`: up only when every one passes. */
+  checks: z.array(checkSchema).min(1).max(16).optional(),
   backends: z.array(backendSchema).min(1, 'a service needs at least one backend'),
   ...timing,
 });
@@ -53,12 +61,25 @@ export const configSchema = z
     writer: writerSchema.default({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 }),
     log: logSchema.default({ level: 'info', format: 'auto' }),
     services: z.array(serviceSchema).min(1, 'at least one service is needed'),
+    ...operationsKeys,
   })
   // Duplicate names are reported even when other keys are wrong: every error at once.
   .superRefine((config, ctx) => uniqueNames(config, ctx), { when: () => true })
   .superRefine((config, ctx) => {
     config.services.forEach((service, si) => {
+      const both = 'set either check or checks, not both';
+      if (service.check && service.checks) ctx.addIssue({ code: 'custom', path: ['services', si, 'checks'], message: both });
+      service.backends.forEach((backend, bi) => {
+        if (backend.check && backend.checks) ctx.addIssue({ code: 'custom', path: ['services', si, 'backends', bi, 'checks'], message: both });
+      });
+    });
+  })
+  .superRefine((config, ctx) => {
+    config.services.forEach((service, si) => {
       const at = ['services', si];
+      if (config.writer.type === 'ipset' && service.vip === undefined) {
+        ctx.addIssue({ code: 'custom', path: [...at, 'name'], message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up' });
+      }
       service.backends.forEach((backend, bi) => {
         const bat = [...at, 'backends', bi];
         if (backend.condition === undefined && config.writer.type === 'condition' && !conditionName.safeParse(backend.name).success) {
@@ -75,6 +96,13 @@ export const configSchema = z
             code: 'custom',
             path: whereSet('timeout'),
             message: `timeout ${formatDuration(t.timeout)} is longer than twice the interval (${formatDuration(t.interval)}) of backend ${backend.name}: checks would fall behind their schedule`,
+          });
+        }
+        if (t.downInterval < t.interval) {
+          ctx.addIssue({
+            code: 'custom',
+            path: whereSet('downInterval'),
+            message: `downInterval ${formatDuration(t.downInterval)} is shorter than interval ${formatDuration(t.interval)} for backend ${backend.name}: it is meant to check long-dead backends less often`,
           });
         }
         if (t.fastInterval > t.interval) {
@@ -132,6 +160,8 @@ export type EffectiveTiming = { [K in keyof typeof timing]-?: number };
 
 /** Backend value, else service value, else `defaults`, else the built-in default. */
 export function effectiveTiming(defaults: Timing, service: Timing, backend: Timing): EffectiveTiming {
-  const pick = (k: keyof typeof timing) => backend[k] ?? service[k] ?? defaults[k] ?? TIMING_DEFAULTS[k];
-  return { interval: pick('interval'), fastInterval: pick('fastInterval'), timeout: pick('timeout'), rise: pick('rise'), fall: pick('fall') };
+  const pick = (k: keyof typeof TIMING_DEFAULTS) => backend[k] ?? service[k] ?? defaults[k] ?? TIMING_DEFAULTS[k];
+  const interval = pick('interval');
+  const downInterval = backend.downInterval ?? service.downInterval ?? defaults.downInterval ?? interval;
+  return { interval, fastInterval: pick('fastInterval'), timeout: pick('timeout'), rise: pick('rise'), fall: pick('fall'), downInterval };
 }

@@ -29,6 +29,7 @@ defaults:
   rise: 2
   fall: 2
 initialState: up
+stateFile: ${path.join(dir, 'state.json')}
 log:
   format: pretty
 writer:

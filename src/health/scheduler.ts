@@ -41,6 +41,8 @@ export interface Scheduler {
   lastLagMs(): number;
   /** performance.now() of the latest run start, for watchdogs. */
   lastRunAt(): number;
+  /** Calls `listener` at every run start with how late it started (metrics, benchmarks). */
+  onRunStart(listener: (id: string, lagMs: number) => void): void;
 }
 
 export function createScheduler(options: SchedulerOptions = {}): Scheduler {
@@ -49,6 +51,7 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
   const entries = new Map<string, Entry>();
   let lag = 0;
   let lastRun = performance.now();
+  const startListeners: ((id: string, lagMs: number) => void)[] = [];
 
   const plan = (entry: Entry, delay: number) => {
     if (entry.removed) return;
@@ -63,6 +66,7 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
     const now = performance.now();
     lag = entry.due === undefined ? 0 : Math.max(0, now - entry.due);
     lastRun = now;
+    for (const listener of startListeners) listener(entry.job.id, lag);
     entry.running = entry.job
       .run()
       .catch((err: unknown) => options.onError?.(entry.job, err))
@@ -97,5 +101,6 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
     },
     lastLagMs: () => lag,
     lastRunAt: () => lastRun,
+    onRunStart: (listener) => void startListeners.push(listener),
   };
 }

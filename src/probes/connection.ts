@@ -28,6 +28,33 @@ export interface LineConnection {
   /** Tear down now with a RST: no TIME_WAIT left behind on our side. */
   reset(): void;
   bytesRead(): number;
+  /**
+   * Reads until `find` (given everything buffered) returns the end of what it wants;
+   * returns the text up to there and keeps the rest. Bounded by maxTotalBytes.
+   */
+  readUntil(find: (buffered: string) => number): Promise<string>;
+  /**
+   * Detaches the reader and hands the raw socket over (STARTTLS). Fails when the
+   * backend already sent more than was read: bytes injected before the handshake.
+   */
+  release(): net.Socket;
+}
+
+/**
+ * Bytes read from backends per check, keyed by the check's AbortSignal: runCheck
+ * opens a meter, probes add what they read, and the result reports it.
+ */
+const meters = new WeakMap<AbortSignal, { bytes: number }>();
+
+export function openMeter(signal: AbortSignal): { bytes: number } {
+  const meter = { bytes: 0 };
+  meters.set(signal, meter);
+  return meter;
+}
+
+export function countRead(signal: AbortSignal, bytes: number): void {
+  const meter = meters.get(signal);
+  if (meter) meter.bytes += bytes;
 }
 
 /** Human words for a socket error: `connect ECONNREFUSED`, `read ECONNRESET`. */
@@ -45,7 +72,7 @@ export function abortedDuring(signal: AbortSignal, phase: string): CheckFailed {
   return new CheckFailed(`${why} (${phase})`);
 }
 
-/** Opens a TCP connection; resolves once connected. The socket is destroyed when `signal` aborts. */
+/** Opens a TCP connection; resolves once connected. The socket is destroyed when `signal` aborts while connecting. */
 export function connect(target: ProbeTarget, signal: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(abortedDuring(signal, 'connect'));
@@ -57,6 +84,10 @@ export function connect(target: ProbeTarget, signal: AbortSignal): Promise<net.S
     signal.addEventListener('abort', onAbort, { once: true });
     socket.once('connect', () => {
       socket.removeListener('error', onError);
+      // From here the caller owns the socket and its abort handling: a TLS socket may
+      // wrap it, and Node must see that one destroyed first (destroying the TCP socket
+      // under a live TLSSocket and then the TLSSocket crashes Node 20).
+      signal.removeEventListener('abort', onAbort);
       resolve(socket);
     });
     const onError = (err: Error) => {
@@ -69,8 +100,8 @@ export function connect(target: ProbeTarget, signal: AbortSignal): Promise<net.S
   });
 }
 
-/** Wraps a connected socket into a bounded line reader. */
-export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: ReadBounds = DEFAULT_BOUNDS): LineConnection {
+/** Wraps a connected socket into a bounded line reader; `tcp` is the TCP socket under a TLS one (never reset directly). */
+export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: ReadBounds = DEFAULT_BOUNDS, tcp: net.Socket = socket): LineConnection {
   let buffer = '';
   let total = 0;
   let failure: Error | undefined;
@@ -89,6 +120,29 @@ export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: 
   const conn: LineConnection = {
     socket,
     phase: 'reading',
+    async readUntil(find) {
+      for (;;) {
+        const end = find(buffer);
+        if (end >= 0) {
+          const text = buffer.slice(0, end);
+          buffer = buffer.slice(end);
+          return text;
+        }
+        if (failure) throw failure;
+        if (ended) throw new CheckFailed(`${conn.phase}: connection closed by backend`);
+        await new Promise<void>((resolve) => (waiter = resolve));
+      }
+    },
+    release() {
+      if (buffer.length > 0) throw new CheckFailed(`${conn.phase}: backend sent data before the TLS handshake`);
+      if (failure) throw failure;
+      socket.removeListener('data', onData);
+      socket.removeListener('end', onEnd);
+      socket.removeListener('error', onError);
+      socket.removeListener('close', onEnd);
+      signal.removeEventListener('abort', onAbort);
+      return socket;
+    },
     async readLine() {
       for (;;) {
         const nl = buffer.indexOf('\n');
@@ -123,26 +177,30 @@ export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: 
       });
     },
     reset() {
-      if (!socket.destroyed) socket.resetAndDestroy();
+      // A TLSSocket cannot send a RST, and its TCP socket must not be torn down first
+      // (see connect()): over TLS this is an ordinary close.
+      if (tcp !== socket) socket.destroy();
+      else if (!socket.destroyed) socket.resetAndDestroy();
     },
     bytesRead: () => total,
   };
   socket.setEncoding('latin1');
-  socket.on('data', (chunk: string) => {
+  const onData = (chunk: string) => {
     total += chunk.length;
+    countRead(signal, chunk.length);
     if (total > bounds.maxTotalBytes) return fail(new CheckFailed(`${conn.phase}: backend sent more than ${bounds.maxTotalBytes} bytes`));
     buffer += chunk;
     wake();
-  });
-  socket.on('end', () => {
+  };
+  const onEnd = () => {
     ended = true;
     wake();
-  });
-  socket.on('error', (err) => fail(new CheckFailed(describeSocketError(err, conn.phase))));
-  socket.on('close', () => {
-    ended = true;
-    wake();
-  });
+  };
+  const onError = (err: Error) => fail(new CheckFailed(describeSocketError(err, conn.phase)));
+  socket.on('data', onData);
+  socket.on('end', onEnd);
+  socket.on('error', onError);
+  socket.on('close', onEnd);
   const onAbort = () => fail(abortedDuring(signal, conn.phase));
   if (signal.aborted) onAbort();
   else {

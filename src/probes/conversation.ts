@@ -1,4 +1,5 @@
 import { connect, lineConnection, type LineConnection, type ReadBounds, DEFAULT_BOUNDS } from './connection.js';
+import { startTls, type TlsOptions } from './tls-options.js';
 import { CheckFailed, type ProbeTarget, type ProbeVerdict } from './types.js';
 
 /**
@@ -8,10 +9,18 @@ import { CheckFailed, type ProbeTarget, type ProbeVerdict } from './types.js';
 export type Step =
   /** Send bytes as they are (include the CRLF). */
   | { kind: 'send'; data: string; phase: string }
-  /** Read one RFC 5321-style reply (`ddd-` continuation lines up to `ddd ` or `ddd`) whose code starts with `code`. */
-  | { kind: 'reply'; code: string; phase: string }
+  /**
+   * Read one multi-line reply whose code starts with `code`. `smtp` style (RFC 5321):
+   * every line is `ddd-` up to `ddd ` or `ddd`; `ftp` style (RFC 959): after `ddd-`,
+   * free text lines until one starting `ddd `. `require`: some line must match.
+   */
+  | { kind: 'reply'; code: string; phase: string; style?: 'smtp' | 'ftp'; require?: { pattern: RegExp; missing: string } }
   /** Read one line; it must start with `prefix` or match `pattern`. */
-  | { kind: 'line'; match: string | RegExp; phase: string };
+  | { kind: 'line'; match: string | RegExp; phase: string }
+  /** Read on (within the byte bound) until what was received contains the string or matches the pattern. */
+  | { kind: 'search'; match: string | RegExp; phase: string }
+  /** TLS handshake on the connection as it is: at the start for implicit TLS, after STARTTLS otherwise. */
+  | { kind: 'tls'; options: TlsOptions; phase: string };
 
 export interface Conversation {
   steps: Step[];
@@ -35,7 +44,7 @@ interface Reply {
 const REPLY_LINE = /^(\d{3})(?:([ -])(.*))?$/s;
 
 /** Reads one multi-line reply, bounded in bytes as a whole. */
-export async function readReply(conn: LineConnection, maxReplyBytes: number): Promise<Reply> {
+export async function readReply(conn: LineConnection, maxReplyBytes: number, style: 'smtp' | 'ftp' = 'smtp'): Promise<Reply> {
   const lines: string[] = [];
   let size = 0;
   let code: string | undefined;
@@ -43,6 +52,11 @@ export async function readReply(conn: LineConnection, maxReplyBytes: number): Pr
     const line = await conn.readLine();
     size += line.length + 2;
     if (size > maxReplyBytes) throw new CheckFailed(`${conn.phase}: reply longer than ${maxReplyBytes} bytes`);
+    if (style === 'ftp' && code !== undefined) {
+      lines.push(line);
+      if (line === code || line.startsWith(`${code} `)) return { code, lines };
+      continue;
+    }
     const m = REPLY_LINE.exec(line);
     if (!m) throw new CheckFailed(`${conn.phase}: malformed reply "${shorten(line)}"`);
     if (code !== undefined && m[1] !== code) throw new CheckFailed(`${conn.phase}: reply code changed from ${code} to ${m[1]} inside one reply`);
@@ -57,35 +71,88 @@ export async function converse(target: ProbeTarget, conversation: Conversation, 
   const bounds = { ...DEFAULT_BOUNDS, ...conversation.bounds };
   const maxReplyBytes = conversation.bounds?.maxReplyBytes ?? 4096;
   const socket = await connect(target, signal);
-  const conn = lineConnection(socket, signal, bounds);
+  let conn = lineConnection(socket, signal, bounds);
   let said = 'connected';
+  let tlsNote: string | undefined;
   try {
     for (const step of conversation.steps) {
       conn.phase = step.phase;
       if (step.kind === 'send') {
         await conn.write(step.data);
       } else if (step.kind === 'reply') {
-        const reply = await readReply(conn, maxReplyBytes);
+        const reply = await readReply(conn, maxReplyBytes, step.style);
         if (said === 'connected') said = reply.lines[0]!;
         if (!reply.code.startsWith(step.code)) {
           throw new CheckFailed(`${step.phase}: expected ${step.code.padEnd(3, 'x')}, got "${shorten(reply.lines.join(' | '))}"`);
         }
-      } else {
+        if (step.require && !reply.lines.some((line) => step.require!.pattern.test(line))) {
+          throw new CheckFailed(`${step.phase}: ${step.require.missing} (reply "${shorten(reply.lines.join(' | '))}")`);
+        }
+      } else if (step.kind === 'line') {
         const line = await conn.readLine();
         if (said === 'connected') said = line;
         const ok = typeof step.match === 'string' ? line.startsWith(step.match) : step.match.test(line);
         if (!ok) throw new CheckFailed(`${step.phase}: expected ${String(step.match)}, got "${shorten(line)}"`);
+      } else if (step.kind === 'search') {
+        const found = await searchFor(conn, step.match);
+        if (said === 'connected') said = found.trim();
+      } else {
+        if (tlsNote !== undefined) throw new CheckFailed(`${step.phase}: the connection is already TLS`);
+        const tcp = conn.release();
+        const upgraded = await startTls(tcp, target, step.options, signal);
+        tlsNote = upgraded.note;
+        const left = Math.max(bounds.maxTotalBytes - conn.bytesRead(), 1);
+        conn = lineConnection(upgraded.socket, signal, { ...bounds, maxTotalBytes: left }, tcp);
       }
     }
   } catch (err) {
     conn.reset();
     throw err;
   }
-  if (conversation.farewell !== undefined) {
-    conn.phase = 'closing';
-    // The verdict is known; a backend that resets on QUIT is still up.
-    await conn.write(conversation.farewell).then(() => conn.closeGracefully(), () => undefined);
-  }
-  conn.reset();
-  return { up: true, detail: shorten(said) };
+  if (conversation.farewell !== undefined) sayFarewell(conn, conversation.farewell);
+  else conn.reset();
+  const detail = shorten(said);
+  return { up: true, detail: tlsNote ? `${detail}; ${tlsNote}` : detail };
+}
+
+/** Reads until the received text holds `match`; returns the matched text. */
+async function searchFor(conn: LineConnection, match: string | RegExp): Promise<string> {
+  // A fresh, non-global copy: exec on a /g or /y pattern would carry lastIndex between checks.
+  const pattern = typeof match === 'string' ? undefined : new RegExp(match.source, match.flags.replace(/[gy]/g, ''));
+  let found = '';
+  await conn.readUntil((buffered) => {
+    if (pattern === undefined) {
+      const at = buffered.indexOf(match as string);
+      if (at < 0) return -1;
+      found = match as string;
+      return at + found.length;
+    }
+    const m = pattern.exec(buffered);
+    if (!m) return -1;
+    found = m[0];
+    return m.index + m[0].length;
+  });
+  return found;
+}
+
+/** How long a backend may take to close after QUIT before we reset. */
+const FAREWELL_GRACE_MS = 2000;
+
+/**
+ * The verdict is known: QUIT and half-close in the background, so the backend logs
+ * a clean session and closes first (its side keeps the TIME_WAIT, not ours). A
+ * backend that resets on QUIT is still up; one that never closes is reset.
+ */
+function sayFarewell(conn: LineConnection, farewell: string): void {
+  conn.phase = 'closing';
+  const grace = setTimeout(() => conn.reset(), FAREWELL_GRACE_MS);
+  grace.unref();
+  conn
+    .write(farewell)
+    .then(() => conn.closeGracefully())
+    .catch(() => undefined)
+    .finally(() => {
+      clearTimeout(grace);
+      conn.reset();
+    });
 }

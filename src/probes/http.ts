@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { z } from 'zod';
-import { abortedDuring, describeSocketError } from './connection.js';
+import { abortedDuring, countRead, describeSocketError } from './connection.js';
 import { shorten } from './conversation.js';
 import { CheckFailed, defineProbe, type ProbeTarget, type ProbeVerdict } from './types.js';
 
@@ -68,13 +68,18 @@ export function httpExchange(
       headers: { Host: hostHeader(target, options.host), 'User-Agent': 'nf-healthd', Accept: '*/*', Connection: 'close' },
       maxHeaderSize: 16_384,
     });
+    let socketRead: { bytesRead: number } | undefined;
     const finish = (verdict: ProbeVerdict | Error) => {
+      if (socketRead) countRead(signal, socketRead.bytesRead);
+      socketRead = undefined;
       req.destroy();
       if (verdict instanceof Error) reject(verdict);
       else resolve(verdict);
     };
     req.on('socket', (socket) => {
-      socket.once('connect', () => (phase = 'response'));
+      socketRead = socket;
+      // Over TLS, TCP connect is followed by the handshake before any response.
+      socket.once('connect', () => (phase = (socket as { encrypted?: boolean }).encrypted ? 'TLS handshake' : 'response'));
       socket.once('secureConnect', () => (phase = 'response'));
     });
     req.on('error', (err) => {

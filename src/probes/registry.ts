@@ -2,13 +2,32 @@ import { z } from 'zod';
 import { httpProbe } from './http.js';
 import { smtpProbe } from './smtp.js';
 import { tcpProbe } from './tcp.js';
+import { tlsProbe } from './tls.js';
+import { httpsProbe } from './https.js';
+import { expectProbe } from './expect.js';
+import { execProbe } from './exec.js';
+import { ftpProbe, imapProbe, lmtpProbe, pop3Probe, redisProbe, sshProbe } from './presets.js';
 import type { ProbeTarget, ProbeVerdict } from './types.js';
 
 /**
  * Every check type the daemon knows, picked by `type`. Adding a check is one file
  * exporting a ProbeDefinition plus one line in each list below.
  */
-export const checkSchema = z.discriminatedUnion('type', [tcpProbe.schema, smtpProbe.schema, httpProbe.schema]);
+export const checkSchema = z.discriminatedUnion('type', [
+  tcpProbe.schema,
+  smtpProbe.schema,
+  httpProbe.schema,
+  tlsProbe.schema,
+  httpsProbe.schema,
+  expectProbe.schema,
+  execProbe.schema,
+  pop3Probe.schema,
+  imapProbe.schema,
+  ftpProbe.schema,
+  sshProbe.schema,
+  redisProbe.schema,
+  lmtpProbe.schema,
+]);
 export type CheckConfig = z.infer<typeof checkSchema>;
 export type CheckType = CheckConfig['type'];
 
@@ -18,6 +37,16 @@ const runners: Runners = {
   tcp: tcpProbe.run,
   smtp: smtpProbe.run,
   http: httpProbe.run,
+  tls: tlsProbe.run,
+  https: httpsProbe.run,
+  expect: expectProbe.run,
+  exec: execProbe.run,
+  pop3: pop3Probe.run,
+  imap: imapProbe.run,
+  ftp: ftpProbe.run,
+  ssh: sshProbe.run,
+  redis: redisProbe.run,
+  lmtp: lmtpProbe.run,
 };
 
 export const checkTypes = Object.keys(runners) as CheckType[];

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { converse, type Step } from './conversation.js';
+import { pickTlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
 const hostname = z
@@ -16,10 +17,24 @@ export const smtpProbe = defineProbe({
   schema: z.strictObject({
     type: z.literal('smtp'),
     ehlo: hostname.optional(),
+    /** EHLO, require STARTTLS among the extensions, STARTTLS, handshake, EHLO again. */
+    starttls: z.boolean().default(false),
+    ...tlsOptions,
   }),
   run(target, options, signal) {
     const steps: Step[] = [{ kind: 'reply', code: '220', phase: 'greeting' }];
-    if (options.ehlo !== undefined) {
+    if (options.starttls) {
+      const ehlo = `EHLO ${options.ehlo ?? 'localhost'}\r\n`;
+      steps.push(
+        { kind: 'send', data: ehlo, phase: 'EHLO' },
+        { kind: 'reply', code: '250', phase: 'EHLO', require: { pattern: /^250[ -]STARTTLS\b/i, missing: 'STARTTLS not offered' } },
+        { kind: 'send', data: 'STARTTLS\r\n', phase: 'STARTTLS' },
+        { kind: 'reply', code: '220', phase: 'STARTTLS' },
+        { kind: 'tls', options: pickTlsOptions(options), phase: 'TLS handshake' },
+        { kind: 'send', data: ehlo, phase: 'EHLO after STARTTLS' },
+        { kind: 'reply', code: '250', phase: 'EHLO after STARTTLS' },
+      );
+    } else if (options.ehlo !== undefined) {
       steps.push({ kind: 'send', data: `EHLO ${options.ehlo}\r\n`, phase: 'EHLO' }, { kind: 'reply', code: '250', phase: 'EHLO' });
     }
     return converse(target, { steps, farewell: 'QUIT\r\n' }, signal);

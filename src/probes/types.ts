@@ -17,6 +17,8 @@ export interface ProbeVerdict {
 /** A check result as the rest of the daemon sees it. */
 export interface ProbeResult extends ProbeVerdict {
   latencyMs: number;
+  /** Bytes the check read from the backend (bounded by each probe's byte bound). */
+  bytesRead?: number;
 }
 
 /**

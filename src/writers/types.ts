@@ -34,7 +34,8 @@ export interface WriterDefinition<S extends z.ZodObject = z.ZodObject> {
   readonly type: string;
   readonly schema: S;
   create(options: z.infer<S>): Writer;
-  target(options: z.infer<S>, service: ServiceConfig, backend: BackendConfig): WriterTarget;
+  /** `services`: the whole config's, in order (set writers number marks by position). */
+  target(options: z.infer<S>, service: ServiceConfig, backend: BackendConfig, services: readonly ServiceConfig[]): WriterTarget;
 }
 
 export function defineWriter<S extends z.ZodObject>(def: WriterDefinition<S>): WriterDefinition<S> {

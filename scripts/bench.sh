@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `npm run bench [-- options]`: nf-healthd against HAProxy's checker (see bench/main.ts
+# for the options). Installs the Debian packages it needs when missing (as root), the
+# npm dependencies, builds, then runs the harness on the banner server's core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wanted=(haproxy gcc libc6-dev iproute2 util-linux)
+missing=()
+for p in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bench.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "bench.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+bash scripts/ensure-deps.sh >&2
+npx tsc -p bench/tsconfig.json
+# 10,000 backends are 10,000 listening sockets plus the connections in flight.
+ulimit -n "$(ulimit -Hn)"
+if [ "$(nproc)" -lt 2 ]; then
+  echo "bench.sh: one core only: nothing pinned, the numbers mix checker and backends" >&2
+  exec node bench/dist/main.js --checker-cpu -1 --backend-cpu -1 "$@"
+fi
+# The harness sleeps through the windows; it shares core 0 with the banner server.
+exec taskset -c 0 node bench/dist/main.js "$@"

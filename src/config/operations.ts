@@ -1,0 +1,99 @@
+import net from 'node:net';
+import { z } from 'zod';
+import { duration } from './duration.js';
+
+/**
+ * Config keys for running the service (issue 6): state file, HTTP listener,
+ * notify hooks, flap damping. Kept here so schema.ts only lists them.
+ */
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+/**
+ * `9100`, `"9100"` or `":9100"` listen on loopback (127.0.0.1); `"0.0.0.0:9100"`,
+ * `"[::]:9100"` or `"10.1.2.3:9100"` say where explicitly. Port 0 picks a free port.
+ */
+export function parseListen(text: string): ListenAddress | string {
+  const s = text.trim();
+  let host = '127.0.0.1';
+  let portText = s;
+  const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(s);
+  if (bracketed) {
+    host = bracketed[1]!;
+    portText = bracketed[2]!;
+  } else if (s.includes(':')) {
+    const at = s.lastIndexOf(':');
+    if (s.indexOf(':') !== at) return `"${s}": write an IPv6 address in brackets, such as [::1]:9100`;
+    if (at > 0) host = s.slice(0, at);
+    portText = s.slice(at + 1);
+  }
+  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) return `"${s}": expected a port (0 to 65535), ":PORT" or "ADDRESS:PORT"`;
+  if (net.isIP(host) === 0 && host !== 'localhost') return `"${host}" is not an IP address: listen on an address, such as 127.0.0.1:9100`;
+  return { host, port: Number(portText) };
+}
+
+export const listenAddress = z.union([z.number().int(), z.string()]).transform((value, ctx) => {
+  const parsed = parseListen(String(value));
+  if (typeof parsed === 'string') {
+    ctx.addIssue({ code: 'custom', message: parsed });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
+export const httpSchema = z.strictObject({
+  /** Off unless set. A bare port means loopback. */
+  listen: listenAddress.optional(),
+});
+
+/** A program and its arguments: run directly, never through a shell. */
+const argv = z
+  .array(z.string())
+  .min(1, 'a hook is a program and its arguments, such as ["/usr/local/bin/page", "--team", "net"]')
+  .refine((a) => a[0]!.startsWith('/'), 'the program must be an absolute path (hooks run without a shell and without PATH lookups)');
+
+export const notifySchema = z.strictObject({
+  /** Run when a backend goes up. */
+  up: argv.optional(),
+  /** Run when a backend goes down. */
+  down: argv.optional(),
+  /** Run on every change, after `up`/`down`. */
+  change: argv.optional(),
+  /** A hook still running after this is killed (SIGKILL) and logged. */
+  timeout: duration.default(10_000),
+  /** Hook processes at once, across all backends. */
+  maxConcurrent: z.number().int().min(1).max(64).default(4),
+});
+
+export const dampingSchema = z.strictObject({
+  /** State changes are counted inside this sliding window. */
+  window: duration.default(60_000),
+  /** This many changes inside `window` count as flapping (4 = down, up, down, up). */
+  changes: z.number().int().min(2).default(4),
+  /** First hold time; each further hold doubles it, up to `maxHold`. */
+  hold: duration.default(30_000),
+  maxHold: duration.default(600_000),
+  /** Each `decay` of calm after a hold halves the next hold again (one step). */
+  decay: duration.default(300_000),
+});
+
+export type HttpConfig = z.infer<typeof httpSchema>;
+export type NotifyConfig = z.infer<typeof notifySchema>;
+export type DampingConfig = z.infer<typeof dampingSchema>;
+
+export const STATE_FILE_DEFAULT = '/run/nf-healthd/state.json';
+
+/** Top-level keys, spread into the config object in schema.ts. */
+export const operationsKeys = {
+  /** Where the daemon keeps its state for `status` and for restarts (replaced atomically). */
+  stateFile: z.string().startsWith('/', 'expected an absolute path').default(STATE_FILE_DEFAULT),
+  /** A state file older than this is not resumed at start: backends begin at initialState. */
+  stateMaxAge: duration.default(300_000),
+  http: httpSchema.optional(),
+  notify: notifySchema.optional(),
+  /** Off unless set; `damping: {}` turns it on with the defaults. */
+  damping: dampingSchema.optional(),
+};

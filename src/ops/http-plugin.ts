@@ -1,0 +1,139 @@
+/**
+ * The optional HTTP listener (`http.listen`, loopback when only a port is given):
+ * `/metrics` (Prometheus), `/status` (the state as JSON), `/healthz` (200 while the
+ * scheduler makes progress). GET and HEAD only; nothing else is served. A reload
+ * that changes `http.listen` moves the listener.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { ListenAddress } from '../config/operations.js';
+import type { Daemon, DaemonObserver } from '../daemon.js';
+import type { Logger } from '../log.js';
+import type { DaemonPlugin } from '../run.js';
+import { metricsFor } from './metrics.js';
+import { snapshot } from './snapshot.js';
+import { writePeriod } from './state-plugin.js';
+
+export interface Health {
+  ok: boolean;
+  detail: string;
+}
+
+/**
+ * Healthy while checks keep completing: the latest one is no older than twice the
+ * longest period a backend can wait (downInterval, timeout included), plus a second.
+ */
+export function healthOf(daemon: Daemon, ready: boolean, now = performance.now()): Health {
+  if (!ready) return { ok: false, detail: 'starting: the first round of checks is not done' };
+  const backends = daemon.backends();
+  if (backends.length === 0) return { ok: true, detail: 'no backends configured' };
+  const longest = Math.max(...backends.map((b) => Math.max(b.spec.interval, b.spec.downInterval) + b.spec.timeout));
+  const age = now - Math.max(daemon.lastProgressAt(), daemon.scheduler().lastRunAt());
+  const limit = 2 * longest + 1000;
+  if (age > limit) return { ok: false, detail: `no check has completed for ${(age / 1000).toFixed(1)}s (limit ${(limit / 1000).toFixed(1)}s): the scheduler is stuck` };
+  return { ok: true, detail: `ok: latest check ${(age / 1000).toFixed(1)}s ago` };
+}
+
+function send(res: http.ServerResponse, status: number, type: string, body: string, head: boolean) {
+  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.end(head ? undefined : body);
+}
+
+export function createHttpHandler(daemon: Daemon, options: { configPath: string; ready: () => boolean; log: Logger }) {
+  const { registry } = metricsFor(daemon);
+  return (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const head = req.method === 'HEAD';
+    if (req.method !== 'GET' && !head) {
+      res.setHeader('allow', 'GET, HEAD');
+      return send(res, 405, 'text/plain; charset=utf-8', 'method not allowed\n', false);
+    }
+    const path = (req.url ?? '/').split('?')[0];
+    switch (path) {
+      case '/metrics':
+        registry.metrics().then(
+          (text) => send(res, 200, registry.contentType, text, head),
+          (err: unknown) => {
+            options.log.error({ err, event: 'metrics_failed' }, 'collecting metrics failed');
+            send(res, 500, 'text/plain; charset=utf-8', 'metrics failed\n', head);
+          },
+        );
+        return;
+      case '/status':
+        return send(res, 200, 'application/json', `${JSON.stringify(snapshot(daemon, { configPath: options.configPath, writePeriodMs: writePeriod(daemon) }), null, 1)}\n`, head);
+      case '/healthz': {
+        const h = healthOf(daemon, options.ready());
+        return send(res, h.ok ? 200 : 503, 'text/plain; charset=utf-8', `${h.detail}\n`, head);
+      }
+      default:
+        return send(res, 404, 'text/plain; charset=utf-8', 'not found: try /metrics, /status or /healthz\n', head);
+    }
+  };
+}
+
+export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
+  const metrics = metricsFor(daemon);
+  let ready = false;
+  let server: http.Server | undefined;
+  let bound: ListenAddress | undefined;
+  let stopped = false;
+  const handler = createHttpHandler(daemon, { configPath, ready: () => ready, log });
+
+  const close = () =>
+    new Promise<void>((resolve) => {
+      const s = server;
+      server = undefined;
+      bound = undefined;
+      if (!s) return resolve();
+      s.close(() => resolve());
+      s.closeAllConnections();
+    });
+
+  /** Opens, moves or closes the listener to match the config. Failures are logged, never fatal. */
+  let applying: Promise<void> = Promise.resolve();
+  const apply = () => {
+    applying = applying.then(async () => {
+      const want = stopped ? undefined : daemon.config().http?.listen;
+      if (want && bound && want.host === bound.host && want.port === bound.port) return;
+      await close();
+      if (!want) return;
+      const s = http.createServer(handler);
+      s.headersTimeout = 10_000;
+      s.requestTimeout = 10_000;
+      try {
+        await new Promise<void>((resolve, reject) => {
+          s.once('error', reject);
+          s.listen(want.port, want.host, () => {
+            s.off('error', reject);
+            resolve();
+          });
+        });
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        log.error({ event: 'http_failed', host: want.host, port: want.port, code: e.code }, `cannot listen on ${want.host}:${want.port} for /metrics: ${e.code ?? e.message}`);
+        return;
+      }
+      s.on('error', (err) => log.error({ err, event: 'http_error' }, 'HTTP listener error'));
+      server = s;
+      bound = want;
+      const addr = s.address() as AddressInfo;
+      log.info({ event: 'http_listening', host: addr.address, port: addr.port }, `serving /metrics, /status and /healthz on ${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`);
+    });
+  };
+  apply();
+
+  const observer: DaemonObserver = {
+    ...metrics.observer,
+    onReady() {
+      ready = true;
+    },
+    onReloaded(ok, problems) {
+      metrics.observer.onReloaded?.(ok, problems);
+      if (ok) apply();
+    },
+    onStopping() {
+      stopped = true;
+      apply();
+    },
+  };
+  return observer;
+};

@@ -1,0 +1,188 @@
+/**
+ * Prometheus metrics on a private prom-client Registry (never the global one, so
+ * tests and several daemons in one process do not collide). Labels are service,
+ * backend, check type, outcome and state only: bounded by the config, never a detail
+ * string. Series of backends removed by a reload are dropped.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Daemon, DaemonObserver } from '../daemon.js';
+import { isHeld } from '../health/damping.js';
+
+export interface Metrics {
+  registry: Registry;
+  observer: DaemonObserver;
+  /** Notify hook runs, by hook (up, down, change) and outcome (ok, failed, timeout, coalesced). */
+  hookRuns: Counter<'hook' | 'outcome'>;
+}
+
+type Series = { metric: Counter<string> | Histogram<string>; labels: Record<string, string> };
+type Tracked = { name: string; metric: Counter<string> | Histogram<string> };
+
+const byDaemon = new WeakMap<object, Metrics>();
+
+/** One set of metrics per daemon, shared by the HTTP listener and the hooks. */
+export function metricsFor(daemon: Daemon): Metrics {
+  let m = byDaemon.get(daemon);
+  if (!m) {
+    m = createMetrics(daemon);
+    byDaemon.set(daemon, m);
+  }
+  return m;
+}
+
+export function createMetrics(daemon: Daemon, options: { processMetrics?: boolean } = {}): Metrics {
+  const registry = new Registry();
+  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  const backendLabels = ['service', 'backend'] as const;
+
+  const checkDuration = new Histogram({
+    name: 'nfh_check_duration_seconds',
+    help: 'Duration of one whole check (connect and exchange), by outcome',
+    labelNames: [...backendLabels, 'type', 'outcome'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers,
+  });
+  const checks = new Counter({
+    name: 'nfh_checks_total',
+    help: 'Checks run, by outcome (up or down)',
+    labelNames: [...backendLabels, 'type', 'outcome'],
+    registers,
+  });
+  const transitions = new Counter({
+    name: 'nfh_transitions_total',
+    help: 'Backend state changes, by the state entered',
+    labelNames: [...backendLabels, 'to'],
+    registers,
+  });
+  const writeFailures = new Counter({
+    name: 'nfh_writer_failures_total',
+    help: 'Failed attempts to make the kernel hold a backend state (retried on the next check)',
+    labelNames: backendLabels,
+    registers,
+  });
+  const drifts = new Counter({
+    name: 'nfh_drifts_repaired_total',
+    help: 'Times the kernel held another value than ours (rules reloaded, written by hand) and we set it back',
+    labelNames: backendLabels,
+    registers,
+  });
+  const reloads = new Counter({ name: 'nfh_reloads_total', help: 'Configuration reloads, by outcome', labelNames: ['outcome'], registers });
+  const hookRuns = new Counter({ name: 'nfh_notify_hook_runs_total', help: 'Notify hook runs, by hook and outcome', labelNames: ['hook', 'outcome'], registers });
+
+  new Gauge({
+    name: 'nfh_backend_up',
+    help: 'Backend state as written to the kernel side: 1 up, 0 down',
+    labelNames: backendLabels,
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends()) this.set({ service: b.spec.service, backend: b.spec.name }, b.health.state === 'up' ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'nfh_backend_held',
+    help: '1 while flap damping holds the backend down',
+    labelNames: backendLabels,
+    registers,
+    collect() {
+      this.reset();
+      const now = Date.now();
+      for (const b of daemon.backends()) this.set({ service: b.spec.service, backend: b.spec.name }, isHeld(b.damping, now) ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'nfh_backend_state_since_seconds',
+    help: 'Unix time of the backend\'s latest state change',
+    labelNames: backendLabels,
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends()) this.set({ service: b.spec.service, backend: b.spec.name }, b.since / 1000);
+    },
+  });
+  new Gauge({
+    name: 'nfh_checks_in_flight',
+    help: 'Checks holding a concurrency slot now',
+    registers,
+    collect() {
+      this.set(daemon.checksInFlight().active);
+    },
+  });
+  new Gauge({
+    name: 'nfh_checks_waiting',
+    help: 'Checks due but waiting for a concurrency slot',
+    registers,
+    collect() {
+      this.set(daemon.checksInFlight().pending);
+    },
+  });
+  new Gauge({
+    name: 'nfh_scheduling_lag_seconds',
+    help: 'How late the latest check started against its plan',
+    registers,
+    collect() {
+      this.set(daemon.scheduler().lastLagMs() / 1000);
+    },
+  });
+  new Gauge({
+    name: 'nfh_last_check_age_seconds',
+    help: 'Seconds since the latest completed check',
+    registers,
+    collect() {
+      this.set(Math.max(0, (performance.now() - daemon.lastProgressAt()) / 1000));
+    },
+  });
+
+  // Label sets used per backend, so a reload that removes a backend removes its series.
+  const series = new Map<string, Map<string, Series>>();
+  const track = ({ name, metric }: Tracked, id: string, labels: Record<string, string>) => {
+    let mine = series.get(id);
+    if (!mine) series.set(id, (mine = new Map()));
+    const key = `${name}${JSON.stringify(labels)}`;
+    if (!mine.has(key)) mine.set(key, { metric, labels });
+  };
+
+  const observer: DaemonObserver = {
+    onCheck(b, result) {
+      const labels = { service: b.spec.service, backend: b.spec.name, type: b.spec.check.type, outcome: result.up ? 'up' : 'down' };
+      checkDuration.observe(labels, result.latencyMs / 1000);
+      checks.inc(labels);
+      track({ name: 'checkDuration', metric: checkDuration }, b.spec.id, labels);
+      track({ name: 'checks', metric: checks }, b.spec.id, labels);
+    },
+    onTransition(b, _from, to) {
+      const labels = { service: b.spec.service, backend: b.spec.name, to };
+      transitions.inc(labels);
+      track({ name: 'transitions', metric: transitions }, b.spec.id, labels);
+    },
+    onSync(b, outcome) {
+      const labels = { service: b.spec.service, backend: b.spec.name };
+      if (outcome.error) {
+        writeFailures.inc(labels);
+        track({ name: 'writeFailures', metric: writeFailures }, b.spec.id, labels);
+      }
+      if (outcome.drift) {
+        drifts.inc(labels);
+        track({ name: 'drifts', metric: drifts }, b.spec.id, labels);
+      }
+    },
+    onReloaded(ok) {
+      reloads.inc({ outcome: ok ? 'applied' : 'rejected' });
+      if (!ok) return;
+      const current = new Map(daemon.backends().map((b) => [b.spec.id, b]));
+      for (const [id, mine] of series) {
+        const b = current.get(id);
+        for (const [key, s] of mine) {
+          // Gone, or renamed labels (a new check type): the old series would be reported forever.
+          if (b && s.labels.type === undefined) continue;
+          if (b && s.labels.type === b.spec.check.type) continue;
+          s.metric.remove(s.labels);
+          mine.delete(key);
+        }
+        if (mine.size === 0) series.delete(id);
+      }
+    },
+  };
+  return { registry, observer, hookRuns };
+}

@@ -1,0 +1,8 @@
+/** The operating parts (issue 6), in the order they are wired around the daemon. */
+import type { DaemonPlugin } from '../run.js';
+import { stateDumpPlugin } from './dump-plugin.js';
+import { hooksPlugin } from './hooks-plugin.js';
+import { httpPlugin } from './http-plugin.js';
+import { stateFilePlugin } from './state-plugin.js';
+
+export const operationsPlugins: DaemonPlugin[] = [stateFilePlugin, stateDumpPlugin, httpPlugin, hooksPlugin];

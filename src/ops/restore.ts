@@ -1,0 +1,63 @@
+/**
+ * Resuming at start: backends found in a recent state file, with the same address,
+ * port, check and writer target, continue in the state they had (so a restart of a
+ * healthy daemon writes nothing to the kernel); the others start at initialState.
+ */
+import { formatDuration } from '../config/duration.js';
+import type { Config } from '../config/schema.js';
+import type { ResumedStatus } from '../daemon.js';
+import type { BackendSpec } from '../config/resolve.js';
+import type { Logger } from '../log.js';
+import { fingerprint, type BackendSnapshot, type Snapshot } from './snapshot.js';
+import { readStateFile } from './state-file.js';
+
+export type Restore = (spec: BackendSpec) => ResumedStatus | undefined;
+
+export function restoreFrom(state: Snapshot, maxAgeMs: number, now: number): { restore: Restore; ageMs: number; usable: boolean } {
+  const ageMs = now - Date.parse(state.writtenAt);
+  const usable = ageMs >= 0 && ageMs <= maxAgeMs;
+  const byId = new Map<string, BackendSnapshot>(state.backends.map((b) => [b.id, b]));
+  const restore: Restore = (spec) => {
+    const saved = byId.get(spec.id);
+    if (!usable || !saved || saved.fingerprint !== fingerprint(spec)) return undefined;
+    const resumed: ResumedStatus = {
+      health: { state: saved.state, successes: saved.successes, failures: saved.failures },
+      since: Date.parse(saved.since),
+      reason: saved.reason,
+    };
+    if (saved.last) resumed.last = { up: saved.last.up, detail: saved.last.detail, latencyMs: saved.last.latencyMs, at: Date.parse(saved.last.at) };
+    if (saved.damping) resumed.damping = saved.damping;
+    return resumed;
+  };
+  return { restore, ageMs, usable };
+}
+
+/** Reads the state file once, logs what it will do, and returns the daemon's `restore` option. */
+export async function loadRestore(config: Config, log: Logger, now = Date.now()): Promise<Restore | undefined> {
+  const file = config.stateFile;
+  const read = await readStateFile(file);
+  if (!read.ok) {
+    if (read.missing) log.info({ event: 'state_not_resumed', file }, `no state file at ${file}: backends start ${config.initialState}`);
+    else log.warn({ event: 'state_not_resumed', file }, `${read.problem}: backends start ${config.initialState}`);
+    return undefined;
+  }
+  const { restore, ageMs, usable } = restoreFrom(read.state, config.stateMaxAge, now);
+  if (!usable) {
+    log.info(
+      { event: 'state_not_resumed', file, ageMs },
+      `state file ${file} is ${(ageMs / 1000).toFixed(1)}s old (stateMaxAge ${formatDuration(config.stateMaxAge)}): backends start ${config.initialState}`,
+    );
+    return undefined;
+  }
+  const resumed: string[] = [];
+  const fresh: string[] = [];
+  const counting: Restore = (spec) => {
+    const r = restore(spec);
+    (r ? resumed : fresh).push(spec.name);
+    if (!r) log.info({ event: 'state_not_resumed', backend: spec.name, service: spec.service }, `backend ${spec.name} is new or changed since the state file: it starts ${config.initialState}`);
+    else log.debug({ event: 'state_resumed', backend: spec.name, service: spec.service, state: r.health.state }, `backend ${spec.name} resumes ${r.health.state} (since ${new Date(r.since).toISOString()}): ${r.reason}`);
+    return r;
+  };
+  log.info({ event: 'state_file_read', file, ageMs }, `resuming backend states from ${file}, written ${(ageMs / 1000).toFixed(1)}s ago`);
+  return counting;
+}

@@ -1,0 +1,97 @@
+/**
+ * The daemon's state as plain JSON: the state file, `/status`, the SIGUSR1 dump and
+ * `nf-healthd status` all share this one shape.
+ */
+import type { BackendSpec } from '../config/resolve.js';
+import type { BackendStatus, Daemon } from '../daemon.js';
+import type { DampingState } from '../health/damping.js';
+import type { BackendState } from '../health/hysteresis.js';
+
+export const SNAPSHOT_VERSION = 1;
+
+export interface BackendSnapshot {
+  id: string;
+  service: string;
+  backend: string;
+  address: string;
+  port: number;
+  type: string;
+  /** Identifies what was checked and written: a restart resumes only when it is the same. */
+  fingerprint: string;
+  target: { key: string; label: string };
+  state: BackendState;
+  since: string;
+  reason: string;
+  successes: number;
+  failures: number;
+  last?: { at: string; up: boolean; detail: string; latencyMs: number };
+  /** What the writer last made the kernel hold, and whether a read-back or write confirmed it. */
+  written?: { up: boolean; confirmed: boolean; at: string };
+  /** Set while flap damping holds the backend down. */
+  held?: { until: string; reason: string };
+  damping?: DampingState;
+}
+
+export interface Snapshot {
+  version: typeof SNAPSHOT_VERSION;
+  pid: number;
+  writtenAt: string;
+  /** A reader should call the file stale (daemon gone or stuck) once it is older than this. */
+  staleAfterMs: number;
+  /** Set by the last write of a daemon that stopped cleanly. */
+  stoppedAt?: string;
+  configPath: string;
+  backends: BackendSnapshot[];
+}
+
+/** address, port, check and writer target: what "the backend is unchanged" means across restarts. */
+export function fingerprint(spec: BackendSpec): string {
+  return JSON.stringify([spec.address, spec.port, spec.check, spec.target.key]);
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot {
+  const { spec } = b;
+  const out: BackendSnapshot = {
+    id: spec.id,
+    service: spec.service,
+    backend: spec.name,
+    address: spec.address,
+    port: spec.port,
+    type: spec.check.type,
+    fingerprint: fingerprint(spec),
+    target: { key: spec.target.key, label: spec.target.label },
+    state: b.health.state,
+    since: iso(b.since),
+    reason: b.reason,
+    successes: b.health.successes,
+    failures: b.health.failures,
+  };
+  if (b.last) out.last = { at: iso(b.last.at), up: b.last.up, detail: b.last.detail, latencyMs: b.last.latencyMs };
+  if (b.written) out.written = { up: b.written.up, confirmed: b.written.confirmed, at: iso(b.written.at) };
+  if (b.damping) {
+    out.damping = b.damping;
+    if (b.damping.heldUntil !== undefined && now < b.damping.heldUntil) out.held = { until: iso(b.damping.heldUntil), reason: b.damping.reason ?? 'flapping' };
+  }
+  return out;
+}
+
+/** How long a reader waits before calling the state stale: a few write periods. */
+export function staleAfter(writePeriodMs: number): number {
+  return 3 * writePeriodMs + 2000;
+}
+
+export function snapshot(daemon: Pick<Daemon, 'backends'>, options: { configPath: string; writePeriodMs: number; now?: number; stopped?: boolean }): Snapshot {
+  const now = options.now ?? Date.now();
+  const out: Snapshot = {
+    version: SNAPSHOT_VERSION,
+    pid: process.pid,
+    writtenAt: iso(now),
+    staleAfterMs: staleAfter(options.writePeriodMs),
+    configPath: options.configPath,
+    backends: daemon.backends().map((b) => backendSnapshot(b, now)),
+  };
+  if (options.stopped) out.stoppedAt = iso(now);
+  return out;
+}

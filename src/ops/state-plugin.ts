@@ -1,0 +1,73 @@
+/**
+ * Keeps the state file current: soon after every change (coalesced, so a burst of
+ * transitions is one write) and at least once per interval; a final write marked
+ * `stoppedAt` when the daemon stops. One write at a time, never blocking checks.
+ */
+import type { Daemon } from '../daemon.js';
+import type { DaemonPlugin } from '../run.js';
+import { snapshot } from './snapshot.js';
+import { writeStateFile } from './state-file.js';
+
+/** Shortest interval of any backend: the state file is refreshed at least that often. */
+export function writePeriod(daemon: Pick<Daemon, 'backends' | 'config'>): number {
+  const intervals = daemon.backends().map((b) => b.spec.interval);
+  return Math.max(100, Math.min(...intervals, daemon.config().defaults.interval ?? 2000));
+}
+
+export const stateFilePlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
+  let chain: Promise<void> = Promise.resolve();
+  let queued = false;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let failing: string | undefined;
+
+  const writeNow = async (final: boolean) => {
+    const file = daemon.config().stateFile;
+    try {
+      await writeStateFile(file, snapshot(daemon, { configPath, writePeriodMs: writePeriod(daemon), stopped: final }));
+      if (failing) log.info({ event: 'state_file_recovered', file }, `writing the state file ${file} works again`);
+      failing = undefined;
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const code = e.code ?? e.message;
+      // Once per episode: the checks and the kernel side go on regardless.
+      if (failing !== code) log.error({ event: 'state_file_failed', file, code }, `cannot write the state file ${file}: ${code}: status and restarts will not see the current state`);
+      failing = code;
+    }
+  };
+
+  /** Coalesces requests: at most one write queued behind the one under way. */
+  const request = () => {
+    if (stopped || queued) return;
+    queued = true;
+    chain = chain.then(() => {
+      queued = false;
+      return stopped ? undefined : writeNow(false);
+    });
+  };
+
+  const tick = () => {
+    request();
+    timer = setTimeout(tick, writePeriod(daemon));
+    timer.unref();
+  };
+
+  return {
+    onReady() {
+      if (!timer && !stopped) tick();
+    },
+    onTransition: request,
+    onSync(_b, outcome) {
+      if (outcome.wrote || outcome.error || outcome.drift) request();
+    },
+    onReloaded: request,
+    onStopping() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    },
+    onStopped() {
+      // After the last check and write: what a restart resumes from.
+      chain = chain.then(() => writeNow(true));
+    },
+  };
+};

@@ -1,0 +1,103 @@
+/**
+ * `nf-healthd status [-c FILE] [--json]`: reads the daemon's state file and shows
+ * each backend in one line. Exit 0 all up, 2 some down, 3 when the daemon is not
+ * running or its state is stale (said in words on stderr).
+ */
+import { formatDuration } from '../config/duration.js';
+import { ConfigError, loadConfig } from '../config/load.js';
+import { STATE_FILE_DEFAULT } from '../config/operations.js';
+import type { Config } from '../config/schema.js';
+import type { BackendSnapshot, Snapshot } from './snapshot.js';
+import { readStateFile } from './state-file.js';
+
+export const STATUS_EXIT = { allUp: 0, someDown: 2, notRunning: 3 } as const;
+
+export interface StatusIo {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+/** Why the state cannot be trusted as current, or undefined when it can. */
+export function staleness(state: Snapshot, now: number): string | undefined {
+  if (state.stoppedAt) return `nf-healthd is not running: it stopped at ${state.stoppedAt} (pid ${state.pid})`;
+  const age = now - Date.parse(state.writtenAt);
+  if (age > state.staleAfterMs) {
+    return `nf-healthd is not running or stuck: its state file was last written ${ago(age)} ago (pid ${state.pid}), it is refreshed every ${formatDuration(Math.round((state.staleAfterMs - 2000) / 3))}`;
+  }
+  return undefined;
+}
+
+function ago(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d${Math.floor((s % 86400) / 3600)}h`;
+}
+
+/** The kernel-side value in the writer's own terms: `0` or `1` for conditions. */
+function writtenValue(b: BackendSnapshot, config: Config | undefined): string {
+  if (!b.written) return '-';
+  let value: string = b.written.up ? 'up' : 'down';
+  if (config?.writer.type === 'condition') value = String(b.written.up ? config.writer.upValue : 1 - config.writer.upValue);
+  return b.written.confirmed ? value : `${value} (unconfirmed)`;
+}
+
+export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
+  const rows = [
+    ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE'],
+    ...state.backends.map((b) => {
+      const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
+      const last = b.last ? `${b.last.up ? 'ok' : 'FAIL'} ${ago(now - Date.parse(b.last.at))} ago: ${b.last.detail}` : 'not checked yet';
+      return [
+        `${b.service}/${b.backend}`,
+        `${b.state === 'up' ? 'up' : 'DOWN'}${held}`,
+        `${ago(now - Date.parse(b.since))} ago`,
+        last,
+        b.last ? `${Math.round(b.last.latencyMs)}ms` : '-',
+        b.target.label,
+        writtenValue(b, config),
+      ];
+    }),
+  ];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const lines = rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
+  // Why each down backend is down: the reason of its latest change (and a damping hold).
+  const reasons = state.backends
+    .filter((b) => b.state === 'down')
+    .map((b) => `  ${b.service}/${b.backend}: ${b.held ? `held down until ${b.held.until}: ${b.held.reason}; ` : ''}${b.reason}`);
+  const up = state.backends.filter((b) => b.state === 'up').length;
+  const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
+  return [head, '', ...lines, ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n') + '\n';
+}
+
+export async function statusCommand(io: StatusIo, stateFile: string, config: Config | undefined, json: boolean, now = Date.now()): Promise<number> {
+  const read = await readStateFile(stateFile);
+  if (!read.ok) {
+    const why = read.missing ? `nf-healthd is not running: no state file at ${stateFile}` : `cannot tell whether nf-healthd runs: ${read.problem}`;
+    if (json) io.out(`${JSON.stringify({ running: false, problem: why }, null, 2)}\n`);
+    io.err(`${why}\n`);
+    return STATUS_EXIT.notRunning;
+  }
+  const state = read.state;
+  const stale = staleness(state, now);
+  if (json) io.out(`${JSON.stringify({ running: !stale, ...(stale ? { problem: stale } : {}), ...state }, null, 2)}\n`);
+  else io.out(statusTable(state, config, now));
+  if (stale) {
+    io.err(`${stale}\n`);
+    return STATUS_EXIT.notRunning;
+  }
+  return state.backends.every((b) => b.state === 'up') ? STATUS_EXIT.allUp : STATUS_EXIT.someDown;
+}
+
+/** The `status` command: the config names the state file; a broken config falls back to the default path. */
+export async function runStatus(io: StatusIo, configPath: string, json: boolean): Promise<number> {
+  let config: Config | undefined;
+  try {
+    config = loadConfig(configPath);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    io.err(`${err.message}\n(config unusable: reading the default state file ${STATE_FILE_DEFAULT})\n`);
+  }
+  return statusCommand(io, config?.stateFile ?? STATE_FILE_DEFAULT, config, json);
+}

@@ -1,0 +1,98 @@
+import { z } from 'zod';
+import { converse, type Conversation, type Step } from './conversation.js';
+import { pickTlsOptions, tlsOptions, type TlsOptions } from './tls-options.js';
+import { defineProbe } from './types.js';
+
+/**
+ * Send/expect presets: each protocol check is a step list for the one engine in
+ * conversation.ts (HAProxy's tcp-check idea), never a read loop of its own.
+ */
+
+/** `tls: true` runs the whole exchange over TLS (POP3S, IMAPS, Redis with TLS). */
+const implicitTls = { tls: z.boolean().default(false), ...tlsOptions };
+
+function withTls(options: TlsOptions & { tls: boolean }, steps: Step[]): Step[] {
+  return options.tls ? [{ kind: 'tls', options: pickTlsOptions(options), phase: 'TLS handshake' }, ...steps] : steps;
+}
+
+const hostname = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/, 'expected a host name');
+
+/** POP3 (RFC 1939): the greeting starts `+OK`. */
+export const pop3Probe = defineProbe({
+  type: 'pop3',
+  schema: z.strictObject({ type: z.literal('pop3'), ...implicitTls }),
+  run: (target, options, signal) =>
+    converse(target, { steps: withTls(options, [{ kind: 'line', match: '+OK', phase: 'greeting' }]), farewell: 'QUIT\r\n' }, signal),
+});
+
+/** IMAP (RFC 9051): the greeting is `* OK` (`* PREAUTH` is a session already, `* BYE` a refusal). */
+export const imapProbe = defineProbe({
+  type: 'imap',
+  schema: z.strictObject({ type: z.literal('imap'), ...implicitTls }),
+  run: (target, options, signal) =>
+    converse(target, { steps: withTls(options, [{ kind: 'line', match: /^\* (OK|PREAUTH)\b/i, phase: 'greeting' }]), farewell: 'a1 LOGOUT\r\n' }, signal),
+});
+
+/** FTP (RFC 959): a 220 greeting, multi-line replies with free text between `220-` and `220 `. */
+export const ftpProbe = defineProbe({
+  type: 'ftp',
+  schema: z.strictObject({ type: z.literal('ftp') }),
+  run: (target, _options, signal) =>
+    converse(target, { steps: [{ kind: 'reply', code: '220', style: 'ftp', phase: 'greeting' }], farewell: 'QUIT\r\n' }, signal),
+});
+
+/**
+ * SSH (RFC 4253): the version line `SSH-2.0-` (or `SSH-1.99-`), possibly after other
+ * lines. We answer with our own version line before closing: a client that says
+ * nothing makes sshd log "did not receive identification string", which fail2ban bans.
+ */
+export const sshProbe = defineProbe({
+  type: 'ssh',
+  schema: z.strictObject({ type: z.literal('ssh') }),
+  run: (target, _options, signal) =>
+    converse(
+      target,
+      {
+        steps: [{ kind: 'search', match: /^SSH-(?:2\.0|1\.99)-[^\r\n]*\r?\n/m, phase: 'version' }],
+        farewell: 'SSH-2.0-nf-healthd\r\n',
+        // RFC 4253 allows lines before the version; 255 bytes each, so a few KiB is plenty.
+        bounds: { maxTotalBytes: 8192 },
+      },
+      signal,
+    ),
+});
+
+/** Redis: PING answered by `+PONG` (a `-NOAUTH` or `-LOADING` answer is down, with the words). */
+export const redisProbe = defineProbe({
+  type: 'redis',
+  schema: z.strictObject({ type: z.literal('redis'), ...implicitTls }),
+  run: (target, options, signal) =>
+    converse(
+      target,
+      {
+        steps: withTls(options, [
+          { kind: 'send', data: 'PING\r\n', phase: 'PING' },
+          { kind: 'line', match: '+PONG', phase: 'PING' },
+        ]),
+        farewell: 'QUIT\r\n',
+      },
+      signal,
+    ),
+});
+
+/** LMTP (RFC 2033): a 220 greeting, then LHLO answered by a (multi-line) 250. */
+export const lmtpProbe = defineProbe({
+  type: 'lmtp',
+  schema: z.strictObject({ type: z.literal('lmtp'), lhlo: hostname.default('localhost') }),
+  run(target, options, signal) {
+    const conversation: Conversation = {
+      steps: [
+        { kind: 'reply', code: '220', phase: 'greeting' },
+        { kind: 'send', data: `LHLO ${options.lhlo}\r\n`, phase: 'LHLO' },
+        { kind: 'reply', code: '250', phase: 'LHLO' },
+      ],
+      farewell: 'QUIT\r\n',
+    };
+    return converse(target, conversation, signal);
+  },
+});

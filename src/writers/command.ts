@@ -1,0 +1,68 @@
+import { spawn } from 'node:child_process';
+
+export interface CommandResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface CommandOptions {
+  input?: string;
+  timeoutMs: number;
+  /** Bytes of stdout kept; more fails the command (a runaway listing must not eat memory). */
+  maxOutput: number;
+}
+
+/**
+ * Runs a binary with an argv array (never a shell), feeding `input` on stdin.
+ * Rejects with an errno-style error when it cannot start (ENOENT, EACCES), runs
+ * past the timeout (ETIMEDOUT) or prints too much (E2BIG); resolves otherwise,
+ * whatever the exit code.
+ */
+export function runCommand(file: string, args: readonly string[], options: CommandOptions): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    const signal = AbortSignal.timeout(options.timeoutMs);
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], signal, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' } });
+    let stdout = '';
+    let stderr = '';
+    let failure: NodeJS.ErrnoException | undefined;
+    const fail = (err: NodeJS.ErrnoException) => {
+      failure ??= err;
+      child.kill('SIGKILL');
+    };
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+      if (stdout.length > options.maxOutput) fail(Object.assign(new Error(`${file} printed more than ${options.maxOutput} bytes`), { code: 'E2BIG' }));
+    });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      if (stderr.length < 8192) stderr += chunk;
+    });
+    let settled = false;
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.name === 'AbortError') fail(Object.assign(new Error(`${file} did not finish within ${options.timeoutMs}ms`), { code: 'ETIMEDOUT' }));
+      else if (err.syscall?.startsWith('spawn') && !settled) {
+        settled = true; // never started: no 'close' to wait for
+        reject(err);
+      } else fail(err);
+    });
+    child.stdin.on('error', () => {}); // EPIPE when the child exits early: its exit code tells
+    child.stdin.end(options.input ?? '');
+    child.on('close', (code) => {
+      if (settled) return;
+      settled = true;
+      if (failure) reject(failure);
+      else resolve({ code, stdout, stderr: stderr.trim() });
+    });
+  });
+}
+
+/** An error carrying the command's own words, coded for the writer's hint. */
+export function commandError(tool: string, result: CommandResult): NodeJS.ErrnoException {
+  const text = result.stderr || result.stdout.trim() || `exit code ${result.code}`;
+  const code = /does not exist|No such file or directory|doesn't exist/i.test(text)
+    ? 'ENOENT'
+    : /Operation not permitted|Permission denied|must be root/i.test(text)
+      ? 'EPERM'
+      : 'EFAILED';
+  return Object.assign(new Error(`${tool}: ${text.split('\n')[0]}`), { code });
+}

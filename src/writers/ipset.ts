@@ -1,0 +1,133 @@
+import net from 'node:net';
+import { z } from 'zod';
+import { duration } from '../config/duration.js';
+import { IPSET_DEFAULT_PREFIX, ipsetName } from '../rules/plan.js';
+import { commandError, runCommand } from './command.js';
+import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriteChange, type WriterTarget } from './types.js';
+
+/** A binary: a bare name looked up in PATH, or an absolute path. */
+export const binaryPath = z.string().regex(/^(\/[A-Za-z0-9_./+-]+|[A-Za-z0-9_.+-]+)$/, 'expected a program name or an absolute path');
+
+export const ipsetWriterSchema = z.strictObject({
+  type: z.literal('ipset'),
+  /** Set of backend B is PREFIX + B (shortened with a hash past 31 characters), as `nf-healthd rules` names it. */
+  setPrefix: z.string().regex(/^[A-Za-z0-9_.:-]{1,16}$/, 'expected 1 to 16 letters, digits, "_", ".", ":" or "-"').default(IPSET_DEFAULT_PREFIX),
+  ipsetPath: binaryPath.default('ipset'),
+  /** How long one ipset command may take (default 5s). */
+  commandTimeout: duration.optional(),
+});
+export type IpsetWriterConfig = z.infer<typeof ipsetWriterSchema>;
+
+const MAX_LISTING = 16 * 1024 * 1024;
+
+/** ipset prints addresses in canonical form; so must we, to compare. */
+export function canonicalIp(text: string): string {
+  return net.isIPv6(text) ? new URL(`http://[${text}]/`).hostname.slice(1, -1) : text;
+}
+
+function parseTarget(key: string): { set: string; element: string } {
+  const [set, element] = key.split(' ');
+  if (!set || !element || !/^[A-Za-z0-9_.:-]{1,31}$/.test(set) || net.isIP(element) === 0) throw new Error(`refusing ipset target ${JSON.stringify(key)}`);
+  return { set, element: canonicalIp(element) };
+}
+
+/** `ipset list -o save` output: members of each set listed. */
+export function parseIpsetSave(text: string): Map<string, Set<string>> {
+  const sets = new Map<string, Set<string>>();
+  for (const line of text.split('\n')) {
+    const [verb, name, element] = line.trim().split(/\s+/);
+    if (verb === 'create' && name) sets.set(name, sets.get(name) ?? new Set());
+    else if (verb === 'add' && name && element) sets.get(name)?.add(canonicalIp(element));
+  }
+  return sets;
+}
+
+/**
+ * Up is membership of the service VIP in the backend's hash:ip set. One `ipset list`
+ * per read batch (only the set when the batch has one target), one `ipset restore
+ * -exist` per write batch (add/del are idempotent with -exist).
+ */
+export function createIpsetWriter(options: IpsetWriterConfig): Writer {
+  const timeoutMs = options.commandTimeout ?? 5000;
+  const ipset = (args: string[], input?: string) => runCommand(options.ipsetPath, args, { timeoutMs, maxOutput: MAX_LISTING, ...(input === undefined ? {} : { input }) });
+
+  const restore = async (changes: readonly WriteChange[]) => {
+    const script = changes.map((c) => {
+      const { set, element } = parseTarget(c.target.key);
+      return `${c.up ? 'add' : 'del'} ${set} ${element}\n`;
+    });
+    const result = await ipset(['restore', '-exist'], script.join(''));
+    if (result.code !== 0) throw commandError('ipset', result);
+  };
+
+  return {
+    async read(targets) {
+      const out = new Map<string, ReadOutcome>();
+      if (targets.length === 0) return out;
+      let sets: Map<string, Set<string>>;
+      try {
+        const only = targets.length === 1 ? [parseTarget(targets[0]!.key).set] : [];
+        const result = await ipset(['list', '-o', 'save', ...only]);
+        if (result.code !== 0) throw commandError('ipset', result);
+        sets = parseIpsetSave(result.stdout);
+      } catch (err) {
+        for (const t of targets) out.set(t.key, { error: asErrno(err) });
+        return out;
+      }
+      for (const t of targets) {
+        const { set, element } = parseTarget(t.key);
+        const members = sets.get(set);
+        if (!members) out.set(t.key, { error: Object.assign(new Error(`ipset: set ${set} does not exist`), { code: 'ENOENT' }) });
+        else out.set(t.key, members.has(element) ? { up: true, raw: 'up (in the set)' } : { up: false, raw: 'down (not in the set)' });
+      }
+      return out;
+    },
+    async write(changes) {
+      const failed = new Map<string, NodeJS.ErrnoException>();
+      if (changes.length === 0) return failed;
+      try {
+        await restore(changes);
+      } catch (err) {
+        if (changes.length === 1) failed.set(changes[0]!.target.key, asErrno(err));
+        else {
+          // ipset restore stops at the first bad line: redo one by one to apply the rest and name the culprits.
+          for (const c of changes) {
+            try {
+              await restore([c]);
+            } catch (each) {
+              failed.set(c.target.key, asErrno(each));
+            }
+          }
+        }
+      }
+      return failed;
+    },
+    hint(error, target) {
+      const set = target.key.split(' ')[0];
+      if (error.syscall?.startsWith('spawn')) return `cannot run ${options.ipsetPath}: install ipset or set writer.ipsetPath`;
+      switch (error.code) {
+        case 'ENOENT':
+          return `set ${set} does not exist: load the rules first (nf-healthd rules --format iptables-ipset), in nf-healthd's network namespace`;
+        case 'EPERM':
+        case 'EACCES':
+          return 'ipset needs CAP_NET_ADMIN: run as root or with AmbientCapabilities=CAP_NET_ADMIN';
+        case 'ETIMEDOUT':
+          return `${error.message}; retrying`;
+        default:
+          return `${error.message}; retrying on every check`;
+      }
+    },
+  };
+}
+
+export const ipsetWriter = defineWriter({
+  type: 'ipset',
+  schema: ipsetWriterSchema,
+  create: createIpsetWriter,
+  target(options, service, backend): WriterTarget {
+    // The config schema requires a vip with this writer; the fallback only keeps the type total.
+    const vip = service.vip ?? '0.0.0.0';
+    const set = ipsetName(options.setPrefix, backend.name);
+    return { key: `${set} ${vip}`, label: `ipset ${set} ${vip}` };
+  },
+});

@@ -1,0 +1,232 @@
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../src/config/load.js';
+import { parseListen } from '../src/config/operations.js';
+import { resolveBackends } from '../src/config/resolve.js';
+import { createLogger } from '../src/log.js';
+import { createNotifier, runHook } from '../src/ops/hooks-plugin.js';
+import { restoreFrom } from '../src/ops/restore.js';
+import { fingerprint, type Snapshot } from '../src/ops/snapshot.js';
+import { readStateFile, writeStateFile } from '../src/ops/state-file.js';
+import { staleness, statusTable } from '../src/ops/status-command.js';
+import { tempDir } from './support/daemon.js';
+
+const BASE = `writer: {type: condition, dir: /tmp/x}
+services:
+  - name: mail
+    port: 25
+    check: {type: smtp}
+    backends:
+      - {name: mail1, address: 192.0.2.1}
+`;
+
+function problems(text: string): string[] {
+  try {
+    parseConfig(text, 'c.yaml');
+    return [];
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems.map((p) => `${p.line}:${p.column}: ${p.path}: ${p.message}`);
+    throw err;
+  }
+}
+
+describe('operating config keys', () => {
+  it.each([
+    ['9100', { host: '127.0.0.1', port: 9100 }],
+    [':9100', { host: '127.0.0.1', port: 9100 }],
+    ['0.0.0.0:9100', { host: '0.0.0.0', port: 9100 }],
+    ['[::1]:9100', { host: '::1', port: 9100 }],
+    ['localhost:0', { host: 'localhost', port: 0 }],
+    ['::1:9100', '"::1:9100": write an IPv6 address in brackets, such as [::1]:9100'],
+    ['99999', '"99999": expected a port (0 to 65535), ":PORT" or "ADDRESS:PORT"'],
+    ['example.com:9100', '"example.com" is not an IP address: listen on an address, such as 127.0.0.1:9100'],
+  ])('http.listen %s', (text, want) => {
+    expect(parseListen(text)).toEqual(want);
+  });
+
+  it('has safe defaults: state file in /run, 5m stateMaxAge, no listener, no hooks, no damping', () => {
+    const c = parseConfig(BASE);
+    expect(c.stateFile).toBe('/run/nf-healthd/state.json');
+    expect(c.stateMaxAge).toBe(300_000);
+    expect(c.http).toBeUndefined();
+    expect(c.notify).toBeUndefined();
+    expect(c.damping).toBeUndefined();
+    expect(resolveBackends(c)[0]!.downInterval).toBe(2000); // = interval
+  });
+
+  it('parses every key, with a bare port as loopback and defaults filled in', () => {
+    const c = parseConfig(`${BASE}stateFile: /var/lib/nfh/state.json
+stateMaxAge: 10m
+http: {listen: 9100}
+notify: {down: [/usr/local/bin/page, --team, net]}
+damping: {hold: 1m}
+defaults: {interval: 2s, downInterval: 30s}
+`);
+    expect(c.http?.listen).toEqual({ host: '127.0.0.1', port: 9100 });
+    expect(c.notify).toEqual({ down: ['/usr/local/bin/page', '--team', 'net'], timeout: 10_000, maxConcurrent: 4 });
+    expect(c.damping).toEqual({ window: 60_000, changes: 4, hold: 60_000, maxHold: 600_000, decay: 300_000 });
+    expect(c.stateMaxAge).toBe(600_000);
+    expect(resolveBackends(c)[0]!.downInterval).toBe(30_000);
+  });
+
+  it('rejects bad values with their line', () => {
+    expect(
+      problems(`${BASE}stateFile: state.json
+http: {listen: "example.com:80"}
+notify: {up: [page.sh], timeout: soon}
+damping: {changes: 1}
+`),
+    ).toEqual([
+      '8:12: stateFile: expected an absolute path',
+      '9:16: http.listen: "example.com" is not an IP address: listen on an address, such as 127.0.0.1:9100',
+      '10:14: notify.up: the program must be an absolute path (hooks run without a shell and without PATH lookups)',
+      '10:34: notify.timeout: "soon" is not a duration: use a number and a unit (ms, s, m, h), such as 500ms or 2s',
+      '11:20: damping.changes: Too small: expected number to be >=2',
+    ]);
+    expect(problems(`${BASE}defaults: {interval: 2s, downInterval: 1s}\n`)).toEqual([
+      '8:40: defaults.downInterval: downInterval 1s is shorter than interval 2s for backend mail1: it is meant to check long-dead backends less often',
+    ]);
+  });
+});
+
+let tmp: ReturnType<typeof tempDir>;
+beforeEach(() => {
+  tmp = tempDir('nfh-ops-parts-');
+});
+afterEach(() => tmp.cleanup());
+
+function snapshotOf(partial: Partial<Snapshot> = {}): Snapshot {
+  const c = parseConfig(BASE);
+  const spec = resolveBackends(c)[0]!;
+  return {
+    version: 1,
+    pid: 4242,
+    writtenAt: '2026-11-26T03:00:00.000Z',
+    staleAfterMs: 8000,
+    configPath: '/etc/nf-healthd/config.yaml',
+    backends: [
+      {
+        id: spec.id,
+        service: 'mail',
+        backend: 'mail1',
+        address: '192.0.2.1',
+        port: 25,
+        type: 'smtp',
+        fingerprint: fingerprint(spec),
+        target: { key: 'mail1', label: '/tmp/x/mail1' },
+        state: 'down',
+        since: '2026-11-26T02:55:00.000Z',
+        reason: '3 consecutive failures: connect ECONNREFUSED',
+        successes: 0,
+        failures: 7,
+        last: { at: '2026-11-26T02:59:58.000Z', up: false, detail: 'connect ECONNREFUSED', latencyMs: 0.4 },
+        written: { up: false, confirmed: true, at: '2026-11-26T02:55:00.000Z' },
+      },
+    ],
+    ...partial,
+  };
+}
+
+describe('state file', () => {
+  it('round-trips through an atomic write and rejects what is not a state file', async () => {
+    const file = path.join(tmp.dir, 'sub', 'state.json');
+    await writeStateFile(file, snapshotOf());
+    const read = await readStateFile(file);
+    expect(read).toEqual({ ok: true, state: snapshotOf() });
+    writeFileSync(file, '{"version": 2}');
+    expect(await readStateFile(file)).toMatchObject({ ok: false, missing: false, problem: expect.stringContaining('is not a state file of this version: version') });
+    writeFileSync(file, 'garbage');
+    expect(await readStateFile(file)).toMatchObject({ ok: false, problem: `${file} is not JSON` });
+    expect(await readStateFile(path.join(tmp.dir, 'none.json'))).toMatchObject({ ok: false, missing: true });
+  });
+
+  it('resumes an unchanged backend from a recent file only', () => {
+    const c = parseConfig(BASE);
+    const spec = resolveBackends(c)[0]!;
+    const now = Date.parse('2026-11-26T03:01:00.000Z');
+    const fresh = restoreFrom(snapshotOf(), 300_000, now);
+    expect(fresh.usable).toBe(true);
+    expect(fresh.restore(spec)).toEqual({
+      health: { state: 'down', successes: 0, failures: 7 },
+      since: Date.parse('2026-11-26T02:55:00.000Z'),
+      reason: '3 consecutive failures: connect ECONNREFUSED',
+      last: { up: false, detail: 'connect ECONNREFUSED', latencyMs: 0.4, at: Date.parse('2026-11-26T02:59:58.000Z') },
+    });
+    expect(restoreFrom(snapshotOf(), 30_000, now).restore(spec)).toBeUndefined(); // 60s old
+    expect(fresh.restore({ ...spec, port: 26 })).toBeUndefined();
+    expect(fresh.restore({ ...spec, address: '192.0.2.2' })).toBeUndefined();
+    expect(fresh.restore({ ...spec, check: { type: 'tcp' } })).toBeUndefined();
+    expect(fresh.restore({ ...spec, target: { key: 'other', label: '/tmp/x/other' } })).toBeUndefined();
+    expect(fresh.restore({ ...spec, id: 'mail/mail9' })).toBeUndefined();
+    // Timing is not identity: a new interval keeps the state.
+    expect(fresh.restore({ ...spec, interval: 5000 })).toBeDefined();
+  });
+
+  it('status: staleness in words, and a table', () => {
+    const now = Date.parse('2026-11-26T03:00:05.000Z');
+    expect(staleness(snapshotOf(), now)).toBeUndefined();
+    expect(staleness(snapshotOf(), now + 10_000)).toBe(
+      'nf-healthd is not running or stuck: its state file was last written 15s ago (pid 4242), it is refreshed every 2s',
+    );
+    expect(staleness(snapshotOf({ stoppedAt: '2026-11-26T03:00:00.000Z' }), now)).toBe('nf-healthd is not running: it stopped at 2026-11-26T03:00:00.000Z (pid 4242)');
+    expect(statusTable(snapshotOf(), parseConfig(BASE), now)).toBe(
+      [
+        '0/1 backends up (state of pid 4242, 5s old)',
+        '',
+        'BACKEND     STATE  SINCE      LAST CHECK                         LATENCY  TARGET        VALUE',
+        'mail/mail1  DOWN   5m05s ago  FAIL 7s ago: connect ECONNREFUSED  0ms      /tmp/x/mail1  1',
+        '',
+        'Down:',
+        '  mail/mail1: 3 consecutive failures: connect ECONNREFUSED',
+        '',
+      ].join('\n'),
+    );
+  });
+});
+
+describe('notify hooks (real processes)', () => {
+  const log = createLogger({ level: 'error', destination: { write: () => undefined } });
+
+  it('kills a hook at its timeout and says so', async () => {
+    const stop = new AbortController();
+    expect(await runHook(['/bin/sleep', '30'], {}, 100, stop.signal)).toEqual({ outcome: 'timeout', detail: 'killed after 100ms' });
+    expect(await runHook(['/bin/true'], {}, 5000, stop.signal)).toEqual({ outcome: 'ok', detail: 'exit 0' });
+    expect(await runHook(['/nonexistent/hook'], {}, 5000, stop.signal)).toEqual({ outcome: 'failed', detail: 'ENOENT' });
+  });
+
+  it('a burst runs at most maxConcurrent at once and coalesces per backend (latest state wins)', async () => {
+    const logFile = path.join(tmp.dir, 'runs.log');
+    const hook = path.join(tmp.dir, 'hook.sh');
+    // start/end lines around a short pause: overlapping runs would interleave them.
+    writeFileSync(hook, `#!/bin/sh\necho "start $NFH_BACKEND $NFH_STATE $NFH_PREVIOUS $NFH_COALESCED" >> "$1"\nsleep 0.05\necho "end $NFH_BACKEND" >> "$1"\n`);
+    chmodSync(hook, 0o755);
+    const counted: string[] = [];
+    const notifier = createNotifier({
+      config: () => ({ change: [hook, logFile], timeout: 5000, maxConcurrent: 1 }),
+      log,
+      count: (h, o) => counted.push(`${h}:${o}`),
+    });
+    const at = { service: 'mail', address: '192.0.2.1', port: 25, target: '/tmp/x', reason: 'test', since: 0 };
+    const flips = (backend: string, n: number) => {
+      for (let i = 0; i < n; i++) notifier.notify({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
+    };
+    flips('x', 5); // down up down up down
+    flips('y', 3); // down up down
+    await notifier.idle();
+    expect(readFileSync(logFile, 'utf8').trim().split('\n')).toEqual([
+      'start x down up 1',
+      'end x',
+      'start y down up 1',
+      'end y',
+      // x's 2nd..5th coalesced: latest state (down); previous is what the first run reported before
+      'start x down down 4',
+      'end x',
+      'start y down down 2',
+      'end y',
+    ]);
+    expect(counted.filter((c) => c === 'change:coalesced')).toHaveLength(4);
+    expect(counted.filter((c) => c === 'change:ok')).toHaveLength(4);
+    notifier.stop();
+  });
+});

@@ -1,0 +1,99 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const BIN = fileURLToPath(new URL('../../bin/nf-healthd.js', import.meta.url));
+
+/** A unique temp folder, removed by the returned cleanup. */
+export function tempDir(prefix = 'nfh-test-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export type LogLine = Record<string, unknown> & { level: string; msg: string };
+
+/** The built CLI as a child process, its JSON log lines collected as they come. */
+export interface DaemonProcess {
+  child: ChildProcess;
+  lines: LogLine[];
+  stderr: () => string;
+  /** Resolves with the first log line (from `from` on) that matches; rejects after `ms`. */
+  waitForLine(match: (l: LogLine) => boolean, ms?: number, from?: number): Promise<LogLine>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): DaemonProcess {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: LogLine[] = [];
+  const waiters = new Set<() => void>();
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    out += chunk;
+    let nl;
+    while ((nl = out.indexOf('\n')) >= 0) {
+      const text = out.slice(0, nl);
+      out = out.slice(nl + 1);
+      try {
+        lines.push(JSON.parse(text) as LogLine);
+      } catch {
+        lines.push({ level: 'raw', msg: text });
+      }
+    }
+    for (const w of waiters) w();
+  });
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (err += chunk));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      resolve({ code, signal });
+      for (const w of waiters) w();
+    }),
+  );
+  return {
+    child,
+    lines,
+    stderr: () => err,
+    exited,
+    kill: (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+    waitForLine(match, ms = 10_000, from = 0) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const found = lines.slice(from).find(match);
+          if (found) {
+            done();
+            resolve(found);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            done();
+            reject(new Error(`daemon exited (${child.exitCode ?? child.signalCode}) before the line came; stderr: ${err}\nlines: ${JSON.stringify(lines.slice(-5))}`));
+          }
+        };
+        const timer = setTimeout(() => {
+          done();
+          reject(new Error(`no matching log line within ${ms}ms; last lines: ${JSON.stringify(lines.slice(-5))}; stderr: ${err}`));
+        }, ms);
+        const done = () => {
+          clearTimeout(timer);
+          waiters.delete(check);
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+}
+
+/** Polls `read` until `accept` holds or `ms` passes: for state outside the process (files). */
+export async function waitUntil<T>(read: () => T, accept: (v: T) => boolean, ms = 10_000, every = 20): Promise<T> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const v = read();
+    if (accept(v)) return v;
+    if (performance.now() > deadline) throw new Error(`condition not met within ${ms}ms; last value: ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}

@@ -1,0 +1,155 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { tcpServer } from './servers.js';
+import type { CertFiles } from './certs.js';
+
+/**
+ * Misbehaving loopback servers for the hostile-backend suite. Each listens on port 0
+ * and stops every socket on close(); `written()` says how much it sent, where that
+ * matters for a byte bound.
+ */
+export interface Hostile {
+  port: number;
+  close(): Promise<void>;
+  written(): number;
+}
+
+async function hostile(onConnection: (socket: net.Socket, count: (n: number) => void) => void): Promise<Hostile> {
+  let written = 0;
+  const server = await tcpServer((socket) => onConnection(socket, (n) => (written += n)));
+  return { port: server.port, written: () => written, close: server.close };
+}
+
+/** Writes `piece` again and again, honouring backpressure, until the peer goes away or `limit` bytes went out. */
+function pump(socket: net.Socket, piece: string | Buffer, count: (n: number) => void, limit = Infinity): void {
+  let sent = 0;
+  const next = () => {
+    while (!socket.destroyed && sent < limit) {
+      sent += piece.length;
+      count(piece.length);
+      if (!socket.write(piece)) return void socket.once('drain', next);
+    }
+  };
+  next();
+}
+
+/** Accepts and says nothing. */
+export const silent = () => hostile(() => undefined);
+
+/** Drips `text` one byte every `everyMs`. */
+export const drip = (text: string, everyMs: number) =>
+  hostile((socket, count) => {
+    let i = 0;
+    const timer = setInterval(() => {
+      if (socket.destroyed || i >= text.length) return clearInterval(timer);
+      socket.write(text[i++]!);
+      count(1);
+    }, everyMs);
+    socket.on('close', () => clearInterval(timer));
+  });
+
+/** Sends up to `megabytes` MiB without a newline. */
+export const flood = (megabytes: number) => hostile((socket, count) => pump(socket, Buffer.alloc(65_536, 'A'), count, megabytes * 1024 * 1024));
+
+/** `220-` continuation lines forever. */
+export const endlessContinuation = () => hostile((socket, count) => pump(socket, '220-still greeting you\r\n', count));
+
+/** Resets the connection right after accepting it. */
+export const resetOnAccept = () => hostile((socket) => socket.resetAndDestroy());
+
+/** Closes (FIN) before saying anything. */
+export const closeBeforeGreeting = () => hostile((socket) => socket.end());
+
+/** Writes `text` and then does `after` with the socket on the first data from the client. */
+export const say = (text: string, onClientData?: (socket: net.Socket, data: string) => void) =>
+  hostile((socket, count) => {
+    socket.write(text);
+    count(text.length);
+    socket.setEncoding('latin1');
+    if (onClientData) socket.on('data', (data: string) => onClientData(socket, data));
+  });
+
+/** Answers the first request bytes with `response`, then keeps the connection open and silent. */
+export const httpRaw = (response: string) =>
+  hostile((socket, count) => {
+    socket.once('data', () => {
+      socket.write(response);
+      count(response.length);
+    });
+  });
+
+/** Headers of a chunked response, then chunks forever. */
+export const endlessChunked = () =>
+  hostile((socket, count) => {
+    socket.once('data', () => {
+      const head = 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n';
+      socket.write(head);
+      count(head.length);
+      const body = 'x'.repeat(4096);
+      pump(socket, `${body.length.toString(16)}\r\n${body}\r\n`, count);
+    });
+  });
+
+/** A TLS server with the given certificate; it says `banner` after the handshake when given. */
+export async function tlsServer(files: CertFiles, banner?: string): Promise<Hostile> {
+  const sockets = new Set<tls.TLSSocket>();
+  const server = tls.createServer({ key: fs.readFileSync(files.key), cert: fs.readFileSync(files.cert) }, (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    if (banner) socket.write(banner);
+  });
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    written: () => 0,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/**
+ * A listener whose accept queue is full: python3 listens with backlog 1 and never
+ * accepts (Node's net.Server always accepts), and we fill the queue with idle
+ * connections, so the kernel drops the next SYN.
+ */
+export async function fullAcceptQueue(): Promise<Hostile> {
+  const child: ChildProcess = spawn(
+    'python3',
+    ['-c', 'import socket,sys\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(1)\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()'],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('error', reject);
+    child.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim())));
+  });
+  const fillers: net.Socket[] = [];
+  // Connect until one connection hangs in SYN-SENT: then the queue is full.
+  for (let i = 0; i < 16; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    fillers.push(s);
+    const connected = await new Promise<boolean>((resolve) => {
+      const t = setTimeout(() => resolve(false), 300);
+      s.once('connect', () => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+    if (!connected) break;
+  }
+  return {
+    port,
+    written: () => 0,
+    close: async () => {
+      for (const s of fillers) s.destroy();
+      child.stdin!.end();
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
+  };
+}

@@ -1,0 +1,128 @@
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+/**
+ * Network namespaces and the processes inside them, for the kernel tests. Every
+ * namespace and process made here is removed by cleanupNetns(), which also runs on
+ * exit, SIGINT and SIGTERM, so an interrupted run leaves nothing behind.
+ */
+
+const namespaces = new Set<string>();
+const processes = new Set<ChildProcess>();
+const folders = new Set<string>();
+
+/** A temp folder (mkdtemp, unique) removed by cleanupNetns() with everything else. */
+export function tempFolder(prefix: string): string {
+  hookExit();
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  folders.add(dir);
+  return dir;
+}
+
+export interface Exec {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Netns {
+  readonly name: string;
+  /** Runs argv inside the namespace; resolves with the exit code and output. */
+  exec(argv: readonly string[], input?: string): Promise<Exec>;
+  /** Like exec, but rejects unless the command succeeds. */
+  run(argv: readonly string[], input?: string): Promise<string>;
+  /** A long-running process inside the namespace, killed by cleanupNetns() if still alive. */
+  spawn(argv: readonly string[]): ChildProcess;
+  /** An executable that runs `binary` inside the namespace (for a writer's ipsetPath/nftPath). */
+  wrapper(dir: string, binary: string, callLog?: string): string;
+}
+
+let hooked = false;
+function hookExit(): void {
+  if (hooked) return;
+  hooked = true;
+  process.once('exit', cleanupNetns);
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      cleanupNetns();
+      process.kill(process.pid, signal);
+    });
+  }
+}
+
+/** `nfh-<pid>-<random>-<tag>`: unique across parallel test files and runs. */
+export function uniqueName(tag: string): string {
+  return `nfh-${process.pid}-${randomBytes(3).toString('hex')}-${tag}`;
+}
+
+function execArgv(argv: readonly string[], input?: string): Promise<Exec> {
+  return new Promise((resolve) => {
+    const child = execFile(argv[0]!, argv.slice(1), { maxBuffer: 16 * 1024 * 1024, timeout: 20_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin?.on('error', () => undefined); // EPIPE when the command exits without reading
+    child.stdin?.end(input ?? '');
+  });
+}
+
+export function createNetns(tag: string): Netns {
+  hookExit();
+  const name = uniqueName(tag);
+  execFileSync('ip', ['netns', 'add', name]);
+  namespaces.add(name);
+  execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+  const exec = (argv: readonly string[], input?: string) => execArgv(['ip', 'netns', 'exec', name, ...argv], input);
+  return {
+    name,
+    exec,
+    async run(argv, input) {
+      const r = await exec(argv, input);
+      if (r.code !== 0) throw new Error(`in ${name}: ${argv.join(' ')} failed (${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+      return r.stdout;
+    },
+    spawn(argv) {
+      const child = spawn('ip', ['netns', 'exec', name, ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+      processes.add(child);
+      child.once('exit', () => processes.delete(child));
+      return child;
+    },
+    wrapper(dir, binary, callLog) {
+      const file = path.join(dir, `${path.basename(binary)}-in-${name}`);
+      const log = callLog ? `echo "$*" >> '${callLog}'\n` : '';
+      writeFileSync(file, `#!/bin/sh\n${log}exec ip netns exec ${name} ${binary} "$@"\n`);
+      chmodSync(file, 0o755);
+      return file;
+    },
+  };
+}
+
+/** Kills the processes (by pid), deletes the namespaces and temp folders made here. Synchronous: safe in an exit handler. */
+export function cleanupNetns(): void {
+  for (const child of processes) {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+  processes.clear();
+  for (const name of namespaces) {
+    try {
+      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+    } catch {
+      // already gone
+    }
+  }
+  namespaces.clear();
+  for (const dir of folders) rmSync(dir, { recursive: true, force: true });
+  folders.clear();
+}
+
+/** A veth pair between two namespaces, made inside `a` so no name touches the host. */
+export async function link(a: Netns, aIf: string, aAddr: string, b: Netns, bIf: string, bAddr: string): Promise<void> {
+  await a.run(['ip', 'link', 'add', aIf, 'type', 'veth', 'peer', 'name', bIf, 'netns', b.name]);
+  await a.run(['ip', 'addr', 'add', aAddr, 'dev', aIf]);
+  await a.run(['ip', 'link', 'set', aIf, 'up']);
+  await b.run(['ip', 'addr', 'add', bAddr, 'dev', bIf]);
+  await b.run(['ip', 'link', 'set', bIf, 'up']);
+}
