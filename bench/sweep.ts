@@ -68,14 +68,14 @@ interface SamplesFile {
   latency: Record<string, number[]>;
 }
 
-/** Percentiles of the per-second histograms of whole seconds inside [fromMs, toMs). */
+/** Percentiles of the per-second histograms of the seconds overlapping [fromMs, toMs) (the edges fall in the steady warm-up). */
 export function histogramPercentiles(file: SamplesFile, which: 'lag' | 'latency', fromMs: number, toMs: number): Percentiles | undefined {
   const { minMs, growth, buckets } = file.histogram;
   const total = new Array<number>(buckets).fill(0);
   let n = 0;
   for (const [second, counts] of Object.entries(file[which])) {
     const s = Number(second) * 1000;
-    if (s < fromMs || s + 1000 > toMs) continue;
+    if (s + 1000 <= fromMs || s >= toMs) continue;
     counts.forEach((c, i) => {
       total[i]! += c;
       n += c;

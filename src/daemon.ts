@@ -132,13 +132,17 @@ export function createDaemon(options: DaemonOptions): Daemon {
     if (config.damping) b.damping = damped.damping;
     b.health = seen.health;
     let holdReason: string | undefined;
+    let heldFor: number | undefined;
     for (const e of damped.events) {
       const line = { event: `damping_${e.type}`, service: spec.service, backend: spec.name };
       if (e.type === 'hold' && !seen.transition) {
-        b.reason = `${result.detail}; ${e.reason}`;
+        b.reason = `${e.reason} (the check passed: ${result.detail})`;
         log.warn({ ...line, reason: b.reason, until: new Date(e.until).toISOString() }, `backend ${spec.name} stays down: ${e.reason}`);
       } else if (e.type === 'hold') holdReason = e.reason;
-      else if (e.type === 'released') log.info({ ...line, heldMs: e.heldMs }, `backend ${spec.name}: flap damping hold ended`);
+      else if (e.type === 'released') {
+        heldFor = e.heldMs;
+        log.info({ ...line, heldMs: e.heldMs }, `backend ${spec.name}: flap damping hold ended`);
+      }
       else log.debug({ ...line, until: new Date(e.until).toISOString() }, `backend ${spec.name} passes its checks but is held down: ${e.reason}`);
     }
     notify('onCheck', b, result);
@@ -148,6 +152,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       b.reason =
         to === 'down' ? `${seen.health.failures} consecutive failures: ${result.detail}` : `${seen.health.successes} consecutive successes: ${result.detail}`;
       if (holdReason) b.reason += `; ${holdReason}`;
+      if (heldFor !== undefined && to === 'up') b.reason += ` (after a ${heldFor / 1000}s flap damping hold)`;
       const line = { event: 'transition', service: spec.service, backend: spec.name, state: to, previous: from, reason: b.reason, target: spec.target.label };
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);

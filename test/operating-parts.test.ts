@@ -156,7 +156,7 @@ describe('state file', () => {
     expect(restoreFrom(snapshotOf(), 30_000, now).restore(spec)).toBeUndefined(); // 60s old
     expect(fresh.restore({ ...spec, port: 26 })).toBeUndefined();
     expect(fresh.restore({ ...spec, address: '192.0.2.2' })).toBeUndefined();
-    expect(fresh.restore({ ...spec, check: { type: 'tcp' } })).toBeUndefined();
+    expect(fresh.restore({ ...spec, checks: [{ type: 'tcp' }] })).toBeUndefined();
     expect(fresh.restore({ ...spec, target: { key: 'other', label: '/tmp/x/other' } })).toBeUndefined();
     expect(fresh.restore({ ...spec, id: 'mail/mail9' })).toBeUndefined();
     // Timing is not identity: a new interval keeps the state.

@@ -397,7 +397,7 @@ describe('flap damping and downInterval on a flapping backend', () => {
     await d.waitForLine(isTransition('f', 'down'), 10_000, down2);
     await flappy.start();
     const hold = await d.waitForLine((l) => l.event === 'damping_hold');
-    expect(hold).toMatchObject({ level: 'warn', backend: 'f', reason: '220 nf-healthd-demo ESMTP; flapping: 4 state changes in 30s; held down for 3s (hold 1)' });
+    expect(hold).toMatchObject({ level: 'warn', backend: 'f', reason: 'flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)' });
     expect(hold.msg).toBe('backend f stays down: flapping: 4 state changes in 30s; held down for 3s (hold 1)');
     expect(readFileSync(condFile, 'latin1')).toBe('1\n');
     const held = await waitUntil(() => readState(stateFile), (s) => backendIn(s, 'f')?.held !== undefined);
@@ -405,7 +405,7 @@ describe('flap damping and downInterval on a flapping backend', () => {
     const status = await cli(['status', '-c', configPath]);
     expect(status.code).toBe(2);
     expect(status.stdout).toMatch(/mail\/f +DOWN \(held \ds\)/);
-    expect(status.stdout).toContain(`mail/f: held down until ${String(hold.until)}: flapping: 4 state changes in 30s`);
+    expect(status.stdout).toContain(`mail/f: held down until ${String(hold.until)}; flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)\n`);
 
     // Passing checks while held: still down; up only once the hold is over.
     const up = await d.waitForLine(isTransition('f', 'up'), 10_000, d.lines.indexOf(hold));

@@ -6,7 +6,7 @@
 import { formatDuration } from '../config/duration.js';
 import type { Config } from '../config/schema.js';
 import type { ResumedStatus } from '../daemon.js';
-import type { BackendSpec } from '../config/resolve.js';
+import { resolveBackends, type BackendSpec } from '../config/resolve.js';
 import type { Logger } from '../log.js';
 import { fingerprint, type BackendSnapshot, type Snapshot } from './snapshot.js';
 import { readStateFile } from './state-file.js';
@@ -49,15 +49,18 @@ export async function loadRestore(config: Config, log: Logger, now = Date.now())
     );
     return undefined;
   }
-  const resumed: string[] = [];
-  const fresh: string[] = [];
-  const counting: Restore = (spec) => {
+  const logging: Restore = (spec) => {
     const r = restore(spec);
-    (r ? resumed : fresh).push(spec.name);
+    if (r && !config.damping) delete r.damping; // damping turned off since: no hold carries over
     if (!r) log.info({ event: 'state_not_resumed', backend: spec.name, service: spec.service }, `backend ${spec.name} is new or changed since the state file: it starts ${config.initialState}`);
     else log.debug({ event: 'state_resumed', backend: spec.name, service: spec.service, state: r.health.state }, `backend ${spec.name} resumes ${r.health.state} (since ${new Date(r.since).toISOString()}): ${r.reason}`);
     return r;
   };
-  log.info({ event: 'state_file_read', file, ageMs }, `resuming backend states from ${file}, written ${(ageMs / 1000).toFixed(1)}s ago`);
-  return counting;
+  const specs = resolveBackends(config);
+  const matching = specs.filter((spec) => restore(spec) !== undefined).length;
+  log.info(
+    { event: 'state_file_read', file, ageMs, resumed: matching, backends: specs.length },
+    `resuming ${matching} of ${specs.length} backends from ${file}, written ${(ageMs / 1000).toFixed(1)}s ago`,
+  );
+  return logging;
 }

@@ -2,6 +2,7 @@
  * The daemon's state as plain JSON: the state file, `/status`, the SIGUSR1 dump and
  * `nf-healthd status` all share this one shape.
  */
+import path from 'node:path';
 import type { BackendSpec } from '../config/resolve.js';
 import type { BackendStatus, Daemon } from '../daemon.js';
 import type { DampingState } from '../health/damping.js';
@@ -46,7 +47,12 @@ export interface Snapshot {
 
 /** address, port, check and writer target: what "the backend is unchanged" means across restarts. */
 export function fingerprint(spec: BackendSpec): string {
-  return JSON.stringify([spec.address, spec.port, spec.check, spec.target.key]);
+  return JSON.stringify([spec.address, spec.port, spec.checks, spec.target.key]);
+}
+
+/** `smtp`, or `tls+http` for a backend with several checks: a label bounded by the config. */
+export function checkTypeLabel(spec: Pick<BackendSpec, 'checks'>): string {
+  return spec.checks.map((c) => c.type).join('+');
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -59,7 +65,7 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
     backend: spec.name,
     address: spec.address,
     port: spec.port,
-    type: spec.check.type,
+    type: checkTypeLabel(spec),
     fingerprint: fingerprint(spec),
     target: { key: spec.target.key, label: spec.target.label },
     state: b.health.state,
@@ -89,7 +95,7 @@ export function snapshot(daemon: Pick<Daemon, 'backends'>, options: { configPath
     pid: process.pid,
     writtenAt: iso(now),
     staleAfterMs: staleAfter(options.writePeriodMs),
-    configPath: options.configPath,
+    configPath: path.resolve(options.configPath),
     backends: daemon.backends().map((b) => backendSnapshot(b, now)),
   };
   if (options.stopped) out.stoppedAt = iso(now);

@@ -65,7 +65,10 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
   // Why each down backend is down: the reason of its latest change (and a damping hold).
   const reasons = state.backends
     .filter((b) => b.state === 'down')
-    .map((b) => `  ${b.service}/${b.backend}: ${b.held ? `held down until ${b.held.until}: ${b.held.reason}; ` : ''}${b.reason}`);
+    .map((b) => {
+      const held = b.held ? `held down until ${b.held.until}${b.reason.includes(b.held.reason) ? '' : `: ${b.held.reason}`}; ` : '';
+      return `  ${b.service}/${b.backend}: ${held}${b.reason}`;
+    });
   const up = state.backends.filter((b) => b.state === 'up').length;
   const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
   return [head, '', ...lines, ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n') + '\n';

@@ -168,19 +168,26 @@ export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: 
     },
     async closeGracefully() {
       if (socket.destroyed) return;
+      // The peer closes first (a mail server does after its 221), so the TIME_WAIT stays
+      // on its side: thousands of checks a second must not fill the checker's table.
+      // The data listener keeps draining what it still says, within the byte bound.
+      while (!ended && !failure) await new Promise<void>((resolve) => (waiter = resolve));
+      if (socket.destroyed) return;
       socket.end();
       if (socket.readyState === 'closed') return;
       await new Promise<void>((resolve) => {
         socket.once('close', () => resolve());
-        // Drain what the peer still says (its 221), within the byte bound, so the close is clean.
         socket.resume();
       });
     },
     reset() {
       // A TLSSocket cannot send a RST, and its TCP socket must not be torn down first
       // (see connect()): over TLS this is an ordinary close.
-      if (tcp !== socket) socket.destroy();
-      else if (!socket.destroyed) socket.resetAndDestroy();
+      // Once our FIN is under way, a RST would race the pending shutdown request and leak
+      // the handle (seen on Node 20: the process never exits): destroy plainly then.
+      if (socket.destroyed) return;
+      if (tcp !== socket || socket.writableEnded) socket.destroy();
+      else socket.resetAndDestroy();
     },
     bytesRead: () => total,
   };

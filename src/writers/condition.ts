@@ -1,4 +1,5 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { closeSync, openSync, readSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { conditionName } from '../config/names.js';
@@ -27,20 +28,28 @@ function fileFor(dir: string, name: string): string {
 export function createConditionWriter(options: ConditionWriterConfig): Writer {
   const create = options.create ?? !/^\/proc(\/|$)/.test(options.dir);
   const valueFor = (up: boolean) => (up ? options.upValue : 1 - options.upValue);
+  const readBuffer = Buffer.alloc(16);
   return {
     async read(targets) {
+      // Synchronous on purpose: each file is a few bytes in kernel memory (/proc) or the
+      // page cache, read on every check; open+read+close here costs a few µs, while the
+      // async path (four thread-pool round trips per file) was the daemon's largest cost
+      // at 5,000 checks a second (see BENCHMARKS.md).
       const out = new Map<string, ReadOutcome>();
-      await Promise.all(
-        targets.map(async (t) => {
-          try {
-            const raw = (await readFile(fileFor(options.dir, t.key), 'latin1')).slice(0, 16);
-            const first = raw[0];
-            out.set(t.key, { raw, up: first === '0' || first === '1' ? Number(first) === options.upValue : undefined });
-          } catch (err) {
-            out.set(t.key, { error: asErrno(err) });
-          }
-        }),
-      );
+      for (const t of targets) {
+        let fd: number | undefined;
+        try {
+          fd = openSync(fileFor(options.dir, t.key), 'r');
+          const n = readSync(fd, readBuffer, 0, readBuffer.length, 0);
+          const raw = readBuffer.toString('latin1', 0, n);
+          const first = raw[0];
+          out.set(t.key, { raw, up: first === '0' || first === '1' ? Number(first) === options.upValue : undefined });
+        } catch (err) {
+          out.set(t.key, { error: asErrno(err) });
+        } finally {
+          if (fd !== undefined) closeSync(fd);
+        }
+      }
       return out;
     },
     async write(changes) {
