@@ -55,6 +55,8 @@ export interface RowResult {
   peakRssMiB: number;
   lagMs?: Percentiles;
   latencyMs?: Percentiles;
+  /** nf-healthd: V8 heap in use and reserved at exit, MiB. */
+  heapMiB?: { used: number; total: number };
   /** Backends the checker held down at the end: any is a wrong verdict (all backends are healthy). */
   down: number;
   timeWait: { checker: number; backend: number };
@@ -66,6 +68,7 @@ interface SamplesFile {
   histogram: { minMs: number; growth: number; buckets: number };
   lag: Record<string, number[]>;
   latency: Record<string, number[]>;
+  memory?: { rss: number; heapTotal: number; heapUsed: number; external: number; arrayBuffers: number };
 }
 
 /** Percentiles of the per-second histograms of the seconds overlapping [fromMs, toMs) (the edges fall in the steady warm-up). */
@@ -146,6 +149,7 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
         const samples = JSON.parse(readFileSync(checker.samplesFile, 'utf8')) as SamplesFile;
         row.lagMs = histogramPercentiles(samples, 'lag', t0, t1);
         row.latencyMs = histogramPercentiles(samples, 'latency', t0, t1);
+        if (samples.memory) row.heapMiB = { used: samples.memory.heapUsed / 2 ** 20, total: samples.memory.heapTotal / 2 ** 20 };
       }
       if (o.keepDir) row.dir = dir;
       return row;

@@ -129,7 +129,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     const now = Date.now();
     const damped = damp(observe(b.health, result.up, spec), b.damping, config.damping, now);
     const seen = damped.observation;
-    if (config.damping) b.damping = damped.damping;
+    b.damping = config.damping ? damped.damping : undefined; // turned off by a reload: no hold lingers
     b.health = seen.health;
     let holdReason: string | undefined;
     let heldFor: number | undefined;

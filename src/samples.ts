@@ -20,6 +20,8 @@ export interface SamplesFile {
   /** Epoch second -> bucket counts. */
   lag: Record<string, number[]>;
   latency: Record<string, number[]>;
+  /** process.memoryUsage() when the daemon stopped, in bytes. */
+  memory: NodeJS.MemoryUsage;
 }
 
 export function bucketOf(ms: number): number {
@@ -58,7 +60,7 @@ export const samplesPlugin: DaemonPlugin = ({ daemon, log }) => {
   return {
     onCheck: (_backend, result) => latency.add(result.latencyMs),
     onStopping() {
-      const out: SamplesFile = { histogram: HISTOGRAM, lag: lag.toJSON(), latency: latency.toJSON() };
+      const out: SamplesFile = { histogram: HISTOGRAM, lag: lag.toJSON(), latency: latency.toJSON(), memory: process.memoryUsage() };
       try {
         writeFileSync(file, JSON.stringify(out));
       } catch (err) {

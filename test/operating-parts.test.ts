@@ -6,6 +6,7 @@ import { parseListen } from '../src/config/operations.js';
 import { resolveBackends } from '../src/config/resolve.js';
 import { createLogger } from '../src/log.js';
 import { createNotifier, runHook } from '../src/ops/hooks-plugin.js';
+import { healthOf } from '../src/ops/http-plugin.js';
 import { restoreFrom } from '../src/ops/restore.js';
 import { fingerprint, type Snapshot } from '../src/ops/snapshot.js';
 import { readStateFile, writeStateFile } from '../src/ops/state-file.js';
@@ -228,5 +229,21 @@ describe('notify hooks (real processes)', () => {
     expect(counted.filter((c) => c === 'change:coalesced')).toHaveLength(4);
     expect(counted.filter((c) => c === 'change:ok')).toHaveLength(4);
     notifier.stop();
+  });
+});
+
+describe('/healthz verdict', () => {
+  // healthOf reads four daemon accessors; a plain object with those values stands in
+  // for a daemon whose scheduler is stuck, which a real one cannot be made to be on demand.
+  const spec = { interval: 2000, downInterval: 10_000, timeout: 1500 };
+  const daemonAt = (progressAt: number) =>
+    ({ backends: () => [{ spec }], lastProgressAt: () => progressAt, scheduler: () => ({ lastRunAt: () => progressAt }) }) as unknown as Parameters<typeof healthOf>[0];
+
+  it('is 503 before the first round and when no check completed for twice the longest period', () => {
+    expect(healthOf(daemonAt(0), false, 1000)).toEqual({ ok: false, detail: 'starting: the first round of checks is not done' });
+    expect(healthOf(daemonAt(0), true, 1500)).toEqual({ ok: true, detail: 'ok: latest check 1.5s ago' });
+    // longest period: downInterval 10s + timeout 1.5s -> limit 2 x 11.5s + 1s = 24s
+    expect(healthOf(daemonAt(0), true, 24_000)).toMatchObject({ ok: true });
+    expect(healthOf(daemonAt(0), true, 24_001)).toEqual({ ok: false, detail: 'no check has completed for 24.0s (limit 24.0s): the scheduler is stuck' });
   });
 });

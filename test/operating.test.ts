@@ -315,6 +315,26 @@ describe('HTTP listener', () => {
     expect(await healthz.text()).toMatch(/^ok: latest check \d+\.\ds ago\n$/);
     expect((await fetch(`${base}/nope`)).status).toBe(404);
     expect((await fetch(`${base}/metrics`, { method: 'POST' })).status).toBe(405);
+
+    // Reload: c removed (its series go), the listener moves to another port.
+    const newPort = await closedPort();
+    writeConfig(
+      [
+        { name: 'a', port: a.port },
+        { name: 'b', port: gone },
+      ],
+      `http: {listen: "127.0.0.1:${newPort}"}`,
+    );
+    const mark = d.lines.length;
+    d.child.kill('SIGHUP');
+    await d.waitForLine((l) => l.event === 'reloaded', 10_000, mark);
+    const moved = await d.waitForLine((l) => l.event === 'http_listening', 10_000, mark);
+    expect(moved.port).toBe(newPort);
+    await expect(fetch(`${base}/healthz`)).rejects.toThrow();
+    const after = parseMetrics(await (await fetch(`http://127.0.0.1:${newPort}/metrics`)).text());
+    expect(after.some((s) => s.labels.backend === 'c')).toBe(false);
+    expect(after.find((s) => s.name === 'nfh_reloads_total')).toMatchObject({ labels: { outcome: 'applied' }, value: 1 });
+    expect(after.find((s) => s.name === 'nfh_transitions_total' && s.labels.backend === 'b')?.value).toBe(1);
     await stop(d);
   });
 });

@@ -99,6 +99,7 @@ export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
       const s = http.createServer(handler);
       s.headersTimeout = 10_000;
       s.requestTimeout = 10_000;
+      s.maxConnections = 64; // a scraper or two and an operator's curl, not a crowd
       try {
         await new Promise<void>((resolve, reject) => {
           s.once('error', reject);
@@ -121,8 +122,12 @@ export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
   };
   apply();
 
+  // Metrics are only counted while a listener is configured: no cost per check otherwise.
+  const counting = () => daemon.config().http?.listen !== undefined;
   const observer: DaemonObserver = {
-    ...metrics.observer,
+    onCheck: (b, r) => counting() && metrics.observer.onCheck?.(b, r),
+    onTransition: (b, from, to) => counting() && metrics.observer.onTransition?.(b, from, to),
+    onSync: (b, outcome) => counting() && metrics.observer.onSync?.(b, outcome),
     onReady() {
       ready = true;
     },
