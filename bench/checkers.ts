@@ -32,6 +32,8 @@ export interface CheckerSetup {
   ns?: string;
   /** Extra node options (say, --cpu-prof) for nf-healthd. */
   nodeArgs?: string[];
+  /** nf-healthd's entry point: bin/nf-healthd.js of this repository unless given (before/after comparisons). */
+  daemonEntry?: string;
 }
 
 export interface CheckerProcess {
@@ -140,7 +142,7 @@ export async function startNfHealthd(setup: CheckerSetup): Promise<CheckerProces
   const configFile = path.join(setup.dir, 'nf-healthd.yaml');
   writeFileSync(configFile, nfHealthdConfig(setup, conditionDir));
   const samplesFile = path.join(setup.dir, 'samples.json');
-  const [cmd, args] = command([process.execPath, ...(setup.nodeArgs ?? []), path.join(repoRoot(), 'bin', 'nf-healthd.js'), 'run', '-c', configFile], setup);
+  const [cmd, args] = command([process.execPath, ...(setup.nodeArgs ?? []), setup.daemonEntry ?? path.join(repoRoot(), 'bin', 'nf-healthd.js'), 'run', '-c', configFile], setup);
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv({ NF_HEALTHD_SAMPLES: samplesFile }), cwd: setup.dir });
   // Log level warn: a healthy run says nothing; keep what it does say for the report.
   let said = '';

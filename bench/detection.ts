@@ -40,8 +40,21 @@ export interface DetectionRow {
   /** The formula for this row. */
   formulaMs: number;
   formula: string;
+  /**
+   * The schedule's own worst case: the first failing check starts within one interval,
+   * each failing check of a silent backend lasts the whole timeout, and the next one
+   * starts fastInterval after the previous one ended.
+   */
+  boundMs: number;
   /** p99 within 50 ms of the formula. */
   met: boolean;
+}
+
+export function scheduleBound(failure: Failure, phase: 'down' | 'up', t: Timing): number {
+  const checks = phase === 'down' ? t.fall : t.rise;
+  // Recovery from silence: a check hanging at the revival still runs into its timeout first.
+  const lasting = failure === 'silent' ? (phase === 'down' ? checks * t.timeoutMs : t.timeoutMs) : 0;
+  return t.intervalMs + (checks - 1) * t.fastIntervalMs + lasting;
 }
 
 export function formulaFor(failure: Failure, phase: 'down' | 'up', t: Timing): { ms: number; text: string } {
@@ -147,6 +160,7 @@ export async function runDetection(o: DetectionOptions): Promise<DetectionRow[]>
             maxMs: Math.max(...seen),
             formulaMs: f.ms,
             formula: f.text,
+            boundMs: scheduleBound(failure, phase, t),
             met: seen.length === all.length && p99 <= f.ms + 50,
           });
         }

@@ -85,9 +85,20 @@ export function inNamespace(ns: string | undefined, argv: string[]): [string, st
   return ns === undefined ? [argv[0]!, argv.slice(1)] : ['ip', ['netns', 'exec', ns, ...argv]];
 }
 
-/** argv pinned to `cpu` with taskset, inside `ns` when given. */
+/**
+ * Scheduling priority (nice) for the checker and the backends: on a shared machine a
+ * raised priority keeps other work from starving the measured processes. The same for
+ * both checkers, so the comparison stays fair. 0 leaves it alone.
+ */
+let niceness = 0;
+export function setNiceness(n: number): void {
+  niceness = n;
+}
+
+/** argv pinned to `cpu` with taskset, inside `ns` when given, at the niceness set above. */
 export function command(argv: string[], where: { cpu?: number; ns?: string }): [string, string[]] {
-  return inNamespace(where.ns, where.cpu === undefined ? argv : ['taskset', '-c', String(where.cpu), ...argv]);
+  const pinned = where.cpu === undefined ? argv : ['taskset', '-c', String(where.cpu), ...argv];
+  return inNamespace(where.ns, niceness === 0 ? pinned : ['nice', '-n', String(niceness), ...pinned]);
 }
 
 /** A network namespace of the benchmark's own, loopback up: its counters and sockets are ours alone. */

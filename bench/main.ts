@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { CheckerName, Timing } from './checkers.js';
 import { runDetection, type DetectionRow } from './detection.js';
-import { buildBannerServer, createNamespace, repoRoot, type BackendMode } from './lib.js';
+import { buildBannerServer, createNamespace, repoRoot, setNiceness, type BackendMode } from './lib.js';
 import { machine, renderReport, writeIntoFile } from './report.js';
 import { runRow, type RowResult } from './sweep.js';
 
@@ -25,7 +25,10 @@ const USAGE = `usage: npm run bench -- [options]
   --background N        healthy backends checked during the detection trials (default 1000)
   --detection-timeout MS  check timeout during the detection trials (default 500)
   --checker-cpu N --backend-cpu N   cores for taskset (default 1 and 0; -1: no pinning)
+  --nice N              niceness of the checker and the backends (default -10, 0: unchanged;
+                        on a shared machine, keeps other work from starving them)
   --profile DIR         run nf-healthd under --cpu-prof, profiles into DIR
+  --daemon FILE         nf-healthd entry point to measure (default bin/nf-healthd.js; for before/after)
   --out FILE            Markdown file to write the tables into (default BENCHMARKS.md)
   --no-write            print only
 `;
@@ -56,7 +59,9 @@ async function main(argv: string[]): Promise<number> {
       'detection-timeout': { type: 'string', default: '500' },
       'checker-cpu': { type: 'string', default: '1' },
       'backend-cpu': { type: 'string', default: '0' },
+      nice: { type: 'string', default: '-10' },
       profile: { type: 'string' },
+      daemon: { type: 'string' },
       out: { type: 'string', default: 'BENCHMARKS.md' },
       'no-write': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -86,6 +91,7 @@ async function main(argv: string[]): Promise<number> {
   const windowMs = Number(values.window) * 1000;
   const warmupMs = Number(values.warmup) * 1000;
   const trials = int(values.trials, 'trials');
+  setNiceness(int(values.nice, 'nice'));
 
   const startedAt = new Date();
   const loadBefore = os.loadavg().map((x) => x.toFixed(2)).join(', ');
@@ -104,7 +110,7 @@ async function main(argv: string[]): Promise<number> {
         for (const checker of checkers) {
           log(`${mode} × ${count} with ${checker} (load ${os.loadavg()[0]!.toFixed(2)})`);
           const nodeArgs = checker === 'nf-healthd' && values.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(values.profile), '--cpu-prof-name', `nf-healthd-${mode}-${count}.cpuprofile`] : [];
-          const row = await runRow({ checker, mode, count, timing, warmupMs, windowMs, port: port++, bannerServer, checkerCpu, backendCpu, ns: ns.name, nodeArgs });
+          const row = await runRow({ checker, mode, count, timing, warmupMs, windowMs, port: port++, bannerServer, checkerCpu, backendCpu, ns: ns.name, nodeArgs, daemonEntry: values.daemon && path.resolve(values.daemon) });
           rows.push(row);
           log(
             `  ${(100 * row.achieved).toFixed(1)}% achieved, ${row.cpuUsPerCheck.toFixed(0)} µs/check, RSS ${row.rssMiB.toFixed(0)} MiB` +

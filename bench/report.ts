@@ -84,7 +84,7 @@ export function ratioTable(rows: RowResult[]): string {
 
 export function detectionTable(rows: DetectionRow[]): string {
   return table(
-    ['failure', 'measured', 'trials', 'p50 ms', 'p99 ms', 'max ms', 'formula', 'formula ms', 'p99 within 50 ms'],
+    ['failure', 'measured', 'trials', 'p50 ms', 'p99 ms', 'max ms', 'formula', 'formula ms', 'p99 within 50 ms', 'schedule bound ms'],
     rows.map((r) => [
       r.failure === 'refused' ? 'killed (refused)' : 'silent (times out)',
       r.phase === 'down' ? 'detection' : 'recovery',
@@ -95,6 +95,7 @@ export function detectionTable(rows: DetectionRow[]): string {
       r.formula,
       String(r.formulaMs),
       r.met ? 'yes' : 'no',
+      String(r.boundMs),
     ]),
   );
 }

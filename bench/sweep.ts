@@ -25,6 +25,7 @@ export interface RowOptions {
   /** Network namespace for the backends and the checker (see createNamespace). */
   ns?: string;
   nodeArgs?: string[];
+  daemonEntry?: string;
   /** Keep the checker's temp folder (profiles) instead of removing it. */
   keepDir?: boolean;
 }
@@ -101,7 +102,7 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `nfh-bench-${o.checker}-${o.mode}-${o.count}-`));
   const backends = await startBackends(o.bannerServer, o.mode, o.port, o.count, { cpu: o.backendCpu, ns: o.ns });
   try {
-    const checker = await startChecker(o.checker, { mode: o.mode, port: o.port, count: o.count, timing: o.timing, dir, cpu: o.checkerCpu, ns: o.ns, nodeArgs: o.nodeArgs });
+    const checker = await startChecker(o.checker, { mode: o.mode, port: o.port, count: o.count, timing: o.timing, dir, cpu: o.checkerCpu, ns: o.ns, nodeArgs: o.nodeArgs, daemonEntry: o.daemonEntry });
     let exit = '';
     try {
       // Every backend checked at least once, then a steady state before measuring.

@@ -125,6 +125,7 @@ describe('nf-healthd run', () => {
   };
   const yaml = (backends: string) => `defaults: {interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 2, fall: 2}
 writer: {type: condition, dir: ${conditions}, upValue: 0}
+stateFile: ${tmp.dir}/run-state.json
 log: {level: info, format: json}
 services:
   - name: mail
@@ -201,6 +202,7 @@ ${backends}`;
       'stall.yaml',
       `defaults: {interval: 10s, timeout: 10s}
 writer: {type: condition, dir: ${dir}}
+stateFile: ${tmp.dir}/stall-state.json
 services:
   - name: mail
     port: ${silent.port}

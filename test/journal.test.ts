@@ -59,6 +59,7 @@ describe('log format', () => {
       configPath,
       `defaults: {interval: 200ms, fastInterval: 100ms, timeout: 300ms, rise: 1, fall: 1}
 writer: {type: condition, dir: ${path.join(tmp.dir, 'cond')}}
+stateFile: ${path.join(tmp.dir, 'state.json')}
 services:
   - name: mail
     port: 25

@@ -33,6 +33,7 @@ async function smtp(): Promise<SmtpServer> {
 function configYaml(dir: string, backends: { name: string; port: number }[]): string {
   return `defaults: {interval: 200ms, fastInterval: 100ms, timeout: 300ms, rise: 1, fall: 1}
 writer: {type: condition, dir: ${dir}}
+stateFile: ${dir}.state.json
 services:
   - name: mail
     port: 25

@@ -115,7 +115,8 @@ describe('state file, status and restarts', () => {
     await first.waitForLine(isTransition('b', 'down'));
     const settled = await waitUntil(
       () => readState(stateFile),
-      (s) => backendIn(s, 'b')?.state === 'down' && backendIn(s, 'b')?.written?.confirmed === true && backendIn(s, 'a')?.written?.confirmed === true,
+      // The file is written at the transition and again once the writer has applied it.
+      (s) => backendIn(s, 'b')?.state === 'down' && backendIn(s, 'b')?.written?.up === false && backendIn(s, 'b')?.written?.confirmed === true && backendIn(s, 'a')?.written?.confirmed === true,
     );
     expect(settled!.pid).toBe(first.child.pid);
     const sa = backendIn(settled, 'a')!;

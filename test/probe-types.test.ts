@@ -133,6 +133,16 @@ describe('tls', () => {
   it('is down with ECONNREFUSED when nothing listens', async () => {
     expect(await check({ type: 'tls' }, await closedPort())).toMatchObject({ up: false, detail: 'connect ECONNREFUSED' });
   });
+
+  it('validates the TLS options', () => {
+    const problems = (input: unknown) => (checkSchema.safeParse(input).error?.issues ?? []).map((i) => `${i.path.join('.')}: ${i.message}`);
+    expect(problems({ type: 'tls', ca: 'relative/ca.pem' })).toEqual(['ca: expected an absolute path to a PEM file']);
+    expect(problems({ type: 'https', servername: 'bad name' })).toEqual(['servername: expected a host name']);
+    expect(problems({ type: 'smtp', starttls: 'yes' })).toHaveLength(1);
+    expect(problems({ type: 'tls', minValidDays: -1 })).toHaveLength(1);
+    expect(problems({ type: 'exec', command: [] })).toEqual(['command: the program to run, then its arguments']);
+    expect(problems({ type: 'exec', command: ['/bin/true'], env: { 'BAD-NAME': 'x' } })).toHaveLength(1);
+  });
 });
 
 describe('https', () => {
@@ -209,6 +219,14 @@ describe('expect and its presets', () => {
     expect(await check({ type: 'expect', steps, farewell: 'BYE\r\n' }, s.port)).toMatchObject({ up: true, detail: '* hello from a custom thing' });
     const wrong = await check({ type: 'expect', steps: [{ expect: '* hello' }, { expect: 'READY> ', in: 'buffer' }, { send: 'STATUS\r\n' }, { expectRegex: 'dead' }] }, s.port);
     expect(wrong).toMatchObject({ up: false, detail: 'step 4: expected /dead/, got "status: all 3 workers alive"' });
+  });
+
+  it('reads multi-line replies in SMTP and FTP style', async () => {
+    const s = await lineServer('220-first\r\nfree text\r\n220 ready\r\n', (line) => (line === 'NOOP' ? '250-ok\r\n250 fine\r\n' : undefined));
+    const steps = [{ expectReply: '220', style: 'ftp' }, { send: 'NOOP\r\n' }, { expectReply: '25' }];
+    expect(await check({ type: 'expect', steps }, s.port)).toMatchObject({ up: true, detail: '220-first' });
+    const strict = await check({ type: 'expect', steps: [{ expectReply: '220' }] }, s.port);
+    expect(strict).toMatchObject({ up: false, detail: 'step 1: malformed reply "free text"' });
   });
 
   it('rejects a bad regular expression in the config', () => {

@@ -15,9 +15,15 @@ export const conditionWriterSchema = z.strictObject({
 });
 export type ConditionWriterConfig = z.infer<typeof conditionWriterSchema>;
 
+/** Names already checked: fileFor runs on every check, the answer never changes. */
+const checkedNames = new Set<string>();
+
 function fileFor(dir: string, name: string): string {
   // Names are validated by the config schema; check again right before they become a path.
-  if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
+  if (!checkedNames.has(name)) {
+    if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
+    if (checkedNames.size < 1_000_000) checkedNames.add(name);
+  }
   return path.join(dir, name);
 }
 

@@ -22,14 +22,21 @@ async function hostile(onConnection: (socket: net.Socket, count: (n: number) => 
   return { port: server.port, written: () => written, close: server.close };
 }
 
-/** Writes `piece` again and again, honouring backpressure, until the peer goes away or `limit` bytes went out. */
+/**
+ * Writes `piece` again and again, honouring backpressure, until the peer goes away or
+ * `limit` bytes went out. It yields to the event loop every 64 KiB: loopback takes
+ * megabytes before pushing back, and the checks under test share this process.
+ */
 function pump(socket: net.Socket, piece: string | Buffer, count: (n: number) => void, limit = Infinity): void {
   let sent = 0;
   const next = () => {
+    let burst = 0;
     while (!socket.destroyed && sent < limit) {
       sent += piece.length;
+      burst += piece.length;
       count(piece.length);
       if (!socket.write(piece)) return void socket.once('drain', next);
+      if (burst >= 65_536) return void setImmediate(next);
     }
   };
   next();
