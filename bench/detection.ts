@@ -11,7 +11,7 @@ import { watch, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startNfHealthd, backendName, type Timing } from './checkers.js';
-import { percentile, sleep, startBackends, waitFor } from './lib.js';
+import { percentile, prioritize, sleep, startBackends, waitFor } from './lib.js';
 
 export interface DetectionOptions {
   trials: number;
@@ -114,6 +114,7 @@ export async function runDetection(o: DetectionOptions): Promise<DetectionRow[]>
     const checker = await startNfHealthd({ mode: 'smtp', port: o.port, count, timing: t, dir, cpu: o.checkerCpu, ns: o.ns });
     try {
       await waitFor('nf-healthd to check every backend', async () => (await backends.accepted()) >= count, 60_000, 100);
+      prioritize(checker.pid);
       await sleep(2 * t.intervalMs);
       const conditions = conditionWatcher(checker.conditionDir!);
       const times: Record<Failure, { down: (number | undefined)[]; up: (number | undefined)[] }> = {

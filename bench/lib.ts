@@ -3,7 +3,7 @@
  * process and its control pipe, paths, sleeping.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -86,19 +86,31 @@ export function inNamespace(ns: string | undefined, argv: string[]): [string, st
 }
 
 /**
- * Scheduling priority (nice) for the checker and the backends: on a shared machine a
- * raised priority keeps other work from starving the measured processes. The same for
- * both checkers, so the comparison stays fair. 0 leaves it alone.
+ * Scheduling priority for the checker and the backends: on a shared machine it keeps
+ * other work from starving the measured processes; the same for both checkers, so the
+ * comparison stays fair. 0 leaves everything alone. With autogroup scheduling (the
+ * Linux default) nice only counts inside a session, so each measured process gets a
+ * session of its own (setsid) and that session's autogroup gets the niceness.
  */
 let niceness = 0;
 export function setNiceness(n: number): void {
   niceness = n;
 }
 
-/** argv pinned to `cpu` with taskset, inside `ns` when given, at the niceness set above. */
+/** Gives the autogroup of a process started by command() the niceness set above. */
+export function prioritize(pid: number): void {
+  if (niceness === 0) return;
+  try {
+    writeFileSync(`/proc/${pid}/autogroup`, String(niceness));
+  } catch {
+    // Not permitted or no autogroups: the run goes on at normal priority.
+  }
+}
+
+/** argv pinned to `cpu` with taskset, inside `ns` when given, in a session of its own when prioritized. */
 export function command(argv: string[], where: { cpu?: number; ns?: string }): [string, string[]] {
   const pinned = where.cpu === undefined ? argv : ['taskset', '-c', String(where.cpu), ...argv];
-  return inNamespace(where.ns, niceness === 0 ? pinned : ['nice', '-n', String(niceness), ...pinned]);
+  return inNamespace(where.ns, niceness === 0 ? pinned : ['setsid', 'nice', '-n', String(niceness), ...pinned]);
 }
 
 /** A network namespace of the benchmark's own, loopback up: its counters and sockets are ours alone. */
@@ -178,6 +190,7 @@ export async function startBackends(binary: string, mode: BackendMode, port: num
     failed = reject;
   });
   failed = undefined;
+  prioritize(child.pid!);
   const ask = (command: string) =>
     new Promise<string>((resolve, reject) => {
       if (exited) return reject(new Error('banner-server is gone'));

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startChecker, type CheckerName, type Timing } from './checkers.js';
-import { cpuMicros, memoryMiB, sleep, startBackends, timeWait, waitFor, type BackendMode } from './lib.js';
+import { cpuMicros, memoryMiB, prioritize, sleep, startBackends, timeWait, waitFor, type BackendMode } from './lib.js';
 
 export interface RowOptions {
   checker: CheckerName;
@@ -108,6 +108,7 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
       // Every backend checked at least once, then a steady state before measuring.
       const opened = backends.connections();
       await waitFor(`${o.checker} to check all ${o.count} backends`, () => backends.connections() - opened >= o.count, 60_000 + o.count * 10, 200);
+      prioritize(checker.pid);
       await sleep(o.warmupMs);
       const t0 = Date.now();
       const c0 = backends.connections();

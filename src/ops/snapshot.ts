@@ -7,6 +7,7 @@ import type { BackendSpec } from '../config/resolve.js';
 import type { BackendStatus, Daemon } from '../daemon.js';
 import type { DampingState } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
+import { checkLabel } from '../probes/run.js';
 
 export const SNAPSHOT_VERSION = 1;
 
@@ -52,7 +53,7 @@ export function fingerprint(spec: BackendSpec): string {
 
 /** `smtp`, or `tls+http` for a backend with several checks: a label bounded by the config. */
 export function checkTypeLabel(spec: Pick<BackendSpec, 'checks'>): string {
-  return spec.checks.map((c) => c.type).join('+');
+  return checkLabel(spec.checks);
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
