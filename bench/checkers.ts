@@ -9,7 +9,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { backendAddress, command, repoRoot, sleep, type BackendMode } from './lib.js';
 
-export type CheckerName = 'nf-healthd' | 'haproxy';
+/** `node-loop`: the bare Node loop of bench/node-loop.ts, the floor under nf-healthd (from bench/dist only). */
+export type CheckerName = 'nf-healthd' | 'haproxy' | 'node-loop';
 
 export interface Timing {
   intervalMs: number;
@@ -212,6 +213,14 @@ export async function startHaproxy(setup: CheckerSetup): Promise<CheckerProcess>
   };
 }
 
+export async function startNodeLoop(setup: CheckerSetup): Promise<CheckerProcess> {
+  const script = path.join(repoRoot(), 'bench', 'dist', 'node-loop.js');
+  const [cmd, args] = command([process.execPath, script, setup.mode, String(setup.port), String(setup.count), String(setup.timing.intervalMs)], setup);
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv(), cwd: setup.dir });
+  const proc = watchExit(child, 'node-loop');
+  return { name: 'node-loop', pid: child.pid!, downCount: async () => 0, stop: () => proc.stop() };
+}
+
 export function startChecker(name: CheckerName, setup: CheckerSetup): Promise<CheckerProcess> {
-  return name === 'nf-healthd' ? startNfHealthd(setup) : startHaproxy(setup);
+  return name === 'nf-healthd' ? startNfHealthd(setup) : name === 'haproxy' ? startHaproxy(setup) : startNodeLoop(setup);
 }

@@ -39,6 +39,11 @@ export function cpuMicros(pid: number): number {
   return ((utime + stime) * 1e6) / ticksPerSecond();
 }
 
+/** Nanoseconds the process's main thread has spent runnable but waiting for a CPU. */
+export function cpuWaitNs(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/schedstat`, 'latin1').split(' ')[1]);
+}
+
 /** Resident set size and its peak, in MiB. */
 export function memoryMiB(pid: number): { rss: number; peak: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'latin1');

@@ -16,7 +16,8 @@ import { runRow, type RowResult } from './sweep.js';
 const USAGE = `usage: npm run bench -- [options]
   --sizes LIST          backend counts (default 100,1000,5000,10000)
   --types LIST          tcp,smtp,http (default all three)
-  --checkers LIST       nf-healthd,haproxy (default both)
+  --checkers LIST       nf-healthd,haproxy,node-loop (default nf-healthd,haproxy,node-loop;
+                        node-loop: a bare Node loop doing the same exchange, the floor)
   --window S            measured seconds per row (default 15)
   --warmup S            steady-state seconds before each window (default 3)
   --interval MS --fast-interval MS --timeout MS --rise N --fall N
@@ -46,7 +47,7 @@ async function main(argv: string[]): Promise<number> {
     options: {
       sizes: { type: 'string', default: '100,1000,5000,10000' },
       types: { type: 'string', default: 'tcp,smtp,http' },
-      checkers: { type: 'string', default: 'nf-healthd,haproxy' },
+      checkers: { type: 'string', default: 'nf-healthd,haproxy,node-loop' },
       window: { type: 'string', default: '15' },
       warmup: { type: 'string', default: '3' },
       interval: { type: 'string', default: '1000' },
@@ -76,7 +77,7 @@ async function main(argv: string[]): Promise<number> {
   const types = list(values.types) as BackendMode[];
   for (const t of types) if (!['tcp', 'smtp', 'http'].includes(t)) throw new Error(`--types: unknown check type ${t}`);
   const checkers = list(values.checkers) as CheckerName[];
-  for (const c of checkers) if (c !== 'nf-healthd' && c !== 'haproxy') throw new Error(`--checkers: unknown checker ${c}`);
+  for (const c of checkers) if (!['nf-healthd', 'haproxy', 'node-loop'].includes(c)) throw new Error(`--checkers: unknown checker ${c}`);
   const timing: Timing = {
     intervalMs: int(values.interval, 'interval'),
     fastIntervalMs: int(values['fast-interval'], 'fast-interval'),

@@ -53,7 +53,7 @@ function table(head: string[], rows: string[][]): string {
 
 export function sweepTable(rows: RowResult[]): string {
   return table(
-    ['check', 'backends', 'checker', 'checks/s', 'achieved', 'CPU µs/check', 'core', 'RSS MiB', 'lag p50/p99 ms', 'latency p50/p99 ms', 'TIME_WAIT', 'held down', 'banner server µs/check'],
+    ['check', 'backends', 'checker', 'checks/s', 'achieved', 'CPU µs/check', 'core', 'waited for CPU', 'RSS MiB', 'lag p50/p99 ms', 'latency p50/p99 ms', 'TIME_WAIT', 'held down', 'banner server µs/check'],
     rows.map((r) => [
       r.mode,
       thousands(r.count),
@@ -62,6 +62,7 @@ export function sweepTable(rows: RowResult[]): string {
       `${fixed(100 * r.achieved, 1)}%`,
       fixed(r.cpuUsPerCheck),
       `${fixed(100 * r.cpuShare)}%`,
+      `${fixed(100 * r.cpuWaitShare)}%`,
       fixed(r.rssMiB),
       r.lagMs ? `${ms(r.lagMs.p50)} / ${ms(r.lagMs.p99)}` : 'n/a',
       r.latencyMs ? `${ms(r.latencyMs.p50)} / ${ms(r.latencyMs.p99)}` : 'n/a',
@@ -77,9 +78,25 @@ export function ratioTable(rows: RowResult[]): string {
   for (const n of rows.filter((r) => r.checker === 'nf-healthd')) {
     const h = rows.find((r) => r.checker === 'haproxy' && r.mode === n.mode && r.count === n.count);
     if (!h) continue;
-    out.push([n.mode, thousands(n.count), fixed(n.cpuUsPerCheck), fixed(h.cpuUsPerCheck), `${(n.cpuUsPerCheck / h.cpuUsPerCheck).toFixed(2)}×`, fixed(n.rssMiB), fixed(h.rssMiB)]);
+    const loop = rows.find((r) => r.checker === 'node-loop' && r.mode === n.mode && r.count === n.count);
+    // A tiny run may see no whole clock tick of HAProxy's CPU: no ratio then.
+    const ratio = (a: number, b: number | undefined) => (b !== undefined && b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a');
+    out.push([
+      n.mode,
+      thousands(n.count),
+      fixed(n.cpuUsPerCheck),
+      fixed(h.cpuUsPerCheck),
+      ratio(n.cpuUsPerCheck, h.cpuUsPerCheck),
+      loop ? fixed(loop.cpuUsPerCheck) : 'n/a',
+      ratio(n.cpuUsPerCheck, loop?.cpuUsPerCheck),
+      fixed(n.rssMiB),
+      fixed(h.rssMiB),
+    ]);
   }
-  return table(['check', 'backends', 'nf-healthd µs/check', 'HAProxy µs/check', 'ratio', 'nf-healthd RSS MiB', 'HAProxy RSS MiB'], out);
+  return table(
+    ['check', 'backends', 'nf-healthd µs/check', 'HAProxy µs/check', 'nf-healthd / HAProxy', 'bare Node loop µs/check', 'nf-healthd / bare loop', 'nf-healthd RSS MiB', 'HAProxy RSS MiB'],
+    out,
+  );
 }
 
 export function detectionTable(rows: DetectionRow[]): string {
@@ -111,7 +128,7 @@ export function targets(rows: RowResult[], detection: DetectionRow[]): TargetVer
   const ratio = (mode: string, count: number) => {
     const n = rows.find((r) => r.checker === 'nf-healthd' && r.mode === mode && r.count === count);
     const h = rows.find((r) => r.checker === 'haproxy' && r.mode === mode && r.count === count);
-    return n && h ? n.cpuUsPerCheck / h.cpuUsPerCheck : undefined;
+    return n && h && h.cpuUsPerCheck > 0 ? n.cpuUsPerCheck / h.cpuUsPerCheck : undefined;
   };
   const out: TargetVerdict[] = [];
   const smtp = ratio('smtp', 5000);
@@ -163,7 +180,8 @@ export function renderReport(r: Report): string {
     `- Node ${m.node}; ${m.haproxy}`,
     `- Load average (1, 5, 15 min) before: ${r.loadBefore}; after: ${r.loadAfter}`,
     `- Checks: interval ${t.intervalMs} ms, fastInterval ${t.fastIntervalMs} ms, timeout ${t.timeoutMs} ms, rise ${t.rise}, fall ${t.fall}; SMTP = greeting, EHLO, QUIT on both sides; HTTP = GET /; measured over ${r.windowS} s per row`,
-    '- Checker pinned to one core, the banner server (C, epoll) to the other (taskset).',
+    '- Checker pinned to one core, the banner server (C, epoll) to the other (taskset); both in a network namespace of their own, each in a session whose autogroup has niceness −10 (see --nice).',
+    '- node-loop: `bench/node-loop.ts`, a bare Node loop doing the same exchange with nothing else (no timeouts, bounds, hysteresis, writer, logs): the floor for a checker written on Node\'s net module.',
     '',
   ];
   if (r.rows.length > 0) {

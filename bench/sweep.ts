@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startChecker, type CheckerName, type Timing } from './checkers.js';
-import { cpuMicros, memoryMiB, prioritize, sleep, startBackends, timeWait, waitFor, type BackendMode } from './lib.js';
+import { cpuMicros, cpuWaitNs, memoryMiB, prioritize, sleep, startBackends, timeWait, waitFor, type BackendMode } from './lib.js';
 
 export interface RowOptions {
   checker: CheckerName;
@@ -50,6 +50,8 @@ export interface RowResult {
   cpuUsPerCheck: number;
   /** Share of one core the checker used in the window. */
   cpuShare: number;
+  /** Share of the window its main thread was runnable but waited for the CPU (other work on the core). */
+  cpuWaitShare: number;
   backendCpuUsPerCheck: number;
   backendCpuShare: number;
   rssMiB: number;
@@ -114,11 +116,13 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
       const c0 = backends.connections();
       const a0 = await backends.accepted();
       const u0 = cpuMicros(checker.pid);
+      const w0 = cpuWaitNs(checker.pid);
       const b0 = cpuMicros(backends.pid);
       await sleep(o.windowMs);
       const c1 = backends.connections();
       const a1 = await backends.accepted();
       const u1 = cpuMicros(checker.pid);
+      const w1 = cpuWaitNs(checker.pid);
       const b1 = cpuMicros(backends.pid);
       const t1 = Date.now();
       const mem = memoryMiB(checker.pid);
@@ -139,6 +143,7 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
         achieved: checks / planned,
         cpuUsPerCheck: (u1 - u0) / checks,
         cpuShare: (u1 - u0) / 1e6 / seconds,
+        cpuWaitShare: (w1 - w0) / 1e9 / seconds,
         backendCpuUsPerCheck: (b1 - b0) / checks,
         backendCpuShare: (b1 - b0) / 1e6 / seconds,
         rssMiB: mem.rss,

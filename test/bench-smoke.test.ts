@@ -83,7 +83,7 @@ describe('benchmark harness (smoke)', () => {
     });
     expect(report).toContain('| smtp | 3 | nf-healthd |');
     expect(report).toContain('| smtp | 3 | haproxy |');
-    expect(report).toMatch(/\| http \| 3 \| \d+ \| \d+ \| [\d.]+× \|/);
+    expect(report).toMatch(/\| http \| 3 \| \d+ \| \d+ \| ([\d.]+×|n\/a) \|/);
     expect(report).toContain('| killed (refused) | detection | 2 |');
 
     const file = path.join(work, 'BENCHMARKS.md');
