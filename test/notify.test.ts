@@ -8,6 +8,7 @@ import { createNotifier, notifyArgs, watchdogPeriodMs } from '../src/systemd/not
 import { systemdPlugin } from '../src/systemd/service.js';
 import { startDaemon, tempDir, waitUntil, type DaemonProcess } from './support/daemon.js';
 import { notifySocket, text, type NotifySocket } from './support/notify-socket.js';
+import { smtpFarmYaml } from './support/config.js';
 
 /*
  * sd_notify for real: the built daemon (`node bin/nf-healthd.js run`) sends through
@@ -31,16 +32,7 @@ async function smtp(): Promise<SmtpServer> {
 }
 
 function configYaml(dir: string, backends: { name: string; port: number }[]): string {
-  return `defaults: {interval: 200ms, fastInterval: 100ms, timeout: 300ms, rise: 1, fall: 1}
-writer: {type: condition, dir: ${dir}}
-stateFile: ${dir}.state.json
-services:
-  - name: mail
-    port: 25
-    check: {type: smtp}
-    backends:
-${backends.map((b) => `      - {name: ${b.name}, address: 127.0.0.1, port: ${b.port}}`).join('\n')}
-`;
+  return smtpFarmYaml({ timing: 'interval: 200ms, fastInterval: 100ms, timeout: 300ms, rise: 1, fall: 1', conditionDir: dir, stateFile: `${dir}.state.json`, backends });
 }
 
 async function setup(env: NodeJS.ProcessEnv = {}) {

@@ -6,6 +6,7 @@ import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import type { Snapshot } from '../src/ops/snapshot.js';
 import { BIN, startDaemon, tempDir, waitUntil, type DaemonProcess, type LogLine } from './support/daemon.js';
 import { closedPort } from './support/servers.js';
+import { smtpFarmYaml } from './support/config.js';
 
 /*
  * Issue 6 against the built daemon as a child process: real SMTP backends on
@@ -70,17 +71,7 @@ function writeConfig(backends: { name: string; port: number }[], extra = '', tim
   const configPath = path.join(tmp.dir, 'config.yaml');
   writeFileSync(
     configPath,
-    `defaults: {${timing}}
-writer: {type: condition, dir: ${cond}}
-stateFile: ${stateFile}
-${extra}
-services:
-  - name: mail
-    port: 25
-    check: {type: smtp}
-    backends:
-${backends.map((b) => `      - {name: ${b.name}, address: 127.0.0.1, port: ${b.port}}`).join('\n')}
-`,
+    smtpFarmYaml({ timing, conditionDir: cond, stateFile, extra, backends }),
   );
   return { configPath, stateFile, cond };
 }

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import { tempDir, waitUntil } from './support/daemon.js';
+import { smtpFarmYaml } from './support/config.js';
 
 /*
  * The unit under a real systemd 252: a Debian 12 minbase rootfs (debootstrap, cached by
@@ -59,15 +60,7 @@ const cond = (key: string) => {
 };
 
 function config(backends: { name: string; port: number }[]): string {
-  return `defaults: {interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1}
-writer: {type: condition, dir: /srv/nfh/cond}
-services:
-  - name: mail
-    port: 25
-    check: {type: smtp}
-    backends:
-${backends.map((b) => `      - {name: ${b.name}, address: 127.0.0.1, port: ${b.port}}`).join('\n')}
-`;
+  return smtpFarmYaml({ timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1', conditionDir: '/srv/nfh/cond', backends });
 }
 /** Polls an async read until accept() holds; throws with the last value after ms. */
 async function eventually<T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000): Promise<T> {
