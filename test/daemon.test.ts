@@ -68,7 +68,7 @@ async function drive<T>(p: Promise<T>): Promise<T> {
 
 let daemon: Daemon | undefined;
 beforeEach(() => {
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'], now: new Date('2026-11-26T12:00:00Z') });
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'], now: new Date('2026-11-26T12:00:00Z') });
 });
 afterEach(async () => {
   if (daemon) await drive(daemon.stop());
@@ -159,7 +159,20 @@ describe('daemon scheduling (fake timers)', () => {
     pending[0]!({ up: true, detail: 'late', latencyMs: 9500 });
     await flush();
     await advance(1_000);
-    expect(times(calls, 'mail1')).toEqual([0, 500, 10_950]);
+    // It overran its period, so the next one starts at once, then on the period again.
+    expect(times(calls, 'mail1')).toEqual([0, 500, 10_000, 10_950]);
+  });
+
+  it('plans the period from start to start: a slow check does not push the next back', async () => {
+    const { calls, daemon } = setup((backend, n) =>
+      backend === 'mail1' && n === 2
+        ? new Promise<ProbeResult>((resolve) => setTimeout(() => resolve({ up: true, detail: 'slow', latencyMs: 300 }), 300))
+        : true,
+    );
+    await drive(daemon.start());
+    await advance(2_500);
+    // 500: a check that takes 300 ms; the next still starts 950 ms after it began.
+    expect(times(calls, 'mail1').slice(0, 4)).toEqual([0, 500, 1450, 2400]);
   });
 
   it('caps checks in flight at `concurrency`', async () => {

@@ -1,5 +1,5 @@
 /**
- * Runs each job again after it finishes, never two runs of one job at once, with
+ * Runs each job once per period, start to start, never two runs of one job at once, with
  * jitter so that a thousand backends do not fire in one burst. Plain timers, so
  * vitest's fake timers drive it in tests.
  */
@@ -72,7 +72,11 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
       .catch((err: unknown) => options.onError?.(entry.job, err))
       .finally(() => {
         entry.running = undefined;
-        if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()));
+        // The period runs from start to start (HAProxy's inter): a check that took its
+        // whole timeout does not push the next one back by that much. One that overran
+        // the period is followed at once, never overlapped.
+        const took = performance.now() - now;
+        if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()) - took);
       });
   };
 
