@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { eachLine, waitableList } from './lines.js';
 
 export const BIN = fileURLToPath(new URL('../../bin/nf-healthd.js', import.meta.url));
 
@@ -27,29 +28,23 @@ export interface DaemonProcess {
 
 export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): DaemonProcess {
   const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: LogLine[] = [];
-  const waiters = new Set<() => void>();
-  let out = '';
   let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    out += chunk;
-    let nl;
-    while ((nl = out.indexOf('\n')) >= 0) {
-      const text = out.slice(0, nl);
-      out = out.slice(nl + 1);
-      try {
-        lines.push(JSON.parse(text) as LogLine);
-      } catch {
-        lines.push({ level: 'raw', msg: text });
-      }
+  const ended = () => (child.exitCode !== null || child.signalCode !== null ? `daemon exited (${child.exitCode ?? child.signalCode}); stderr: ${err}` : undefined);
+  const list = waitableList<LogLine>((got) => `last lines: ${JSON.stringify(got.slice(-5))}; stderr: ${err}`, ended);
+  const lines = list.items;
+  eachLine(child.stdout!, (text) => {
+    try {
+      lines.push(JSON.parse(text) as LogLine);
+    } catch {
+      lines.push({ level: 'raw', msg: text });
     }
-    for (const w of waiters) w();
+    list.changed();
   });
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (err += chunk));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => {
       resolve({ code, signal });
-      for (const w of waiters) w();
+      list.changed();
     }),
   );
   return {
@@ -60,30 +55,7 @@ export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): Daemon
     kill: (signal = 'SIGTERM') => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     },
-    waitForLine(match, ms = 10_000, from = 0) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const found = lines.slice(from).find(match);
-          if (found) {
-            done();
-            resolve(found);
-          } else if (child.exitCode !== null || child.signalCode !== null) {
-            done();
-            reject(new Error(`daemon exited (${child.exitCode ?? child.signalCode}) before the line came; stderr: ${err}\nlines: ${JSON.stringify(lines.slice(-5))}`));
-          }
-        };
-        const timer = setTimeout(() => {
-          done();
-          reject(new Error(`no matching log line within ${ms}ms; last lines: ${JSON.stringify(lines.slice(-5))}; stderr: ${err}`));
-        }, ms);
-        const done = () => {
-          clearTimeout(timer);
-          waiters.delete(check);
-        };
-        waiters.add(check);
-        check();
-      });
-    },
+    waitForLine: list.waitFor,
   };
 }
 

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { eachLine, waitableList } from './lines.js';
 
 const SCRIPT = fileURLToPath(new URL('../systemd/notify-socket.py', import.meta.url));
 
@@ -27,28 +28,18 @@ export interface NotifySocket {
 export async function notifySocket(dir: string): Promise<NotifySocket> {
   const socketPath = path.join(dir, 'notify.sock');
   const child = spawn('python3', [SCRIPT, socketPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const messages: Datagram[] = [];
+  const list = waitableList<Datagram>((got) => `got: ${JSON.stringify(got.map((m) => m.fields))}`);
+  const messages = list.items;
   const barriers: Datagram[] = [];
-  const waiters = new Set<() => void>();
   let err = '';
   child.stderr!.setEncoding('utf8').on('data', (c: string) => (err += c));
   const listening = new Promise<void>((resolve, reject) => {
-    let out = '';
     child.once('exit', (code) => reject(new Error(`notify-socket.py exited ${code}: ${err}`)));
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      out += chunk;
-      let nl;
-      while ((nl = out.indexOf('\n')) >= 0) {
-        const line = out.slice(0, nl);
-        out = out.slice(nl + 1);
-        if (line === 'listening') {
-          resolve();
-          continue;
-        }
-        const d = JSON.parse(line) as Datagram;
-        (d.fields.length === 1 && d.fields[0] === 'BARRIER=1' ? barriers : messages).push(d);
-      }
-      for (const w of waiters) w();
+    eachLine(child.stdout!, (line) => {
+      if (line === 'listening') return resolve();
+      const d = JSON.parse(line) as Datagram;
+      (d.fields.length === 1 && d.fields[0] === 'BARRIER=1' ? barriers : messages).push(d);
+      list.changed();
     });
   });
   await listening;
@@ -56,26 +47,7 @@ export async function notifySocket(dir: string): Promise<NotifySocket> {
     path: socketPath,
     messages,
     barriers,
-    waitFor(match, ms = 10_000, from = 0) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const found = messages.slice(from).find(match);
-          if (!found) return;
-          done();
-          resolve(found);
-        };
-        const timer = setTimeout(() => {
-          done();
-          reject(new Error(`no matching datagram within ${ms}ms; got: ${JSON.stringify(messages.map((m) => m.fields))}`));
-        }, ms);
-        const done = () => {
-          clearTimeout(timer);
-          waiters.delete(check);
-        };
-        waiters.add(check);
-        check();
-      });
-    },
+    waitFor: list.waitFor,
     close() {
       if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
       const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
