@@ -2,8 +2,9 @@ import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pLimit from 'p-limit';
 import { ConfigError, loadConfig } from './config/load.js';
-import { probeTarget, resolveBackends } from './config/resolve.js';
+import { backendCount, probeTarget, resolveBackends } from './config/resolve.js';
 import type { Config } from './config/schema.js';
+import { formatTable, hostPort } from './format.js';
 import { runDaemon } from './run.js';
 import { runStatus } from './ops/status-command.js';
 import { printRules } from './rules/command.js';
@@ -94,7 +95,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     case 'check': {
       const config = load(io, values.config);
       if (!config) return EXIT.config;
-      const n = config.services.reduce((sum, s) => sum + s.backends.length, 0);
+      const n = backendCount(config);
       io.out(`${values.config}: OK (${config.services.length} services, ${n} backends)\n`);
       return EXIT.ok;
     }
@@ -134,18 +135,9 @@ async function probeAll(io: Io, config: Config, json: boolean): Promise<number> 
   } else {
     const table = [
       ['SERVICE', 'BACKEND', 'ADDRESS', 'TYPE', 'RESULT', 'LATENCY', 'DETAIL'],
-      ...rows.map((r) => [
-        r.service,
-        r.backend,
-        r.address.includes(':') ? `[${r.address}]:${r.port}` : `${r.address}:${r.port}`,
-        r.type,
-        r.up ? 'up' : 'DOWN',
-        `${Math.round(r.latencyMs)}ms`,
-        r.detail,
-      ]),
+      ...rows.map((r) => [r.service, r.backend, hostPort(r.address, r.port), r.type, r.up ? 'up' : 'DOWN', `${Math.round(r.latencyMs)}ms`, r.detail]),
     ];
-    const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
-    for (const row of table) io.out(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
+    for (const line of formatTable(table)) io.out(`${line}\n`);
   }
   return rows.every((r) => r.up) ? EXIT.ok : EXIT.down;
 }

@@ -1,15 +1,15 @@
 import pLimit, { type LimitFunction } from 'p-limit';
-import { loadConfig, ConfigError } from './config/load.js';
+import { ConfigError, formatProblem, loadConfig } from './config/load.js';
 import { resolveBackends, probeTarget, type BackendSpec } from './config/resolve.js';
 import type { Config } from './config/schema.js';
 import { damp, type DampingState } from './health/damping.js';
-import { initialHealth, observe, type BackendState, type Health } from './health/hysteresis.js';
+import { initialHealth, isSettling, observe, type BackendState, type Health } from './health/hysteresis.js';
 import { nextCheckDelay } from './health/pace.js';
 import { createScheduler, type Scheduler } from './health/scheduler.js';
 import type { Logger } from './log.js';
 import { runCheck } from './probes/run.js';
 import type { ProbeResult } from './probes/types.js';
-import { createReconciler, type Reconciler, type SyncOutcome } from './writers/reconciler.js';
+import { createReconciler, type Reconciler, type SyncOutcome, type SyncReason } from './writers/reconciler.js';
 import { createWriter } from './writers/registry.js';
 import type { Writer } from './writers/types.js';
 
@@ -111,7 +111,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const runtimes = new Map<string, BackendStatus>();
   let progressAt = performance.now();
 
-  const sync = async (b: BackendStatus, reason: 'start' | 'change' | 'check') => {
+  const sync = async (b: BackendStatus, reason: SyncReason) => {
     const up = b.health.state === 'up';
     const outcome = await reconciler.sync(b.spec.target, up, reason);
     if (outcome.confirmed || outcome.wrote) b.written = { up, confirmed: outcome.confirmed, at: Date.now() };
@@ -125,8 +125,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
     const result = await limit(() => checkOnce(spec.checks, probeTarget(spec), spec.timeout, shutdown.signal));
     if (shutdown.signal.aborted || runtimes.get(spec.id) !== b) return; // aborted checks are no verdict
     progressAt = performance.now();
-    b.last = { ...result, at: Date.now() };
     const now = Date.now();
+    b.last = { ...result, at: now };
     const damped = damp(observe(b.health, result.up, spec), b.damping, config.damping, now);
     const seen = damped.observation;
     b.damping = config.damping ? damped.damping : undefined; // turned off by a reload: no hold lingers
@@ -148,7 +148,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     notify('onCheck', b, result);
     if (seen.transition) {
       const { from, to } = seen.transition;
-      b.since = Date.now();
+      b.since = now;
       b.reason =
         to === 'down' ? `${seen.health.failures} consecutive failures: ${result.detail}` : `${seen.health.successes} consecutive successes: ${result.detail}`;
       if (holdReason) b.reason += `; ${holdReason}`;
@@ -157,7 +157,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
       notify('onTransition', b, from, to);
-    } else {
+    } else if (log.isLevelEnabled('debug')) {
+      // The check path: no log object is built unless someone reads debug.
       log.debug({ event: 'check', backend: spec.name, up: result.up, detail: result.detail, latencyMs: result.latencyMs }, 'check');
     }
     await sync(b, seen.transition ? 'change' : 'check');
@@ -168,7 +169,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       {
         id: b.spec.id,
         run: () => check(b),
-        nextDelay: () => nextCheckDelay({ ...b, heldUntil: b.damping?.heldUntil }, b.spec, Date.now()),
+        nextDelay: () => nextCheckDelay({ health: b.health, since: b.since, heldUntil: b.damping?.heldUntil }, b.spec, Date.now()),
       },
       firstDelay,
     );
@@ -206,12 +207,12 @@ export function createDaemon(options: DaemonOptions): Daemon {
       await Promise.all(fresh.map((b) => sync(b, 'start')));
       await Promise.all(fresh.map((b) => check(b)));
       if (shutdown.signal.aborted) return;
-      log.info({ event: 'ready', backends: fresh.length, summary: summarize(fresh) }, `nf-healthd ready: ${summarize(fresh)}`);
+      const summary = summarize(fresh);
+      log.info({ event: 'ready', backends: fresh.length, summary }, `nf-healthd ready: ${summary}`);
       notify('onReady');
       for (const b of fresh) {
         // Spread the settled ones over one interval; a backend that is changing state goes on at fastInterval.
-        const settling = b.health.state === 'up' ? b.health.failures > 0 : b.health.successes > 0;
-        schedule(b, settling ? b.spec.fastInterval : random() * b.spec.interval);
+        schedule(b, isSettling(b.health) ? b.spec.fastInterval : random() * b.spec.interval);
       }
     },
 
@@ -221,7 +222,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       try {
         next = loadConfig(options.configPath);
       } catch (err) {
-        const problems = err instanceof ConfigError ? err.problems.map((p) => `${p.file}:${p.line}:${p.column}: ${p.path}: ${p.message}`) : [String(err)];
+        const problems = err instanceof ConfigError ? err.problems.map(formatProblem) : [String(err)];
         for (const p of problems) log.error({ event: 'reload_rejected' }, `config rejected, keeping the running one: ${p}`);
         notify('onReloaded', false, problems);
         return false;

@@ -1,3 +1,4 @@
+import { backendCount } from './config/resolve.js';
 import type { Config } from './config/schema.js';
 import { createDaemon, type DaemonObserver } from './daemon.js';
 import { createLogger } from './log.js';
@@ -53,7 +54,7 @@ export async function runDaemon(configPath: string, config: Config): Promise<num
     reloading = reloading.then(() => daemon.reload().then(() => undefined));
   });
 
-  log.info({ event: 'starting', config: configPath, backends: config.services.reduce((n, s) => n + s.backends.length, 0) }, `nf-healthd starting with ${configPath}`);
+  log.info({ event: 'starting', config: configPath, backends: backendCount(config) }, `nf-healthd starting with ${configPath}`);
   daemon.start().catch((err: unknown) => {
     log.error({ err }, 'start failed');
     process.kill(process.pid, 'SIGTERM');

@@ -1,7 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -10,6 +9,7 @@ import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import type { ProbeResult } from '../src/probes/types.js';
 import { makePki, type TestPki } from './support/certs.js';
+import { closedPort as freePort } from './support/servers.js';
 
 /**
  * Real daemons from Debian's packages (scripts/test-packages.txt), each started by
@@ -35,14 +35,6 @@ afterAll(async () => {
   await pki?.remove();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 /** Starts a daemon in the foreground as our child; its output is kept for failure messages. */
 function start(program: string, args: string[]): ChildProcess & { output: () => string } {

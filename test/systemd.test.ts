@@ -62,16 +62,8 @@ const cond = (key: string) => {
 function config(backends: { name: string; port: number }[]): string {
   return smtpFarmYaml({ timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1', conditionDir: '/srv/nfh/cond', backends });
 }
-/** Polls an async read until accept() holds; throws with the last value after ms. */
-async function eventually<T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000): Promise<T> {
-  const deadline = performance.now() + ms;
-  for (;;) {
-    const v = await read();
-    if (accept(v)) return v;
-    if (performance.now() > deadline) throw new Error(`not within ${ms}ms; last: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Polls an async read until accept() holds, every 100 ms (each read is a command in the container). */
+const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000) => waitUntil(read, accept, ms, 100);
 const writeConfig = (text: string) => writeFileSync(path.join(tmp.dir, 'config.yaml'), text);
 
 /** The container's PID 1 as the host sees it: a descendant of nspawn that is PID 1 in its own namespace. */

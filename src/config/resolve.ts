@@ -48,6 +48,10 @@ export function resolveBackends(config: Config): BackendSpec[] {
   );
 }
 
+export function backendCount(config: Config): number {
+  return config.services.reduce((n, s) => n + s.backends.length, 0);
+}
+
 export function probeTarget(spec: BackendSpec): ProbeTarget {
   return { service: spec.service, backend: spec.name, address: spec.address, port: spec.port };
 }

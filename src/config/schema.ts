@@ -66,22 +66,16 @@ export const configSchema = z
   // Duplicate names are reported even when other keys are wrong: every error at once.
   .superRefine((config, ctx) => uniqueNames(config, ctx), { when: () => true })
   .superRefine((config, ctx) => {
-    config.services.forEach((service, si) => {
-      const both = 'set either check or checks, not both';
-      if (service.check && service.checks) ctx.addIssue({ code: 'custom', path: ['services', si, 'checks'], message: both });
-      service.backends.forEach((backend, bi) => {
-        if (backend.check && backend.checks) ctx.addIssue({ code: 'custom', path: ['services', si, 'backends', bi, 'checks'], message: both });
-      });
-    });
-  })
-  .superRefine((config, ctx) => {
+    const both = 'set either check or checks, not both';
     config.services.forEach((service, si) => {
       const at = ['services', si];
+      if (service.check && service.checks) ctx.addIssue({ code: 'custom', path: [...at, 'checks'], message: both });
       if (config.writer.type === 'ipset' && service.vip === undefined) {
         ctx.addIssue({ code: 'custom', path: [...at, 'name'], message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up' });
       }
       service.backends.forEach((backend, bi) => {
         const bat = [...at, 'backends', bi];
+        if (backend.check && backend.checks) ctx.addIssue({ code: 'custom', path: [...bat, 'checks'], message: both });
         if (backend.condition === undefined && config.writer.type === 'condition' && !conditionName.safeParse(backend.name).success) {
           ctx.addIssue({ code: 'custom', path: [...bat, 'name'], message: 'this name cannot serve as a condition name (at most 30 characters): set "condition"' });
         }

@@ -1,4 +1,5 @@
 import type { DaemonPlugin } from '../run.js';
+import { hostPort } from '../format.js';
 
 /**
  * Says when a whole service has no live backend (and when it has one again): the
@@ -12,10 +13,10 @@ export const outagePlugin: DaemonPlugin = ({ daemon, log }) => {
       const service = backend.spec.service;
       const members = daemon.backends().filter((b) => b.spec.service === service);
       const allDown = members.length > 0 && members.every((b) => b.health.state === 'down');
-      const config = daemon.config().services.find((s) => s.name === service);
-      const where = config?.vip ? `${config.vip.includes(':') ? `[${config.vip}]` : config.vip}:${config.port}` : `port ${config?.port ?? '?'}`;
       if (allDown && !dark.has(service)) {
         dark.add(service);
+        const config = daemon.config().services.find((s) => s.name === service);
+        const where = config?.vip ? hostPort(config.vip, config.port) : `port ${config?.port ?? '?'}`;
         log.error(
           { event: 'service_down', service, backends: members.length },
           `service ${service} has no live backend (all ${members.length} down): new connections to ${where} are refused until one comes back`,

@@ -85,7 +85,7 @@ export function createNotifier(options: { config: () => NotifyConfig | undefined
   const { log } = options;
   const count = options.count ?? (() => undefined);
   const stop = new AbortController();
-  let limit = pLimit(options.config()?.maxConcurrent ?? 4);
+  const limit = pLimit(options.config()?.maxConcurrent ?? 4);
   /** Per backend: the notification waiting to run (at most one), and whether its hooks are running. */
   const waiting = new Map<string, Notification>();
   const running = new Set<string>();
@@ -150,8 +150,7 @@ export function createNotifier(options: { config: () => NotifyConfig | undefined
 }
 
 export const hooksPlugin: DaemonPlugin = ({ daemon, log }) => {
-  const hookRuns = metricsFor(daemon).hookRuns;
-  const notifier = createNotifier({ config: () => daemon.config().notify, log, count: (hook, outcome) => hookRuns.inc({ hook, outcome }) });
+  const notifier = createNotifier({ config: () => daemon.config().notify, log, count: (hook, outcome) => metricsFor(daemon).hookRuns.inc({ hook, outcome }) });
   return {
     onTransition(b: BackendStatus, from, to) {
       notifier.notify({

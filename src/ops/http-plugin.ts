@@ -8,11 +8,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ListenAddress } from '../config/operations.js';
 import type { Daemon, DaemonObserver } from '../daemon.js';
+import { longestCheckGap, msSinceProgress } from '../health/pace.js';
 import type { Logger } from '../log.js';
 import type { DaemonPlugin } from '../run.js';
 import { metricsFor } from './metrics.js';
 import { snapshot } from './snapshot.js';
 import { writePeriod } from './state-plugin.js';
+import { hostPort } from '../format.js';
 
 export interface Health {
   ok: boolean;
@@ -27,8 +29,8 @@ export function healthOf(daemon: Daemon, ready: boolean, now = performance.now()
   if (!ready) return { ok: false, detail: 'starting: the first round of checks is not done' };
   const backends = daemon.backends();
   if (backends.length === 0) return { ok: true, detail: 'no backends configured' };
-  const longest = Math.max(...backends.map((b) => Math.max(b.spec.interval, b.spec.downInterval) + b.spec.timeout));
-  const age = now - Math.max(daemon.lastProgressAt(), daemon.scheduler().lastRunAt());
+  const longest = longestCheckGap(backends);
+  const age = msSinceProgress(daemon, now);
   const limit = 2 * longest + 1000;
   if (age > limit) return { ok: false, detail: `no check has completed for ${(age / 1000).toFixed(1)}s (limit ${(limit / 1000).toFixed(1)}s): the scheduler is stuck` };
   return { ok: true, detail: `ok: latest check ${(age / 1000).toFixed(1)}s ago` };
@@ -40,7 +42,6 @@ function send(res: http.ServerResponse, status: number, type: string, body: stri
 }
 
 export function createHttpHandler(daemon: Daemon, options: { configPath: string; ready: () => boolean; log: Logger }) {
-  const { registry } = metricsFor(daemon);
   return (req: http.IncomingMessage, res: http.ServerResponse) => {
     const head = req.method === 'HEAD';
     if (req.method !== 'GET' && !head) {
@@ -49,7 +50,8 @@ export function createHttpHandler(daemon: Daemon, options: { configPath: string;
     }
     const path = (req.url ?? '/').split('?')[0];
     switch (path) {
-      case '/metrics':
+      case '/metrics': {
+        const { registry } = metricsFor(daemon);
         registry.metrics().then(
           (text) => send(res, 200, registry.contentType, text, head),
           (err: unknown) => {
@@ -58,6 +60,7 @@ export function createHttpHandler(daemon: Daemon, options: { configPath: string;
           },
         );
         return;
+      }
       case '/status':
         return send(res, 200, 'application/json', `${JSON.stringify(snapshot(daemon, { configPath: options.configPath, writePeriodMs: writePeriod(daemon) }), null, 1)}\n`, head);
       case '/healthz': {
@@ -71,7 +74,9 @@ export function createHttpHandler(daemon: Daemon, options: { configPath: string;
 }
 
 export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
-  const metrics = metricsFor(daemon);
+  // Created on first use (prom-client's process metrics run timers of their own): not at all
+  // in a daemon without a listener, hooks or reloads.
+  const metrics = () => metricsFor(daemon);
   let ready = false;
   let server: http.Server | undefined;
   let bound: ListenAddress | undefined;
@@ -117,7 +122,7 @@ export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
       server = s;
       bound = want;
       const addr = s.address() as AddressInfo;
-      log.info({ event: 'http_listening', host: addr.address, port: addr.port }, `serving /metrics, /status and /healthz on ${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`);
+      log.info({ event: 'http_listening', host: addr.address, port: addr.port }, `serving /metrics, /status and /healthz on ${hostPort(addr.address, addr.port)}`);
     });
   };
   apply();
@@ -125,14 +130,14 @@ export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
   // Metrics are only counted while a listener is configured: no cost per check otherwise.
   const counting = () => daemon.config().http?.listen !== undefined;
   const observer: DaemonObserver = {
-    onCheck: (b, r) => counting() && metrics.observer.onCheck?.(b, r),
-    onTransition: (b, from, to) => counting() && metrics.observer.onTransition?.(b, from, to),
-    onSync: (b, outcome) => counting() && metrics.observer.onSync?.(b, outcome),
+    onCheck: (b, r) => counting() && metrics().observer.onCheck?.(b, r),
+    onTransition: (b, from, to) => counting() && metrics().observer.onTransition?.(b, from, to),
+    onSync: (b, outcome) => counting() && metrics().observer.onSync?.(b, outcome),
     onReady() {
       ready = true;
     },
     onReloaded(ok, problems) {
-      metrics.observer.onReloaded?.(ok, problems);
+      metrics().observer.onReloaded?.(ok, problems);
       if (ok) apply();
     },
     onStopping() {

@@ -7,7 +7,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Daemon, DaemonObserver } from '../daemon.js';
 import { isHeld } from '../health/damping.js';
-import { checkTypeLabel } from './snapshot.js';
+import { checkLabel } from '../probes/run.js';
 
 export interface Metrics {
   registry: Registry;
@@ -146,7 +146,7 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
 
   const observer: DaemonObserver = {
     onCheck(b, result) {
-      const labels = { service: b.spec.service, backend: b.spec.name, type: checkTypeLabel(b.spec), outcome: result.up ? 'up' : 'down' };
+      const labels = { service: b.spec.service, backend: b.spec.name, type: checkLabel(b.spec.checks), outcome: result.up ? 'up' : 'down' };
       checkDuration.observe(labels, result.latencyMs / 1000);
       checks.inc(labels);
       track({ name: 'checkDuration', metric: checkDuration }, b.spec.id, labels);
@@ -177,7 +177,7 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
         for (const [key, s] of mine) {
           // Gone, or renamed labels (a new check type): the old series would be reported forever.
           if (b && s.labels.type === undefined) continue;
-          if (b && s.labels.type === checkTypeLabel(b.spec)) continue;
+          if (b && s.labels.type === checkLabel(b.spec.checks)) continue;
           s.metric.remove(s.labels);
           mine.delete(key);
         }

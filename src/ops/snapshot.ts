@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { BackendSpec } from '../config/resolve.js';
 import type { BackendStatus, Daemon } from '../daemon.js';
-import type { DampingState } from '../health/damping.js';
+import { isHeld, type DampingState } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
 import { checkLabel } from '../probes/run.js';
 
@@ -51,11 +51,6 @@ export function fingerprint(spec: BackendSpec): string {
   return JSON.stringify([spec.address, spec.port, spec.checks, spec.target.key]);
 }
 
-/** `smtp`, or `tls+http` for a backend with several checks: a label bounded by the config. */
-export function checkTypeLabel(spec: Pick<BackendSpec, 'checks'>): string {
-  return checkLabel(spec.checks);
-}
-
 const iso = (ms: number) => new Date(ms).toISOString();
 
 export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot {
@@ -66,7 +61,7 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
     backend: spec.name,
     address: spec.address,
     port: spec.port,
-    type: checkTypeLabel(spec),
+    type: checkLabel(spec.checks),
     fingerprint: fingerprint(spec),
     target: { key: spec.target.key, label: spec.target.label },
     state: b.health.state,
@@ -79,7 +74,7 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
   if (b.written) out.written = { up: b.written.up, confirmed: b.written.confirmed, at: iso(b.written.at) };
   if (b.damping) {
     out.damping = b.damping;
-    if (b.damping.heldUntil !== undefined && now < b.damping.heldUntil) out.held = { until: iso(b.damping.heldUntil), reason: b.damping.reason ?? 'flapping' };
+    if (isHeld(b.damping, now)) out.held = { until: iso(b.damping.heldUntil!), reason: b.damping.reason ?? 'flapping' };
   }
   return out;
 }
@@ -87,6 +82,11 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
 /** How long a reader waits before calling the state stale: a few write periods. */
 export function staleAfter(writePeriodMs: number): number {
   return 3 * writePeriodMs + 2000;
+}
+
+/** The write period a `staleAfterMs` was made from: staleAfter's inverse, for readers. */
+export function writePeriodOf(staleAfterMs: number): number {
+  return Math.round((staleAfterMs - 2000) / 3);
 }
 
 export function snapshot(daemon: Pick<Daemon, 'backends'>, options: { configPath: string; writePeriodMs: number; now?: number; stopped?: boolean }): Snapshot {

@@ -7,8 +7,9 @@ import { formatDuration } from '../config/duration.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { STATE_FILE_DEFAULT } from '../config/operations.js';
 import type { Config } from '../config/schema.js';
-import type { BackendSnapshot, Snapshot } from './snapshot.js';
+import { writePeriodOf, type BackendSnapshot, type Snapshot } from './snapshot.js';
 import { readStateFile } from './state-file.js';
+import { formatTable } from '../format.js';
 
 export const STATUS_EXIT = { allUp: 0, someDown: 2, notRunning: 3 } as const;
 
@@ -22,7 +23,7 @@ export function staleness(state: Snapshot, now: number): string | undefined {
   if (state.stoppedAt) return `nf-healthd is not running: it stopped at ${state.stoppedAt} (pid ${state.pid})`;
   const age = now - Date.parse(state.writtenAt);
   if (age > state.staleAfterMs) {
-    return `nf-healthd is not running or stuck: its state file was last written ${ago(age)} ago (pid ${state.pid}), it is refreshed every ${formatDuration(Math.round((state.staleAfterMs - 2000) / 3))}`;
+    return `nf-healthd is not running or stuck: its state file was last written ${ago(age)} ago (pid ${state.pid}), it is refreshed every ${formatDuration(writePeriodOf(state.staleAfterMs))}`;
   }
   return undefined;
 }
@@ -60,8 +61,7 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
       ];
     }),
   ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  const lines = rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd());
+  const lines = formatTable(rows);
   // Why each down backend is down: the reason of its latest change (and a damping hold).
   const reasons = state.backends
     .filter((b) => b.state === 'down')

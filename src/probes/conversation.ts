@@ -117,8 +117,10 @@ export async function converse(target: ProbeTarget, conversation: Conversation, 
 
 /** Reads until the received text holds `match`; returns the matched text. */
 async function searchFor(conn: LineConnection, match: string | RegExp): Promise<string> {
-  // A fresh, non-global copy: exec on a /g or /y pattern would carry lastIndex between checks.
-  const pattern = typeof match === 'string' ? undefined : new RegExp(match.source, match.flags.replace(/[gy]/g, ''));
+  // exec on a /g or /y pattern would carry lastIndex between checks: use a non-global copy of
+  // those; any other pattern is stateless and used as it is (no compilation per check).
+  const pattern =
+    typeof match === 'string' ? undefined : match.global || match.sticky ? new RegExp(match.source, match.flags.replace(/[gy]/g, '')) : match;
   let found = '';
   await conn.readUntil((buffered) => {
     if (pattern === undefined) {

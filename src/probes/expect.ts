@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { DEFAULT_BOUNDS } from './connection.js';
-import { converse, type Step } from './conversation.js';
+import { converse, type Conversation, type Step } from './conversation.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
@@ -54,6 +54,22 @@ export function expectSteps(options: ExpectOptions): Step[] {
   });
 }
 
+/** The conversation of each check config, built (and its patterns compiled) once, not on every check. */
+const conversations = new WeakMap<ExpectOptions, Conversation>();
+
+function conversationOf(options: ExpectOptions): Conversation {
+  let conversation = conversations.get(options);
+  if (conversation === undefined) {
+    conversation = {
+      steps: expectSteps(options),
+      bounds: { maxTotalBytes: options.maxBytes },
+      ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
+    };
+    conversations.set(options, conversation);
+  }
+  return conversation;
+}
+
 /**
  * The generic send/expect check (HAProxy's tcp-check): its steps run on the same
  * engine as the smtp check and the presets.
@@ -62,11 +78,6 @@ export const expectProbe = defineProbe({
   type: 'expect',
   schema: expectSchema,
   run(target, options, signal) {
-    const conversation = {
-      steps: expectSteps(options),
-      bounds: { maxTotalBytes: options.maxBytes },
-      ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
-    };
-    return converse(target, conversation, signal);
+    return converse(target, conversationOf(options), signal);
   },
 });

@@ -1,4 +1,5 @@
 import { summarize, type Daemon, type DaemonObserver } from '../daemon.js';
+import { longestCheckGap, msSinceProgress } from '../health/pace.js';
 import type { Logger } from '../log.js';
 import { createNotifier, monotonicUsec, watchdogPeriodMs, type Notifier } from './notify.js';
 import { installTestWedge } from './test-wedge.js';
@@ -94,10 +95,8 @@ function startWatchdog(daemon: Daemon, log: Logger, env: NodeJS.ProcessEnv, noti
   let stalled = false;
   let pinging = false;
   const tick = () => {
-    // The longest a healthy daemon goes between two completed checks: the slowest backend's
-    // period (downInterval for long-dead ones) plus its timeout.
-    const allowance = Math.max(0, ...daemon.backends().map((b) => Math.max(b.spec.interval, b.spec.downInterval ?? 0) + b.spec.timeout)) + PROGRESS_SLACK_MS;
-    const idle = performance.now() - Math.max(daemon.lastProgressAt(), daemon.scheduler().lastRunAt());
+    const allowance = longestCheckGap(daemon.backends()) + PROGRESS_SLACK_MS;
+    const idle = msSinceProgress(daemon);
     if (idle <= allowance) {
       if (stalled) log.info({ event: 'watchdog_resumed' }, 'checks are progressing again: watchdog pings resumed');
       stalled = false;

@@ -66,3 +66,30 @@ export function commandError(tool: string, result: CommandResult): NodeJS.ErrnoE
       : 'EFAILED';
   return Object.assign(new Error(`${tool}: ${text.split('\n')[0]}`), { code });
 }
+
+/** What a command-line writer (ipset, nft) tells the operator about its errors. */
+export interface CommandHintText {
+  /** The tool's name in messages: `ipset`. */
+  tool: string;
+  /** The binary as configured, and the key that sets it: `writer.ipsetPath`. */
+  path: string;
+  pathKey: string;
+  /** The package to install: `nftables`. */
+  install: string;
+  /** What ENOENT means and what to do: the set is missing, load the rules. */
+  missing: string;
+}
+
+/** The hint of a writer that runs a tool: it cannot start, the set is missing, no CAP_NET_ADMIN, else its own words. */
+export function commandHint(error: NodeJS.ErrnoException, text: CommandHintText): string {
+  if (error.syscall?.startsWith('spawn')) return `cannot run ${text.path}: install ${text.install} or set ${text.pathKey}`;
+  switch (error.code) {
+    case 'ENOENT':
+      return `${text.missing}, in nf-healthd's network namespace`;
+    case 'EPERM':
+    case 'EACCES':
+      return `${text.tool} needs CAP_NET_ADMIN: run as root or with AmbientCapabilities=CAP_NET_ADMIN`;
+    default:
+      return `${error.message}; retrying on every check`;
+  }
+}

@@ -15,15 +15,9 @@ export const conditionWriterSchema = z.strictObject({
 });
 export type ConditionWriterConfig = z.infer<typeof conditionWriterSchema>;
 
-/** Names already checked: fileFor runs on every check, the answer never changes. */
-const checkedNames = new Set<string>();
-
 function fileFor(dir: string, name: string): string {
   // Names are validated by the config schema; check again right before they become a path.
-  if (!checkedNames.has(name)) {
-    if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
-    if (checkedNames.size < 1_000_000) checkedNames.add(name);
-  }
+  if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
   return path.join(dir, name);
 }
 
@@ -35,6 +29,13 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
   const create = options.create ?? !/^\/proc(\/|$)/.test(options.dir);
   const valueFor = (up: boolean) => (up ? options.upValue : 1 - options.upValue);
   const readBuffer = Buffer.alloc(16);
+  // The keys are the config's targets: each is checked and joined once per writer, not on every check.
+  const files = new Map<string, string>();
+  const fileOf = (name: string): string => {
+    let file = files.get(name);
+    if (file === undefined) files.set(name, (file = fileFor(options.dir, name)));
+    return file;
+  };
   return {
     async read(targets) {
       // Synchronous on purpose: each file is a few bytes in kernel memory (/proc) or the
@@ -45,7 +46,7 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
       for (const t of targets) {
         let fd: number | undefined;
         try {
-          fd = openSync(fileFor(options.dir, t.key), 'r');
+          fd = openSync(fileOf(t.key), 'r');
           const n = readSync(fd, readBuffer, 0, readBuffer.length, 0);
           const raw = readBuffer.toString('latin1', 0, n);
           const first = raw[0];
@@ -64,7 +65,7 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
         changes.map(async (c) => {
           try {
             // One 2-byte write(2): never a half-written file. 'r+' does not create.
-            await writeFile(fileFor(options.dir, c.target.key), `${valueFor(c.up)}\n`, { flag: create ? 'w' : 'r+' });
+            await writeFile(fileOf(c.target.key), `${valueFor(c.up)}\n`, { flag: create ? 'w' : 'r+' });
           } catch (err) {
             failed.set(c.target.key, asErrno(err));
           }

@@ -1,8 +1,8 @@
 import net from 'node:net';
 import { z } from 'zod';
 import { duration } from '../config/duration.js';
-import { IPSET_DEFAULT_PREFIX, ipsetName } from '../rules/plan.js';
-import { commandError, runCommand } from './command.js';
+import { IPSET_DEFAULT_PREFIX, ipsetName, ipsetNamePattern } from '../rules/plan.js';
+import { commandError, commandHint, runCommand } from './command.js';
 import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriteChange, type WriterTarget } from './types.js';
 
 /** A binary: a bare name looked up in PATH, or an absolute path. */
@@ -27,7 +27,7 @@ export function canonicalIp(text: string): string {
 
 function parseTarget(key: string): { set: string; element: string } {
   const [set, element] = key.split(' ');
-  if (!set || !element || !/^[A-Za-z0-9_.:-]{1,31}$/.test(set) || net.isIP(element) === 0) throw new Error(`refusing ipset target ${JSON.stringify(key)}`);
+  if (!set || !element || !ipsetNamePattern.test(set) || net.isIP(element) === 0) throw new Error(`refusing ipset target ${JSON.stringify(key)}`);
   return { set, element: canonicalIp(element) };
 }
 
@@ -49,11 +49,18 @@ export function parseIpsetSave(text: string): Map<string, Set<string>> {
  */
 export function createIpsetWriter(options: IpsetWriterConfig): Writer {
   const timeoutMs = options.commandTimeout ?? 5000;
+  // The keys are the config's targets: each is checked and canonicalised once per writer, not on every check.
+  const parsed = new Map<string, { set: string; element: string }>();
+  const parse = (key: string) => {
+    let target = parsed.get(key);
+    if (target === undefined) parsed.set(key, (target = parseTarget(key)));
+    return target;
+  };
   const ipset = (args: string[], input?: string) => runCommand(options.ipsetPath, args, { timeoutMs, maxOutput: MAX_LISTING, ...(input === undefined ? {} : { input }) });
 
   const restore = async (changes: readonly WriteChange[]) => {
     const script = changes.map((c) => {
-      const { set, element } = parseTarget(c.target.key);
+      const { set, element } = parse(c.target.key);
       return `${c.up ? 'add' : 'del'} ${set} ${element}\n`;
     });
     const result = await ipset(['restore', '-exist'], script.join(''));
@@ -66,7 +73,7 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
       if (targets.length === 0) return out;
       let sets: Map<string, Set<string>>;
       try {
-        const only = targets.length === 1 ? [parseTarget(targets[0]!.key).set] : [];
+        const only = targets.length === 1 ? [parse(targets[0]!.key).set] : [];
         const result = await ipset(['list', '-o', 'save', ...only]);
         if (result.code !== 0) throw commandError('ipset', result);
         sets = parseIpsetSave(result.stdout);
@@ -75,7 +82,7 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
         return out;
       }
       for (const t of targets) {
-        const { set, element } = parseTarget(t.key);
+        const { set, element } = parse(t.key);
         const members = sets.get(set);
         if (!members) out.set(t.key, { error: Object.assign(new Error(`ipset: set ${set} does not exist`), { code: 'ENOENT' }) });
         else out.set(t.key, members.has(element) ? { up: true, raw: 'up (in the set)' } : { up: false, raw: 'down (not in the set)' });
@@ -103,19 +110,16 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
       return failed;
     },
     hint(error, target) {
+      // ipset's own word for a timeout (nft's is the shared default).
+      if (error.code === 'ETIMEDOUT' && !error.syscall?.startsWith('spawn')) return `${error.message}; retrying`;
       const set = target.key.split(' ')[0];
-      if (error.syscall?.startsWith('spawn')) return `cannot run ${options.ipsetPath}: install ipset or set writer.ipsetPath`;
-      switch (error.code) {
-        case 'ENOENT':
-          return `set ${set} does not exist: load the rules first (nf-healthd rules --format iptables-ipset), in nf-healthd's network namespace`;
-        case 'EPERM':
-        case 'EACCES':
-          return 'ipset needs CAP_NET_ADMIN: run as root or with AmbientCapabilities=CAP_NET_ADMIN';
-        case 'ETIMEDOUT':
-          return `${error.message}; retrying`;
-        default:
-          return `${error.message}; retrying on every check`;
-      }
+      return commandHint(error, {
+        tool: 'ipset',
+        path: options.ipsetPath,
+        pathKey: 'writer.ipsetPath',
+        install: 'ipset',
+        missing: `set ${set} does not exist: load the rules first (nf-healthd rules --format iptables-ipset)`,
+      });
     },
   };
 }

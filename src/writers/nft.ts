@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { duration } from '../config/duration.js';
 import { formatMark, markOf, NFT_DEFAULTS, nftIdentifierPattern } from '../rules/plan.js';
-import { commandError, runCommand } from './command.js';
+import { commandError, commandHint, runCommand } from './command.js';
 import { binaryPath } from './ipset.js';
 import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
 
@@ -68,8 +68,8 @@ export function createNftWriter(options: NftWriterConfig): Writer {
       const failed = new Map<string, NodeJS.ErrnoException>();
       if (changes.length === 0) return failed;
       const lines = changes.flatMap((c) => {
-        const element = `add element ${where} { ${formatMark(markFromKey(c.target.key))} }`;
-        return c.up ? [element] : [element, element.replace(/^add/, 'delete')];
+        const element = `element ${where} { ${formatMark(markFromKey(c.target.key))} }`;
+        return c.up ? [`add ${element}`] : [`add ${element}`, `delete ${element}`];
       });
       try {
         const result = await runCommand(options.nftPath, ['-f', '-'], { input: `${lines.join('\n')}\n`, timeoutMs, maxOutput: MAX_LISTING });
@@ -81,16 +81,13 @@ export function createNftWriter(options: NftWriterConfig): Writer {
       return failed;
     },
     hint(error) {
-      if (error.syscall?.startsWith('spawn')) return `cannot run ${options.nftPath}: install nftables or set writer.nftPath`;
-      switch (error.code) {
-        case 'ENOENT':
-          return `set ${where} does not exist: load the rules first (nf-healthd rules --format nft | nft -f -), in nf-healthd's network namespace`;
-        case 'EPERM':
-        case 'EACCES':
-          return 'nft needs CAP_NET_ADMIN: run as root or with AmbientCapabilities=CAP_NET_ADMIN';
-        default:
-          return `${error.message}; retrying on every check`;
-      }
+      return commandHint(error, {
+        tool: 'nft',
+        path: options.nftPath,
+        pathKey: 'writer.nftPath',
+        install: 'nftables',
+        missing: `set ${where} does not exist: load the rules first (nf-healthd rules --format nft | nft -f -)`,
+      });
     },
   };
 }

@@ -19,6 +19,7 @@ export function createWriter(config: WriterConfig): Writer {
   return definitions[config.type].create(config);
 }
 
-export function writerTarget(config: WriterConfig, service: ServiceConfig, backend: BackendConfig, services: readonly ServiceConfig[] = [service]): WriterTarget {
+/** `services`: the whole config's, in order (the nft writer numbers marks by position). */
+export function writerTarget(config: WriterConfig, service: ServiceConfig, backend: BackendConfig, services: readonly ServiceConfig[]): WriterTarget {
   return definitions[config.type].target(config, service, backend, services);
 }

@@ -59,11 +59,11 @@ export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): Daemon
   };
 }
 
-/** Polls `read` until `accept` holds or `ms` passes: for state outside the process (files). */
-export async function waitUntil<T>(read: () => T, accept: (v: T) => boolean, ms = 10_000, every = 20): Promise<T> {
+/** Polls `read` (sync or async) until `accept` holds or `ms` passes: for state outside the process (files, systemctl). */
+export async function waitUntil<T>(read: () => T | Promise<T>, accept: (v: T) => boolean, ms = 10_000, every = 20): Promise<T> {
   const deadline = performance.now() + ms;
   for (;;) {
-    const v = read();
+    const v = await read();
     if (accept(v)) return v;
     if (performance.now() > deadline) throw new Error(`condition not met within ${ms}ms; last value: ${JSON.stringify(v)}`);
     await new Promise((r) => setTimeout(r, every));
