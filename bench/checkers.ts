@@ -3,11 +3,11 @@
  * nf-healthd (`node bin/nf-healthd.js run`) and HAProxy (foreground, checks only),
  * configured alike from one description of the backends.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { backendAddress, command, repoRoot, sleep, type BackendMode } from './lib.js';
+import { type BackendMode, backendAddress, command, repoRoot, sleep } from './lib.js';
 
 /** `node-loop`: the bare Node loop of bench/node-loop.ts, the floor under nf-healthd (from bench/dist only). */
 export type CheckerName = 'nf-healthd' | 'haproxy' | 'node-loop';
@@ -55,7 +55,12 @@ export const backendName = (i: number) => `b${i}`;
 /** The config nf-healthd runs with: one service, `count` backends, log level warn. */
 export function nfHealthdConfig(setup: CheckerSetup, conditionDir: string): string {
   const { timing } = setup;
-  const check = setup.mode === 'smtp' ? '{ type: smtp, ehlo: bench.invalid }' : setup.mode === 'http' ? '{ type: http, path: / }' : '{ type: tcp }';
+  const check =
+    setup.mode === 'smtp'
+      ? '{ type: smtp, ehlo: bench.invalid }'
+      : setup.mode === 'http'
+        ? '{ type: http, path: / }'
+        : '{ type: tcp }';
   const lines = [
     'defaults:',
     `  interval: ${timing.intervalMs}ms`,
@@ -78,7 +83,8 @@ export function nfHealthdConfig(setup: CheckerSetup, conditionDir: string): stri
     `    check: ${check}`,
     '    backends:',
   ];
-  for (let i = 0; i < setup.count; i++) lines.push(`      - { name: ${backendName(i)}, address: ${backendAddress(i)} }`);
+  for (let i = 0; i < setup.count; i++)
+    lines.push(`      - { name: ${backendName(i)}, address: ${backendAddress(i)} }`);
   return `${lines.join('\n')}\n`;
 }
 
@@ -86,7 +92,11 @@ export function nfHealthdConfig(setup: CheckerSetup, conditionDir: string): stri
 export function haproxyConfig(setup: CheckerSetup, statsSocket: string): string {
   const { timing } = setup;
   const option =
-    setup.mode === 'smtp' ? ['  option smtpchk EHLO bench.invalid'] : setup.mode === 'http' ? ['  option httpchk GET /', '  http-check expect status 200-399'] : [];
+    setup.mode === 'smtp'
+      ? ['  option smtpchk EHLO bench.invalid']
+      : setup.mode === 'http'
+        ? ['  option httpchk GET /', '  http-check expect status 200-399']
+        : [];
   const lines = [
     'global',
     '  nbthread 1',
@@ -118,7 +128,9 @@ function watchExit(child: ChildProcess, name: string) {
   let stderr = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (d: string) => (stderr = (stderr + d).slice(-4000)));
-  const exited = new Promise<string>((resolve) => child.once('exit', (code, signal) => resolve((exit = String(code ?? signal)))));
+  const exited = new Promise<string>((resolve) =>
+    child.once('exit', (code, signal) => resolve((exit = String(code ?? signal)))),
+  );
   return {
     exited,
     alive: () => exit === undefined,
@@ -143,8 +155,22 @@ export async function startNfHealthd(setup: CheckerSetup): Promise<CheckerProces
   const configFile = path.join(setup.dir, 'nf-healthd.yaml');
   writeFileSync(configFile, nfHealthdConfig(setup, conditionDir));
   const samplesFile = path.join(setup.dir, 'samples.json');
-  const [cmd, args] = command([process.execPath, ...(setup.nodeArgs ?? []), setup.daemonEntry ?? path.join(repoRoot(), 'bin', 'nf-healthd.js'), 'run', '-c', configFile], setup);
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv({ NF_HEALTHD_SAMPLES: samplesFile }), cwd: setup.dir });
+  const [cmd, args] = command(
+    [
+      process.execPath,
+      ...(setup.nodeArgs ?? []),
+      setup.daemonEntry ?? path.join(repoRoot(), 'bin', 'nf-healthd.js'),
+      'run',
+      '-c',
+      configFile,
+    ],
+    setup,
+  );
+  const child = spawn(cmd, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: childEnv({ NF_HEALTHD_SAMPLES: samplesFile }),
+    cwd: setup.dir,
+  });
   // Log level warn: a healthy run says nothing; keep what it does say for the report.
   let said = '';
   child.stdout!.setEncoding('utf8');
@@ -157,12 +183,14 @@ export async function startNfHealthd(setup: CheckerSetup): Promise<CheckerProces
     conditionDir,
     async downCount() {
       let down = 0;
-      for (const f of readdirSync(conditionDir)) if (readFileSync(path.join(conditionDir, f), 'latin1')[0] !== '0') down++;
+      for (const f of readdirSync(conditionDir))
+        if (readFileSync(path.join(conditionDir, f), 'latin1')[0] !== '0') down++;
       return down;
     },
     async stop() {
       const code = await proc.stop();
-      if (said.trim()) process.stderr.write(`bench: nf-healthd said: ${said.trim().split('\n').slice(-3).join('\n')}\n`);
+      if (said.trim())
+        process.stderr.write(`bench: nf-healthd said: ${said.trim().split('\n').slice(-3).join('\n')}\n`);
       return code;
     },
   };
@@ -215,12 +243,19 @@ export async function startHaproxy(setup: CheckerSetup): Promise<CheckerProcess>
 
 export async function startNodeLoop(setup: CheckerSetup): Promise<CheckerProcess> {
   const script = path.join(repoRoot(), 'bench', 'dist', 'node-loop.js');
-  const [cmd, args] = command([process.execPath, script, setup.mode, String(setup.port), String(setup.count), String(setup.timing.intervalMs)], setup);
+  const [cmd, args] = command(
+    [process.execPath, script, setup.mode, String(setup.port), String(setup.count), String(setup.timing.intervalMs)],
+    setup,
+  );
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: childEnv(), cwd: setup.dir });
   const proc = watchExit(child, 'node-loop');
   return { name: 'node-loop', pid: child.pid!, downCount: async () => 0, stop: () => proc.stop() };
 }
 
 export function startChecker(name: CheckerName, setup: CheckerSetup): Promise<CheckerProcess> {
-  return name === 'nf-healthd' ? startNfHealthd(setup) : name === 'haproxy' ? startHaproxy(setup) : startNodeLoop(setup);
+  return name === 'nf-healthd'
+    ? startNfHealthd(setup)
+    : name === 'haproxy'
+      ? startHaproxy(setup)
+      : startNodeLoop(setup);
 }

@@ -7,10 +7,10 @@
  * The trials run side by side, each on its own backend, with unrelated backends
  * checked at the same time as background load.
  */
-import { watch, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, watch } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startNfHealthd, backendName, type Timing } from './checkers.js';
+import { backendName, startNfHealthd, type Timing } from './checkers.js';
 import { percentile, prioritize, sleep, startBackends, waitFor } from './lib.js';
 
 export interface DetectionOptions {
@@ -111,7 +111,15 @@ export async function runDetection(o: DetectionOptions): Promise<DetectionRow[]>
   const dir = mkdtempSync(path.join(os.tmpdir(), 'nfh-bench-detection-'));
   const backends = await startBackends(o.bannerServer, 'smtp', o.port, count, { cpu: o.backendCpu, ns: o.ns });
   try {
-    const checker = await startNfHealthd({ mode: 'smtp', port: o.port, count, timing: t, dir, cpu: o.checkerCpu, ns: o.ns });
+    const checker = await startNfHealthd({
+      mode: 'smtp',
+      port: o.port,
+      count,
+      timing: t,
+      dir,
+      cpu: o.checkerCpu,
+      ns: o.ns,
+    });
     try {
       await waitFor('nf-healthd to check every backend', async () => (await backends.accepted()) >= count, 60_000, 100);
       prioritize(checker.pid);

@@ -2,7 +2,7 @@
  * Small pieces the benchmark is made of: /proc readings, the banner server's
  * process and its control pipe, paths, sleeping.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -15,7 +15,8 @@ export function repoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (;;) {
     const pkg = path.join(dir, 'package.json');
-    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'nf-healthd') return dir;
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'nf-healthd')
+      return dir;
     const up = path.dirname(dir);
     if (up === dir) throw new Error('cannot find the nf-healthd repository above the bench harness');
     dir = up;
@@ -79,7 +80,9 @@ export function timeWait(port: number, ns?: string): { checker: number; backend:
  * connect checks, which reset during the handshake and never reach accept(2).
  */
 export function activeOpens(pid: number): number {
-  const lines = readFileSync(`/proc/${pid}/net/snmp`, 'latin1').split('\n').filter((l) => l.startsWith('Tcp:'));
+  const lines = readFileSync(`/proc/${pid}/net/snmp`, 'latin1')
+    .split('\n')
+    .filter((l) => l.startsWith('Tcp:'));
   const names = lines[0]!.split(/\s+/);
   const values = lines[1]!.split(/\s+/);
   return Number(values[names.indexOf('ActiveOpens')]);
@@ -150,7 +153,9 @@ export type BackendMode = 'tcp' | 'smtp' | 'http';
 /** Compiles banner-server.c (gcc -O2) into `dir`; returns the binary's path. */
 export function buildBannerServer(dir: string): string {
   const out = path.join(dir, 'banner-server');
-  execFileSync('gcc', ['-O2', '-Wall', '-o', out, path.join(repoRoot(), 'bench', 'banner-server.c')], { stdio: ['ignore', 'inherit', 'inherit'] });
+  execFileSync('gcc', ['-O2', '-Wall', '-o', out, path.join(repoRoot(), 'bench', 'banner-server.c')], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
   return out;
 }
 
@@ -169,7 +174,13 @@ export interface Backends {
 }
 
 /** Starts the banner server (pinned, in a namespace, when asked); resolves once every backend listens. */
-export async function startBackends(binary: string, mode: BackendMode, port: number, count: number, where: { cpu?: number; ns?: string } = {}): Promise<Backends> {
+export async function startBackends(
+  binary: string,
+  mode: BackendMode,
+  port: number,
+  count: number,
+  where: { cpu?: number; ns?: string } = {},
+): Promise<Backends> {
   const [cmd, args] = command([binary, mode, String(port), String(count)], where);
   const child: ChildProcess = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'inherit'] });
   const waiting: ((line: string) => void)[] = [];
@@ -231,7 +242,12 @@ export async function startBackends(binary: string, mode: BackendMode, port: num
 }
 
 /** Waits for `predicate` with a deadline, polling every `everyMs`. */
-export async function waitFor(what: string, predicate: () => Promise<boolean> | boolean, timeoutMs: number, everyMs = 100): Promise<void> {
+export async function waitFor(
+  what: string,
+  predicate: () => Promise<boolean> | boolean,
+  timeoutMs: number,
+  everyMs = 100,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);

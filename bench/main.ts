@@ -8,10 +8,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { CheckerName, Timing } from './checkers.js';
-import { runDetection, type DetectionRow } from './detection.js';
-import { buildBannerServer, createNamespace, repoRoot, setNiceness, type BackendMode } from './lib.js';
+import { type DetectionRow, runDetection } from './detection.js';
+import { type BackendMode, buildBannerServer, createNamespace, repoRoot, setNiceness } from './lib.js';
 import { machine, renderReport, writeIntoFile } from './report.js';
-import { runRow, type RowResult } from './sweep.js';
+import { type RowResult, runRow } from './sweep.js';
 
 const USAGE = `usage: npm run bench -- [options]
   --sizes LIST          backend counts (default 100,1000,5000,10000)
@@ -34,7 +34,11 @@ const USAGE = `usage: npm run bench -- [options]
   --no-write            print only
 `;
 
-const list = (s: string) => s.split(',').map((x) => x.trim()).filter(Boolean);
+const list = (s: string) =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
 const int = (s: string, name: string) => {
   const n = Number(s);
   if (!Number.isInteger(n)) throw new Error(`--${name}: expected an integer, got ${s}`);
@@ -77,7 +81,8 @@ async function main(argv: string[]): Promise<number> {
   const types = list(values.types) as BackendMode[];
   for (const t of types) if (!['tcp', 'smtp', 'http'].includes(t)) throw new Error(`--types: unknown check type ${t}`);
   const checkers = list(values.checkers) as CheckerName[];
-  for (const c of checkers) if (!['nf-healthd', 'haproxy', 'node-loop'].includes(c)) throw new Error(`--checkers: unknown checker ${c}`);
+  for (const c of checkers)
+    if (!['nf-healthd', 'haproxy', 'node-loop'].includes(c)) throw new Error(`--checkers: unknown checker ${c}`);
   const timing: Timing = {
     intervalMs: int(values.interval, 'interval'),
     fastIntervalMs: int(values['fast-interval'], 'fast-interval'),
@@ -95,7 +100,10 @@ async function main(argv: string[]): Promise<number> {
   setNiceness(int(values.nice, 'nice'));
 
   const startedAt = new Date();
-  const loadBefore = os.loadavg().map((x) => x.toFixed(2)).join(', ');
+  const loadBefore = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(', ');
   const work = mkdtempSync(path.join(os.tmpdir(), 'nfh-bench-'));
   const bannerServer = buildBannerServer(work);
   const log = (text: string) => process.stderr.write(`bench: ${text}\n`);
@@ -110,8 +118,31 @@ async function main(argv: string[]): Promise<number> {
       for (const count of sizes) {
         for (const checker of checkers) {
           log(`${mode} × ${count} with ${checker} (load ${os.loadavg()[0]!.toFixed(2)})`);
-          const nodeArgs = checker === 'nf-healthd' && values.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(values.profile), '--cpu-prof-name', `nf-healthd-${mode}-${count}.cpuprofile`] : [];
-          const row = await runRow({ checker, mode, count, timing, warmupMs, windowMs, port: port++, bannerServer, checkerCpu, backendCpu, ns: ns.name, nodeArgs, daemonEntry: values.daemon && path.resolve(values.daemon) });
+          const nodeArgs =
+            checker === 'nf-healthd' && values.profile
+              ? [
+                  '--cpu-prof',
+                  '--cpu-prof-dir',
+                  path.resolve(values.profile),
+                  '--cpu-prof-name',
+                  `nf-healthd-${mode}-${count}.cpuprofile`,
+                ]
+              : [];
+          const row = await runRow({
+            checker,
+            mode,
+            count,
+            timing,
+            warmupMs,
+            windowMs,
+            port: port++,
+            bannerServer,
+            checkerCpu,
+            backendCpu,
+            ns: ns.name,
+            nodeArgs,
+            daemonEntry: values.daemon && path.resolve(values.daemon),
+          });
           rows.push(row);
           log(
             `  ${(100 * row.achieved).toFixed(1)}% achieved, ${row.cpuUsPerCheck.toFixed(0)} µs/check, RSS ${row.rssMiB.toFixed(0)} MiB` +
@@ -123,7 +154,16 @@ async function main(argv: string[]): Promise<number> {
     }
     if (trials > 0) {
       log(`detection: ${trials} trials × (refused, silent) with ${values.background} background backends`);
-      detection = await runDetection({ trials, background: int(values.background, 'background'), timing: detectionTiming, port: port++, bannerServer, checkerCpu, backendCpu, ns: ns.name });
+      detection = await runDetection({
+        trials,
+        background: int(values.background, 'background'),
+        timing: detectionTiming,
+        port: port++,
+        bannerServer,
+        checkerCpu,
+        backendCpu,
+        ns: ns.name,
+      });
     }
   } finally {
     ns.remove();
@@ -134,7 +174,10 @@ async function main(argv: string[]): Promise<number> {
     finishedAt: new Date(),
     machine: machine(),
     loadBefore,
-    loadAfter: os.loadavg().map((x) => x.toFixed(2)).join(', '),
+    loadAfter: os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(', '),
     command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(' ')}` : ''}`,
     timing,
     detectionTiming,

@@ -33,7 +33,8 @@ function check(mode: string, host: string, port: number, next: () => void): void
   let seen = '';
   let step = 0;
   socket.setEncoding('latin1');
-  if (mode === 'http') socket.once('connect', () => socket.write(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+  if (mode === 'http')
+    socket.once('connect', () => socket.write(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
   socket.on('data', (chunk: string) => {
     seen += chunk;
     if (mode === 'http') return;

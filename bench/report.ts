@@ -5,9 +5,9 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import type { Timing } from './checkers.js';
 import type { DetectionRow } from './detection.js';
 import type { RowResult } from './sweep.js';
-import type { Timing } from './checkers.js';
 
 export const BEGIN = '<!-- bench:begin (written by npm run bench; edit outside the markers) -->';
 export const END = '<!-- bench:end -->';
@@ -38,22 +38,45 @@ export function machine(): Machine {
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     kernel: os.release(),
     node: process.version,
-    haproxy: run('haproxy', ['-v']).split('\n')[0]!.replace(/ - https?:.*$/, ''),
+    haproxy: run('haproxy', ['-v'])
+      .split('\n')[0]!
+      .replace(/ - https?:.*$/, ''),
     debian,
   };
 }
 
-const fixed = (x: number | undefined, digits = 0) => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(digits));
-const ms = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : x < 10 ? x.toFixed(1) : x.toFixed(0));
+const fixed = (x: number | undefined, digits = 0) =>
+  x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(digits);
+const ms = (x: number | undefined) =>
+  x === undefined || !Number.isFinite(x) ? 'n/a' : x < 10 ? x.toFixed(1) : x.toFixed(0);
 const thousands = (n: number) => n.toLocaleString('en-US');
 
 function table(head: string[], rows: string[][]): string {
-  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+  return [
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ].join('\n');
 }
 
 export function sweepTable(rows: RowResult[]): string {
   return table(
-    ['check', 'backends', 'checker', 'checks/s', 'achieved', 'CPU µs/check', 'core', 'waited for CPU', 'RSS MiB', 'lag p50/p99 ms', 'latency p50/p99 ms', 'TIME_WAIT', 'held down', 'banner server µs/check'],
+    [
+      'check',
+      'backends',
+      'checker',
+      'checks/s',
+      'achieved',
+      'CPU µs/check',
+      'core',
+      'waited for CPU',
+      'RSS MiB',
+      'lag p50/p99 ms',
+      'latency p50/p99 ms',
+      'TIME_WAIT',
+      'held down',
+      'banner server µs/check',
+    ],
     rows.map((r) => [
       r.mode,
       thousands(r.count),
@@ -94,14 +117,35 @@ export function ratioTable(rows: RowResult[]): string {
     ]);
   }
   return table(
-    ['check', 'backends', 'nf-healthd µs/check', 'HAProxy µs/check', 'nf-healthd / HAProxy', 'bare Node loop µs/check', 'nf-healthd / bare loop', 'nf-healthd RSS MiB', 'HAProxy RSS MiB'],
+    [
+      'check',
+      'backends',
+      'nf-healthd µs/check',
+      'HAProxy µs/check',
+      'nf-healthd / HAProxy',
+      'bare Node loop µs/check',
+      'nf-healthd / bare loop',
+      'nf-healthd RSS MiB',
+      'HAProxy RSS MiB',
+    ],
     out,
   );
 }
 
 export function detectionTable(rows: DetectionRow[]): string {
   return table(
-    ['failure', 'measured', 'trials', 'p50 ms', 'p99 ms', 'max ms', 'formula', 'formula ms', 'p99 within 50 ms', 'schedule bound ms'],
+    [
+      'failure',
+      'measured',
+      'trials',
+      'p50 ms',
+      'p99 ms',
+      'max ms',
+      'formula',
+      'formula ms',
+      'p99 within 50 ms',
+      'schedule bound ms',
+    ],
     rows.map((r) => [
       r.failure === 'refused' ? 'killed (refused)' : 'silent (times out)',
       r.phase === 'down' ? 'detection' : 'recovery',
@@ -132,10 +176,18 @@ export function targets(rows: RowResult[], detection: DetectionRow[]): TargetVer
   };
   const out: TargetVerdict[] = [];
   const smtp = ratio('smtp', 5000);
-  out.push({ target: 'SMTP, 5,000 backends: CPU/check ≤ 1.5× HAProxy', measured: smtp === undefined ? 'not run' : `${smtp.toFixed(2)}×`, met: smtp === undefined ? undefined : smtp <= 1.5 });
+  out.push({
+    target: 'SMTP, 5,000 backends: CPU/check ≤ 1.5× HAProxy',
+    measured: smtp === undefined ? 'not run' : `${smtp.toFixed(2)}×`,
+    met: smtp === undefined ? undefined : smtp <= 1.5,
+  });
   for (const mode of ['tcp', 'http']) {
     const r = ratio(mode, 5000);
-    out.push({ target: `stretch: ${mode.toUpperCase()}, 5,000 backends: CPU/check ≤ 1.2× HAProxy`, measured: r === undefined ? 'not run' : `${r.toFixed(2)}×`, met: r === undefined ? undefined : r <= 1.2 });
+    out.push({
+      target: `stretch: ${mode.toUpperCase()}, 5,000 backends: CPU/check ≤ 1.2× HAProxy`,
+      measured: r === undefined ? 'not run' : `${r.toFixed(2)}×`,
+      met: r === undefined ? undefined : r <= 1.2,
+    });
   }
   for (const r of rows.filter((x) => x.checker === 'nf-healthd' && x.count === 10_000)) {
     const lag = r.lagMs?.p99;
@@ -181,11 +233,20 @@ export function renderReport(r: Report): string {
     `- Load average (1, 5, 15 min) before: ${r.loadBefore}; after: ${r.loadAfter}`,
     `- Checks: interval ${t.intervalMs} ms, fastInterval ${t.fastIntervalMs} ms, timeout ${t.timeoutMs} ms, rise ${t.rise}, fall ${t.fall}; SMTP = greeting, EHLO, QUIT on both sides; HTTP = GET /; measured over ${r.windowS} s per row`,
     '- Checker pinned to one core, the banner server (C, epoll) to the other (taskset); both in a network namespace of their own, each in a session whose autogroup has niceness −10 (see --nice).',
-    '- node-loop: `bench/node-loop.ts`, a bare Node loop doing the same exchange with nothing else (no timeouts, bounds, hysteresis, writer, logs): the floor for a checker written on Node\'s net module.',
+    "- node-loop: `bench/node-loop.ts`, a bare Node loop doing the same exchange with nothing else (no timeouts, bounds, hysteresis, writer, logs): the floor for a checker written on Node's net module.",
     '',
   ];
   if (r.rows.length > 0) {
-    lines.push('### Scale sweep', '', sweepTable(r.rows), '', '### nf-healthd / HAProxy, CPU per check', '', ratioTable(r.rows), '');
+    lines.push(
+      '### Scale sweep',
+      '',
+      sweepTable(r.rows),
+      '',
+      '### nf-healthd / HAProxy, CPU per check',
+      '',
+      ratioTable(r.rows),
+      '',
+    );
   }
   if (r.detection.length > 0) {
     const d = r.detectionTiming ?? t;
@@ -199,7 +260,15 @@ export function renderReport(r: Report): string {
     );
   }
   const verdicts = targets(r.rows, r.detection);
-  lines.push('### Targets', '', table(['target', 'measured', 'met'], verdicts.map((v) => [v.target, v.measured, v.met === undefined ? 'not run' : v.met ? 'yes' : 'NO'])), '');
+  lines.push(
+    '### Targets',
+    '',
+    table(
+      ['target', 'measured', 'met'],
+      verdicts.map((v) => [v.target, v.measured, v.met === undefined ? 'not run' : v.met ? 'yes' : 'NO']),
+    ),
+    '',
+  );
   return lines.join('\n');
 }
 
@@ -213,6 +282,9 @@ export function writeIntoFile(file: string, section: string, heading = '# Benchm
   const text = readFileSync(file, 'utf8');
   const from = text.indexOf(BEGIN);
   const to = text.indexOf(END);
-  const next = from >= 0 && to > from ? `${text.slice(0, from)}${block}${text.slice(to + END.length)}` : `${text.trimEnd()}\n\n${block}\n`;
+  const next =
+    from >= 0 && to > from
+      ? `${text.slice(0, from)}${block}${text.slice(to + END.length)}`
+      : `${text.trimEnd()}\n\n${block}\n`;
   writeFileSync(file, next);
 }

@@ -17,7 +17,11 @@ export interface SoakResult {
 type Target = { service: string; backend: string; address: string; port: number };
 
 export interface SoakOptions {
-  runCheck: (check: { type: string } & Record<string, unknown>, target: Target, timeoutMs: number) => Promise<SoakResult>;
+  runCheck: (
+    check: { type: string } & Record<string, unknown>,
+    target: Target,
+    timeoutMs: number,
+  ) => Promise<SoakResult>;
   /** Checks to run in all. */
   total: number;
   /** Checks in flight at once. */
@@ -108,7 +112,11 @@ function behave(b: Backend, socket: net.Socket): void {
       if (d.includes('QUIT')) socket.end('221 bye\r\n');
     });
   } else {
-    socket.once('data', () => socket.end(wrong ? 'HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n' : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
+    socket.once('data', () =>
+      socket.end(
+        wrong ? 'HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n' : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+      ),
+    );
   }
 }
 
@@ -139,7 +147,15 @@ export function handleCounts(): Record<string, number> {
 }
 
 /** Socket-ish handle types: these must come back to where they started. */
-export const SOCKET_HANDLES = ['TCPSocketWrap', 'TCPWRAP', 'TLSWrap', 'TCPConnectWrap', 'TCPServerWrap', 'ProcessWrap', 'PipeWrap'];
+export const SOCKET_HANDLES = [
+  'TCPSocketWrap',
+  'TCPWRAP',
+  'TLSWrap',
+  'TCPConnectWrap',
+  'TCPServerWrap',
+  'ProcessWrap',
+  'PipeWrap',
+];
 
 /** Waits (polling, with a deadline) until no socket-ish handle type counts more than in `baseline`. */
 export async function settled(baseline: Record<string, number>, deadlineMs: number): Promise<Record<string, number>> {
@@ -165,7 +181,14 @@ function round(n: number): number {
 export async function soak(options: SoakOptions): Promise<SoakFigures> {
   const random = options.random ?? Math.random;
   const kinds: Kind[] = options.tls ? ['smtp', 'http', 'tls'] : ['smtp', 'http'];
-  const backends: Backend[] = kinds.flatMap((kind) => Array.from({ length: options.backendsPerKind }, () => ({ kind, port: 0, mode: 'ok' as Mode, sockets: new Set<net.Socket>() })));
+  const backends: Backend[] = kinds.flatMap((kind) =>
+    Array.from({ length: options.backendsPerKind }, () => ({
+      kind,
+      port: 0,
+      mode: 'ok' as Mode,
+      sockets: new Set<net.Socket>(),
+    })),
+  );
   for (const b of backends) await listen(b, options.tls);
 
   let flapping = Promise.resolve();
@@ -176,7 +199,11 @@ export async function soak(options: SoakOptions): Promise<SoakFigures> {
         const next = pickMode(random);
         if (next === 'refused' && b.server) await unlisten(b);
         // Back on the same port; if someone took it meanwhile, a new one.
-        if (next !== 'refused' && !b.server) await listen(b, options.tls).catch(() => ((b.port = 0), listen(b, options.tls)));
+        if (next !== 'refused' && !b.server)
+          await listen(b, options.tls).catch(() => {
+            b.port = 0;
+            return listen(b, options.tls);
+          });
         b.mode = next;
       }
     });
@@ -207,11 +234,18 @@ export async function soak(options: SoakOptions): Promise<SoakFigures> {
     while (started < options.total) {
       started++;
       const b = backends[Math.floor(random() * backends.length)]!;
-      const result = await options.runCheck(checks[b.kind], { service: 'soak', backend: `${b.kind}-${b.port}`, address: '127.0.0.1', port: b.port }, options.timeoutMs);
+      const result = await options.runCheck(
+        checks[b.kind],
+        { service: 'soak', backend: `${b.kind}-${b.port}`, address: '127.0.0.1', port: b.port },
+        options.timeoutMs,
+      );
       done++;
       if (result.up) up++;
       else {
-        const key = result.detail.replace(/"[^"]*"/g, '"..."').replace(/\d+/g, 'N').slice(0, 60);
+        const key = result.detail
+          .replace(/"[^"]*"/g, '"..."')
+          .replace(/\d+/g, 'N')
+          .slice(0, 60);
         reasons[key] = (reasons[key] ?? 0) + 1;
       }
       maxLatencyMs = Math.max(maxLatencyMs, result.latencyMs);

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { soak, type SoakFigures, type SoakOptions } from './soak-core.js';
+import { type SoakFigures, type SoakOptions, soak } from './soak-core.js';
 
 const { values } = parseArgs({
   options: {
@@ -26,14 +26,38 @@ const { values } = parseArgs({
 });
 
 const dist = new URL('../../dist/probes/', import.meta.url);
-const { runCheck } = (await import(new URL('run.js', dist).href)) as { runCheck: (c: unknown, t: unknown, ms: number) => ReturnType<SoakOptions['runCheck']> };
-const { checkSchema } = (await import(new URL('registry.js', dist).href)) as { checkSchema: { parse(v: unknown): unknown } };
+const { runCheck } = (await import(new URL('run.js', dist).href)) as {
+  runCheck: (c: unknown, t: unknown, ms: number) => ReturnType<SoakOptions['runCheck']>;
+};
+const { checkSchema } = (await import(new URL('registry.js', dist).href)) as {
+  checkSchema: { parse(v: unknown): unknown };
+};
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'nfh-soak-'));
 try {
   const key = path.join(dir, 'key.pem');
   const cert = path.join(dir, 'cert.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=localhost', '-days', '2'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-subj',
+      '/CN=localhost',
+      '-days',
+      '2',
+    ],
+    { stdio: 'ignore' },
+  );
   const total = Number(values.checks);
   const options: SoakOptions = {
     runCheck: (check, target, timeout) => runCheck(checkSchema.parse(check), target, timeout),
@@ -45,7 +69,10 @@ try {
     flapProbability: 0.2,
     tls: { key: readFileSync(key), cert: readFileSync(cert) },
     samples: 11,
-    onSample: (s) => console.error(`${s.checks} checks: heap ${s.heapUsedMiB} MiB, rss ${s.rssMiB} MiB, handles ${JSON.stringify(s.handles)}`),
+    onSample: (s) =>
+      console.error(
+        `${s.checks} checks: heap ${s.heapUsedMiB} MiB, rss ${s.rssMiB} MiB, handles ${JSON.stringify(s.handles)}`,
+      ),
   };
   const figures = await soak(options);
   console.log(JSON.stringify(figures));

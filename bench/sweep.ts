@@ -6,8 +6,18 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startChecker, type CheckerName, type Timing } from './checkers.js';
-import { cpuMicros, cpuWaitNs, memoryMiB, prioritize, sleep, startBackends, timeWait, waitFor, type BackendMode } from './lib.js';
+import { type CheckerName, startChecker, type Timing } from './checkers.js';
+import {
+  type BackendMode,
+  cpuMicros,
+  cpuWaitNs,
+  memoryMiB,
+  prioritize,
+  sleep,
+  startBackends,
+  timeWait,
+  waitFor,
+} from './lib.js';
 
 export interface RowOptions {
   checker: CheckerName;
@@ -75,7 +85,12 @@ interface SamplesFile {
 }
 
 /** Percentiles of the per-second histograms of the seconds overlapping [fromMs, toMs) (the edges fall in the steady warm-up). */
-export function histogramPercentiles(file: SamplesFile, which: 'lag' | 'latency', fromMs: number, toMs: number): Percentiles | undefined {
+export function histogramPercentiles(
+  file: SamplesFile,
+  which: 'lag' | 'latency',
+  fromMs: number,
+  toMs: number,
+): Percentiles | undefined {
   const { minMs, growth, buckets } = file.histogram;
   const total = new Array<number>(buckets).fill(0);
   let n = 0;
@@ -104,12 +119,27 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `nfh-bench-${o.checker}-${o.mode}-${o.count}-`));
   const backends = await startBackends(o.bannerServer, o.mode, o.port, o.count, { cpu: o.backendCpu, ns: o.ns });
   try {
-    const checker = await startChecker(o.checker, { mode: o.mode, port: o.port, count: o.count, timing: o.timing, dir, cpu: o.checkerCpu, ns: o.ns, nodeArgs: o.nodeArgs, daemonEntry: o.daemonEntry });
+    const checker = await startChecker(o.checker, {
+      mode: o.mode,
+      port: o.port,
+      count: o.count,
+      timing: o.timing,
+      dir,
+      cpu: o.checkerCpu,
+      ns: o.ns,
+      nodeArgs: o.nodeArgs,
+      daemonEntry: o.daemonEntry,
+    });
     let exit = '';
     try {
       // Every backend checked at least once, then a steady state before measuring.
       const opened = backends.connections();
-      await waitFor(`${o.checker} to check all ${o.count} backends`, () => backends.connections() - opened >= o.count, 60_000 + o.count * 10, 200);
+      await waitFor(
+        `${o.checker} to check all ${o.count} backends`,
+        () => backends.connections() - opened >= o.count,
+        60_000 + o.count * 10,
+        200,
+      );
       prioritize(checker.pid);
       await sleep(o.warmupMs);
       const t0 = Date.now();
@@ -156,7 +186,8 @@ export async function runRow(o: RowOptions): Promise<RowResult> {
         const samples = JSON.parse(readFileSync(checker.samplesFile, 'utf8')) as SamplesFile;
         row.lagMs = histogramPercentiles(samples, 'lag', t0, t1);
         row.latencyMs = histogramPercentiles(samples, 'latency', t0, t1);
-        if (samples.memory) row.heapMiB = { used: samples.memory.heapUsed / 2 ** 20, total: samples.memory.heapTotal / 2 ** 20 };
+        if (samples.memory)
+          row.heapMiB = { used: samples.memory.heapUsed / 2 ** 20, total: samples.memory.heapTotal / 2 ** 20 };
       }
       if (o.keepDir) row.dir = dir;
       return row;

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 mapfile -t wanted < <(sed -e 's/#.*//' -e '/^\s*$/d' scripts/test-packages.txt | awk '{print $1}')
 bash scripts/debian-packages.sh test.sh "${wanted[@]}"
 bash scripts/ensure-deps.sh
+npx biome check .
 npx tsc -p test/tsconfig.json --noEmit
 exec npx vitest run "$@"

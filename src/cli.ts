@@ -1,14 +1,14 @@
 import { readFileSync } from 'node:fs';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pLimit from 'p-limit';
 import { ConfigError, loadConfig } from './config/load.js';
 import { backendCount, probeTarget, resolveBackends } from './config/resolve.js';
 import type { Config } from './config/schema.js';
 import { formatTable, hostPort } from './format.js';
-import { runDaemon } from './run.js';
 import { runStatus } from './ops/status-command.js';
-import { printRules } from './rules/command.js';
 import { checkLabel, runCheck } from './probes/run.js';
+import { printRules } from './rules/command.js';
+import { runDaemon } from './run.js';
 
 export const EXIT = { ok: 0, down: 2, usage: 64, config: 78 } as const;
 export const DEFAULT_CONFIG = '/etc/nf-healthd/config.yaml';
@@ -127,7 +127,14 @@ async function probeAll(io: Io, config: Config, json: boolean): Promise<number> 
   const rows = await Promise.all(
     specs.map(async (spec) => {
       const result = await limit(() => runCheck(spec.checks, probeTarget(spec), spec.timeout));
-      return { service: spec.service, backend: spec.name, address: spec.address, port: spec.port, type: checkLabel(spec.checks), ...result };
+      return {
+        service: spec.service,
+        backend: spec.name,
+        address: spec.address,
+        port: spec.port,
+        type: checkLabel(spec.checks),
+        ...result,
+      };
     }),
   );
   if (json) {
@@ -135,7 +142,15 @@ async function probeAll(io: Io, config: Config, json: boolean): Promise<number> 
   } else {
     const table = [
       ['SERVICE', 'BACKEND', 'ADDRESS', 'TYPE', 'RESULT', 'LATENCY', 'DETAIL'],
-      ...rows.map((r) => [r.service, r.backend, hostPort(r.address, r.port), r.type, r.up ? 'up' : 'DOWN', `${Math.round(r.latencyMs)}ms`, r.detail]),
+      ...rows.map((r) => [
+        r.service,
+        r.backend,
+        hostPort(r.address, r.port),
+        r.type,
+        r.up ? 'up' : 'DOWN',
+        `${Math.round(r.latencyMs)}ms`,
+        r.detail,
+      ]),
     ];
     for (const line of formatTable(table)) io.out(`${line}\n`);
   }

@@ -1,9 +1,9 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { ConfigError, formatProblem, loadConfig } from './config/load.js';
-import { resolveBackends, probeTarget, type BackendSpec } from './config/resolve.js';
+import { type BackendSpec, probeTarget, resolveBackends } from './config/resolve.js';
 import type { Config } from './config/schema.js';
-import { damp, type DampingState } from './health/damping.js';
-import { initialHealth, isSettling, observe, type BackendState, type Health } from './health/hysteresis.js';
+import { type DampingState, damp } from './health/damping.js';
+import { type BackendState, type Health, initialHealth, isSettling, observe } from './health/hysteresis.js';
 import { nextCheckDelay } from './health/pace.js';
 import { createScheduler, type Scheduler } from './health/scheduler.js';
 import type { Logger } from './log.js';
@@ -83,7 +83,9 @@ export function summarize(backends: readonly BackendStatus[]): string {
   const head = `${up}/${backends.length} up`;
   if (down.length === 0) return head;
   const time = (ms: number) => new Date(ms).toTimeString().slice(0, 8);
-  const parts = down.slice(0, 3).map((b) => `${b.spec.name} down since ${time(b.since)}: ${b.last?.detail ?? b.reason}`);
+  const parts = down
+    .slice(0, 3)
+    .map((b) => `${b.spec.name} down since ${time(b.since)}: ${b.last?.detail ?? b.reason}`);
   return `${head}; ${parts.join('; ')}${down.length > 3 ? `; and ${down.length - 3} more` : ''}`;
 }
 
@@ -104,10 +106,13 @@ export function createDaemon(options: DaemonOptions): Daemon {
   let writer = makeWriter(config);
   const reconciler: Reconciler = createReconciler(writer, log);
   const shutdown = new AbortController();
-  let limit: LimitFunction = pLimit(config.concurrency);
+  const limit: LimitFunction = pLimit(config.concurrency);
   const random = options.random ?? Math.random;
   const checkOnce = options.runCheck ?? runCheck;
-  const scheduler = createScheduler({ random, onError: (job, err) => log.error({ err, backend: job.id }, 'check job failed') });
+  const scheduler = createScheduler({
+    random,
+    onError: (job, err) => log.error({ err, backend: job.id }, 'check job failed'),
+  });
   const runtimes = new Map<string, BackendStatus>();
   let progressAt = performance.now();
 
@@ -137,29 +142,48 @@ export function createDaemon(options: DaemonOptions): Daemon {
       const line = { event: `damping_${e.type}`, service: spec.service, backend: spec.name };
       if (e.type === 'hold' && !seen.transition) {
         b.reason = `${e.reason} (the check passed: ${result.detail})`;
-        log.warn({ ...line, reason: b.reason, until: new Date(e.until).toISOString() }, `backend ${spec.name} stays down: ${e.reason}`);
+        log.warn(
+          { ...line, reason: b.reason, until: new Date(e.until).toISOString() },
+          `backend ${spec.name} stays down: ${e.reason}`,
+        );
       } else if (e.type === 'hold') holdReason = e.reason;
       else if (e.type === 'released') {
         heldFor = e.heldMs;
         log.info({ ...line, heldMs: e.heldMs }, `backend ${spec.name}: flap damping hold ended`);
-      }
-      else log.debug({ ...line, until: new Date(e.until).toISOString() }, `backend ${spec.name} passes its checks but is held down: ${e.reason}`);
+      } else
+        log.debug(
+          { ...line, until: new Date(e.until).toISOString() },
+          `backend ${spec.name} passes its checks but is held down: ${e.reason}`,
+        );
     }
     notify('onCheck', b, result);
     if (seen.transition) {
       const { from, to } = seen.transition;
       b.since = now;
       b.reason =
-        to === 'down' ? `${seen.health.failures} consecutive failures: ${result.detail}` : `${seen.health.successes} consecutive successes: ${result.detail}`;
+        to === 'down'
+          ? `${seen.health.failures} consecutive failures: ${result.detail}`
+          : `${seen.health.successes} consecutive successes: ${result.detail}`;
       if (holdReason) b.reason += `; ${holdReason}`;
       if (heldFor !== undefined && to === 'up') b.reason += ` (after a ${heldFor / 1000}s flap damping hold)`;
-      const line = { event: 'transition', service: spec.service, backend: spec.name, state: to, previous: from, reason: b.reason, target: spec.target.label };
+      const line = {
+        event: 'transition',
+        service: spec.service,
+        backend: spec.name,
+        state: to,
+        previous: from,
+        reason: b.reason,
+        target: spec.target.label,
+      };
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
       notify('onTransition', b, from, to);
     } else if (log.isLevelEnabled('debug')) {
       // The check path: no log object is built unless someone reads debug.
-      log.debug({ event: 'check', backend: spec.name, up: result.up, detail: result.detail, latencyMs: result.latencyMs }, 'check');
+      log.debug(
+        { event: 'check', backend: spec.name, up: result.up, detail: result.detail, latencyMs: result.latencyMs },
+        'check',
+      );
     }
     await sync(b, seen.transition ? 'change' : 'check');
   };
@@ -169,7 +193,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
       {
         id: b.spec.id,
         run: () => check(b),
-        nextDelay: () => nextCheckDelay({ health: b.health, since: b.since, heldUntil: b.damping?.heldUntil }, b.spec, Date.now()),
+        nextDelay: () =>
+          nextCheckDelay({ health: b.health, since: b.since, heldUntil: b.damping?.heldUntil }, b.spec, Date.now()),
       },
       firstDelay,
     );
@@ -180,10 +205,12 @@ export function createDaemon(options: DaemonOptions): Daemon {
     let kernel = new Map<string, BackendState | undefined>();
     if (config.initialState === 'kernel' && specs.length > 0) {
       const read = await writer.read(specs.map((s) => s.target));
-      kernel = new Map(specs.map((s) => {
-        const r = read.get(s.target.key);
-        return [s.id, r && !('error' in r) && r.up !== undefined ? (r.up ? 'up' : 'down') : undefined];
-      }));
+      kernel = new Map(
+        specs.map((s) => {
+          const r = read.get(s.target.key);
+          return [s.id, r && !('error' in r) && r.up !== undefined ? (r.up ? 'up' : 'down') : undefined];
+        }),
+      );
     }
     return specs.map((spec) => {
       const resumed = atStart ? options.restore?.(spec) : undefined;
@@ -223,7 +250,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
         next = loadConfig(options.configPath);
       } catch (err) {
         const problems = err instanceof ConfigError ? err.problems.map(formatProblem) : [String(err)];
-        for (const p of problems) log.error({ event: 'reload_rejected' }, `config rejected, keeping the running one: ${p}`);
+        for (const p of problems)
+          log.error({ event: 'reload_rejected' }, `config rejected, keeping the running one: ${p}`);
         notify('onReloaded', false, problems);
         return false;
       }
@@ -245,7 +273,10 @@ export function createDaemon(options: DaemonOptions): Daemon {
         runtimes.delete(id);
         reconciler.forget(b.spec.target.key);
         await scheduler.remove(id);
-        log.info({ event: 'backend_removed', backend: b.spec.name, service: b.spec.service, target: b.spec.target.label }, `backend ${b.spec.name} removed from the config: no longer checked; ${b.spec.target.label} is left as it is`);
+        log.info(
+          { event: 'backend_removed', backend: b.spec.name, service: b.spec.service, target: b.spec.target.label },
+          `backend ${b.spec.name} removed from the config: no longer checked; ${b.spec.target.label} is left as it is`,
+        );
       }
       const added = specs.filter((s) => !runtimes.has(s.id));
       for (const spec of specs) {
@@ -257,11 +288,17 @@ export function createDaemon(options: DaemonOptions): Daemon {
       }
       for (const b of await newRuntimes(added)) {
         runtimes.set(b.spec.id, b);
-        log.info({ event: 'backend_added', backend: b.spec.name, service: b.spec.service, state: b.health.state }, `backend ${b.spec.name} added, starting ${b.health.state}`);
+        log.info(
+          { event: 'backend_added', backend: b.spec.name, service: b.spec.service, state: b.health.state },
+          `backend ${b.spec.name} added, starting ${b.health.state}`,
+        );
         await sync(b, 'start');
         schedule(b, 0);
       }
-      log.info({ event: 'reloaded', backends: runtimes.size, added: added.length, removed }, `configuration reloaded: ${runtimes.size} backends (${added.length} added, ${removed} removed)`);
+      log.info(
+        { event: 'reloaded', backends: runtimes.size, added: added.length, removed },
+        `configuration reloaded: ${runtimes.size} backends (${added.length} added, ${removed} removed)`,
+      );
       notify('onReloaded', true, []);
       return true;
     },

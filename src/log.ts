@@ -1,11 +1,18 @@
-import { pino, type Logger, type DestinationStream } from 'pino';
+import { type DestinationStream, type Logger, pino } from 'pino';
 import pretty from 'pino-pretty';
 
 export type { Logger };
 export type LogFormat = 'auto' | 'json' | 'journal' | 'pretty';
 
 /** sd-daemon(3) priority prefixes, so `journalctl -p warning` shows exactly warnings and errors. */
-const JOURNAL_PRIORITY: Record<string, string> = { fatal: '<2>', error: '<3>', warn: '<4>', info: '<6>', debug: '<7>', trace: '<7>' };
+const JOURNAL_PRIORITY: Record<string, string> = {
+  fatal: '<2>',
+  error: '<3>',
+  warn: '<4>',
+  info: '<6>',
+  debug: '<7>',
+  trace: '<7>',
+};
 
 /** `auto`: journal prefixes when stdout is the journal (systemd sets JOURNAL_STREAM), else JSON lines. */
 export function resolveLogFormat(format: LogFormat, env: NodeJS.ProcessEnv = process.env): Exclude<LogFormat, 'auto'> {
@@ -38,7 +45,13 @@ export function createLogger(options: LogOptions = {}): Logger {
     format === 'journal'
       ? journalStream(out)
       : format === 'pretty'
-        ? pretty({ destination: out, sync: true, ignore: 'pid,hostname,event', singleLine: true, translateTime: 'SYS:HH:MM:ss.l' })
+        ? pretty({
+            destination: out,
+            sync: true,
+            ignore: 'pid,hostname,event',
+            singleLine: true,
+            translateTime: 'SYS:HH:MM:ss.l',
+          })
         : out;
   return pino(
     {

@@ -1,15 +1,15 @@
 import { backendCount } from './config/resolve.js';
 import type { Config } from './config/schema.js';
 import { createDaemon, type DaemonObserver } from './daemon.js';
+import { outagePlugin } from './health/outage.js';
 import { createLogger } from './log.js';
 import { operationsPlugins } from './ops/plugins.js';
-import { outagePlugin } from './health/outage.js';
 import { loadRestore } from './ops/restore.js';
-import { systemdPlugin } from './systemd/service.js';
 import { samplesPlugin } from './samples.js';
+import { systemdPlugin } from './systemd/service.js';
 
 /** Extra parts wired around the daemon by `run` (notify, metrics, state): each gets the daemon. */
-export type DaemonPlugin = (context: PluginContext) => DaemonObserver | void;
+export type DaemonPlugin = (context: PluginContext) => DaemonObserver | undefined;
 export interface PluginContext {
   daemon: ReturnType<typeof createDaemon>;
   log: ReturnType<typeof createLogger>;
@@ -54,7 +54,10 @@ export async function runDaemon(configPath: string, config: Config): Promise<num
     reloading = reloading.then(() => daemon.reload().then(() => undefined));
   });
 
-  log.info({ event: 'starting', config: configPath, backends: backendCount(config) }, `nf-healthd starting with ${configPath}`);
+  log.info(
+    { event: 'starting', config: configPath, backends: backendCount(config) },
+    `nf-healthd starting with ${configPath}`,
+  );
   daemon.start().catch((err: unknown) => {
     log.error({ err }, 'start failed');
     process.kill(process.pid, 'SIGTERM');

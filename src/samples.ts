@@ -60,7 +60,12 @@ export const samplesPlugin: DaemonPlugin = ({ daemon, log }) => {
   return {
     onCheck: (_backend, result) => latency.add(result.latencyMs),
     onStopping() {
-      const out: SamplesFile = { histogram: HISTOGRAM, lag: lag.toJSON(), latency: latency.toJSON(), memory: process.memoryUsage() };
+      const out: SamplesFile = {
+        histogram: HISTOGRAM,
+        lag: lag.toJSON(),
+        latency: latency.toJSON(),
+        memory: process.memoryUsage(),
+      };
       try {
         writeFileSync(file, JSON.stringify(out));
       } catch (err) {

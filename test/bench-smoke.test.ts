@@ -11,7 +11,7 @@ import type { Timing } from '../bench/checkers.js';
 import { runDetection } from '../bench/detection.js';
 import { buildBannerServer, createNamespace, startBackends } from '../bench/lib.js';
 import { BEGIN, END, machine, renderReport, writeIntoFile } from '../bench/report.js';
-import { runRow, type RowResult } from '../bench/sweep.js';
+import { type RowResult, runRow } from '../bench/sweep.js';
 
 const timing: Timing = { intervalMs: 400, fastIntervalMs: 100, timeoutMs: 200, rise: 2, fall: 2 };
 let work: string;
@@ -48,7 +48,17 @@ describe('benchmark harness (smoke)', () => {
   for (const mode of ['tcp', 'smtp', 'http'] as const) {
     it(`measures a ${mode} row for nf-healthd and HAProxy alike`, async () => {
       for (const checker of ['nf-healthd', 'haproxy'] as const) {
-        const row = await runRow({ checker, mode, count: 3, timing, warmupMs: 200, windowMs: 1200, port: port++, bannerServer, ns: ns.name });
+        const row = await runRow({
+          checker,
+          mode,
+          count: 3,
+          timing,
+          warmupMs: 200,
+          windowMs: 1200,
+          port: port++,
+          bannerServer,
+          ns: ns.name,
+        });
         rows.push(row);
         expect(row).toMatchObject({ checker, mode, count: 3, down: 0 });
         expect(row.checks).toBeGreaterThan(0);
@@ -66,7 +76,12 @@ describe('benchmark harness (smoke)', () => {
 
   it('sees killed and silenced backends go down and come back through the condition files', async () => {
     const detection = await runDetection({ trials: 2, background: 2, timing, port: port++, bannerServer, ns: ns.name });
-    expect(detection.map((d) => `${d.failure}/${d.phase}`)).toEqual(['refused/down', 'refused/up', 'silent/down', 'silent/up']);
+    expect(detection.map((d) => `${d.failure}/${d.phase}`)).toEqual([
+      'refused/down',
+      'refused/up',
+      'silent/down',
+      'silent/up',
+    ]);
     for (const d of detection) expect(d).toMatchObject({ trials: 2, missed: 0 });
 
     const report = renderReport({

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
-import { BIN, startDaemon, tempDir, waitUntil, type DaemonProcess } from './support/daemon.js';
+import { BIN, type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { closedPort, tcpServer } from './support/servers.js';
 
 /* The built CLI (bin/nf-healthd.js -> dist/) as a child process, against real SMTP servers on loopback. */
@@ -12,7 +12,9 @@ import { closedPort, tcpServer } from './support/servers.js';
 const run = promisify(execFile);
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [BIN, ...args], { env: { ...process.env, NOTIFY_SOCKET: '' } });
+    const { stdout, stderr } = await run(process.execPath, [BIN, ...args], {
+      env: { ...process.env, NOTIFY_SOCKET: '' },
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -51,8 +53,14 @@ describe('nf-healthd command line', () => {
 
   it('check: exit 0 for the example, 78 with located errors for a bad file', async () => {
     const example = new URL('../config/example.yaml', import.meta.url).pathname;
-    expect(await cli(['check', '-c', example])).toMatchObject({ code: 0, stdout: `${example}: OK (1 services, 2 backends)\n` });
-    const bad = configFile('bad.yaml', 'defaults:\n  interval: soon\nservices:\n  - name: mail\n    port: 25\n    backends:\n      - {name: m1, address: 127.0.0.1, colour: red}\n');
+    expect(await cli(['check', '-c', example])).toMatchObject({
+      code: 0,
+      stdout: `${example}: OK (1 services, 2 backends)\n`,
+    });
+    const bad = configFile(
+      'bad.yaml',
+      'defaults:\n  interval: soon\nservices:\n  - name: mail\n    port: 25\n    backends:\n      - {name: m1, address: 127.0.0.1, colour: red}\n',
+    );
     const got = await cli(['check', '-c', bad]);
     expect(got.code).toBe(78);
     expect(got.stderr.trim().split('\n')).toEqual([
@@ -90,8 +98,26 @@ services:
       expect(got.code).toBe(2);
       const rows = JSON.parse(got.stdout) as Record<string, unknown>[];
       expect(rows).toEqual([
-        expect.objectContaining({ service: 'mail', backend: 'mx1', address: '127.0.0.1', port: up.port, type: 'smtp', up: true, detail: '220 mx1.test ESMTP', latencyMs: expect.any(Number) }),
-        expect.objectContaining({ service: 'mail', backend: 'mx2', address: '127.0.0.1', port: dead, type: 'tcp', up: false, detail: 'connect ECONNREFUSED', latencyMs: expect.any(Number) }),
+        expect.objectContaining({
+          service: 'mail',
+          backend: 'mx1',
+          address: '127.0.0.1',
+          port: up.port,
+          type: 'smtp',
+          up: true,
+          detail: '220 mx1.test ESMTP',
+          latencyMs: expect.any(Number),
+        }),
+        expect.objectContaining({
+          service: 'mail',
+          backend: 'mx2',
+          address: '127.0.0.1',
+          port: dead,
+          type: 'tcp',
+          up: false,
+          detail: 'connect ECONNREFUSED',
+          latencyMs: expect.any(Number),
+        }),
       ]);
       const table = await cli(['probe', '-c', file]);
       expect(table.code).toBe(2);
@@ -100,7 +126,10 @@ services:
     });
 
     it('exits 0 when all are up, 78 on a config error', async () => {
-      const file = configFile('probe-ok.yaml', `services:\n  - name: mail\n    port: ${up.port}\n    check: {type: smtp}\n    backends: [{name: mx1, address: 127.0.0.1}]\n`);
+      const file = configFile(
+        'probe-ok.yaml',
+        `services:\n  - name: mail\n    port: ${up.port}\n    check: {type: smtp}\n    backends: [{name: mx1, address: 127.0.0.1}]\n`,
+      );
       expect((await cli(['probe', '-c', file])).code).toBe(0);
       expect((await cli(['probe', '-c', configFile('probe-bad.yaml', 'services: 3\n')])).code).toBe(78);
     });
@@ -138,7 +167,8 @@ ${backends}`;
     const [mx1, mx2, mx3] = [createSmtpServer(), createSmtpServer(), createSmtpServer()];
     servers.push(mx1, mx2, mx3);
     await Promise.all([mx1.start(), mx2.start(), mx3.start()]);
-    const b = (name: string, s: SmtpServer) => `      - {name: ${name}, address: 127.0.0.1, port: ${s.port}, condition: ${name}up}\n`;
+    const b = (name: string, s: SmtpServer) =>
+      `      - {name: ${name}, address: 127.0.0.1, port: ${s.port}, condition: ${name}up}\n`;
     const file = configFile('run.yaml', yaml(b('mx1', mx1) + b('mx2', mx2)));
     const { mkdirSync } = await import('node:fs');
     mkdirSync(conditions);
@@ -152,8 +182,17 @@ ${backends}`;
     // A backend dies: one warning line with the reason, and the file flips.
     await mx2.stop();
     const down = await d.waitForLine((l) => l.event === 'transition' && l.backend === 'mx2');
-    expect(down).toMatchObject({ level: 'warn', state: 'down', previous: 'up', reason: '2 consecutive failures: connect ECONNREFUSED', msg: 'backend mx2 is down: 2 consecutive failures: connect ECONNREFUSED' });
-    await waitUntil(() => value('mx2up'), (v) => v === '1\n');
+    expect(down).toMatchObject({
+      level: 'warn',
+      state: 'down',
+      previous: 'up',
+      reason: '2 consecutive failures: connect ECONNREFUSED',
+      msg: 'backend mx2 is down: 2 consecutive failures: connect ECONNREFUSED',
+    });
+    await waitUntil(
+      () => value('mx2up'),
+      (v) => v === '1\n',
+    );
 
     // Someone writes the file behind the daemon's back: repaired on the next check, and said.
     writeFileSync(path.join(conditions, 'mx2up'), '0\n');
@@ -164,7 +203,10 @@ ${backends}`;
     // It comes back.
     await mx2.start();
     await d.waitForLine((l) => l.event === 'transition' && l.backend === 'mx2' && l.state === 'up');
-    await waitUntil(() => value('mx2up'), (v) => v === '0\n');
+    await waitUntil(
+      () => value('mx2up'),
+      (v) => v === '0\n',
+    );
 
     // SIGHUP with a valid config: mx1 removed (its file left as it is), mx3 added.
     writeFileSync(path.join(conditions, 'mx1up'), '0\n');
@@ -173,17 +215,30 @@ ${backends}`;
     d.kill('SIGHUP');
     const reloaded = await d.waitForLine((l) => l.event === 'reloaded', 10_000, mark);
     expect(reloaded).toMatchObject({ backends: 2, added: 1, removed: 1 });
-    expect(d.lines.slice(mark).find((l) => l.event === 'backend_removed')).toMatchObject({ backend: 'mx1', msg: expect.stringContaining('is left as it is') });
-    await waitUntil(() => value('mx3up'), (v) => v === '0\n');
+    expect(d.lines.slice(mark).find((l) => l.event === 'backend_removed')).toMatchObject({
+      backend: 'mx1',
+      msg: expect.stringContaining('is left as it is'),
+    });
+    await waitUntil(
+      () => value('mx3up'),
+      (v) => v === '0\n',
+    );
     // mx2 kept its state and counters: no transition line for it after the reload.
     expect(d.lines.slice(mark).some((l) => l.event === 'transition' && l.backend === 'mx2')).toBe(false);
 
     // SIGHUP with a broken config: every error logged, the old config keeps running.
-    writeFileSync(file, yaml(b('mx2', mx2) + '      - {name: mx9, address: 127.0.0.1, port: 70000}\n'));
+    writeFileSync(file, yaml(`${b('mx2', mx2)}      - {name: mx9, address: 127.0.0.1, port: 70000}\n`));
     mark = d.lines.length;
     d.kill('SIGHUP');
     const rejected = await d.waitForLine((l) => l.event === 'reload_rejected', 10_000, mark);
-    expect(rejected).toMatchObject({ level: 'error', msg: expect.stringMatching(new RegExp(`config rejected, keeping the running one: ${file}:\\d+:\\d+: services\\[0\\]\\.backends\\[1\\]\\.port: `)) });
+    expect(rejected).toMatchObject({
+      level: 'error',
+      msg: expect.stringMatching(
+        new RegExp(
+          `config rejected, keeping the running one: ${file}:\\d+:\\d+: services\\[0\\]\\.backends\\[1\\]\\.port: `,
+        ),
+      ),
+    });
     await mx3.stop();
     await d.waitForLine((l) => l.event === 'transition' && l.backend === 'mx3' && l.state === 'down', 10_000, mark);
     expect(value('mx1up')).toBe('0\n');

@@ -7,7 +7,9 @@ import { createReconciler } from '../src/writers/reconciler.js';
 import { tempDir } from './support/daemon.js';
 
 const cleanups: (() => void)[] = [];
-afterEach(() => cleanups.splice(0).forEach((c) => c()));
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
 
 function folder() {
   const t = tempDir('nfh-cond-');
@@ -17,7 +19,11 @@ function folder() {
 
 function capture() {
   const lines: Record<string, unknown>[] = [];
-  const log = createLogger({ level: 'info', format: 'json', destination: { write: (l: string) => void lines.push(JSON.parse(l)) } });
+  const log = createLogger({
+    level: 'info',
+    format: 'json',
+    destination: { write: (l: string) => void lines.push(JSON.parse(l)) },
+  });
   return { lines, log };
 }
 
@@ -27,7 +33,12 @@ describe('condition writer', () => {
   it('writes "0\\n" for up and "1\\n" for down with upValue 0 (the recipe), and reads them back', async () => {
     const dir = folder();
     const w = createConditionWriter({ type: 'condition', dir, upValue: 0 });
-    expect(await w.write([{ target: target(dir, 'mail1up'), up: true }, { target: target(dir, 'mail2up'), up: false }])).toEqual(new Map());
+    expect(
+      await w.write([
+        { target: target(dir, 'mail1up'), up: true },
+        { target: target(dir, 'mail2up'), up: false },
+      ]),
+    ).toEqual(new Map());
     expect(readFileSync(path.join(dir, 'mail1up'), 'latin1')).toBe('0\n');
     expect(readFileSync(path.join(dir, 'mail2up'), 'latin1')).toBe('1\n');
     const read = await w.read([target(dir, 'mail1up'), target(dir, 'mail2up')]);
@@ -97,7 +108,11 @@ describe('reconciler', () => {
     const t = target(dir, 'mail1up');
     for (let i = 0; i < 3; i++) expect((await r.sync(t, false, 'check')).error?.code).toBe('ENOENT');
     expect(lines.map((l) => l.event)).toEqual(['write_failed']);
-    expect(lines[0]).toMatchObject({ level: 'error', code: 'ENOENT', msg: expect.stringContaining('no loaded rule names condition "mail1up" yet') });
+    expect(lines[0]).toMatchObject({
+      level: 'error',
+      code: 'ENOENT',
+      msg: expect.stringContaining('no loaded rule names condition "mail1up" yet'),
+    });
     writeFileSync(t.label, '0\n'); // the rule got loaded: the kernel made the file
     expect(await r.sync(t, false, 'check')).toMatchObject({ confirmed: true, wrote: true });
     expect(readFileSync(t.label, 'latin1')).toBe('1\n');
@@ -108,10 +123,16 @@ describe('reconciler', () => {
     const dir = folder();
     mkdirSync(path.join(dir, 'sub'));
     const { log } = capture();
-    const r = createReconciler(createConditionWriter({ type: 'condition', dir: path.join(dir, 'sub'), upValue: 0, create: false }), log);
+    const r = createReconciler(
+      createConditionWriter({ type: 'condition', dir: path.join(dir, 'sub'), upValue: 0, create: false }),
+      log,
+    );
     writeFileSync(path.join(dir, 'sub', 'a'), '1\n');
     chmodSync(path.join(dir, 'sub', 'a'), 0o644);
-    const [a, b] = await Promise.all([r.sync(target(path.join(dir, 'sub'), 'a'), true, 'start'), r.sync(target(path.join(dir, 'sub'), 'b'), true, 'start')]);
+    const [a, b] = await Promise.all([
+      r.sync(target(path.join(dir, 'sub'), 'a'), true, 'start'),
+      r.sync(target(path.join(dir, 'sub'), 'b'), true, 'start'),
+    ]);
     expect(a).toMatchObject({ confirmed: true, wrote: true });
     expect(b.error?.code).toBe('ENOENT');
     await r.idle();

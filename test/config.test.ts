@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { parseDuration, formatDuration } from '../src/config/duration.js';
+import { formatDuration, parseDuration } from '../src/config/duration.js';
 import { ConfigError, loadConfig, parseConfig } from '../src/config/load.js';
 import { resolveBackends } from '../src/config/resolve.js';
 
@@ -34,7 +34,9 @@ describe('durations', () => {
     ['1h', 3_600_000],
   ])('%s is %d ms', (text, ms) => expect(parseDuration(text)).toBe(ms));
 
-  it.each(['2', '2x', 's', '', '-1s', '1 s', '2sec'])('%j is rejected', (text) => expect(parseDuration(text)).toBeUndefined());
+  it.each(['2', '2x', 's', '', '-1s', '1 s', '2sec'])('%j is rejected', (text) =>
+    expect(parseDuration(text)).toBeUndefined(),
+  );
 
   it('formats back the way people write them', () => {
     expect([500, 2000, 60_000, 90_000, 1500].map(formatDuration)).toEqual(['500ms', '2s', '1m', '1m30s', '1500ms']);
@@ -67,7 +69,13 @@ services:
       - {name: web3, address: backend3.example.org}
 `);
     const [a, b, c] = resolveBackends(config);
-    expect(a).toMatchObject({ interval: 1000, rise: 5, fall: 7, port: 8080, check: { type: 'http', path: '/health', method: 'GET', expectStatus: ['200-399'] } });
+    expect(a).toMatchObject({
+      interval: 1000,
+      rise: 5,
+      fall: 7,
+      port: 8080,
+      check: { type: 'http', path: '/health', method: 'GET', expectStatus: ['200-399'] },
+    });
     expect(b).toMatchObject({ interval: 3000, port: 80, check: { type: 'tcp' }, address: '2001:db8::2' });
     expect(c).toMatchObject({ address: 'backend3.example.org', timeout: 1500, fastInterval: 500 });
     // Without `condition`, the backend's name is its condition.
@@ -102,7 +110,9 @@ services:
       'c.yaml:4:3: defaults.bogus: unknown key "bogus"',
       'c.yaml:7:8: writer.dir: expected an absolute path',
       expect.stringMatching(/^c\.yaml:10:11: services\[0\]\.port: .*<=65535/),
-      expect.stringMatching(/^c\.yaml:11:19: services\[0\]\.check\.type: unknown check type: expected one of tcp, smtp, http, /),
+      expect.stringMatching(
+        /^c\.yaml:11:19: services\[0\]\.check\.type: unknown check type: expected one of tcp, smtp, http, /,
+      ),
       'c.yaml:15:20: services[0].backends[0].condition: a condition name cannot contain "/"',
       'c.yaml:16:15: services[0].backends[1].name: duplicate backend name "mail1" (also services[0].backends[0])',
       'c.yaml:17:18: services[0].backends[1].address: expected an IPv4 address, an IPv6 address or a host name',
@@ -112,10 +122,22 @@ services:
 
   it.each([
     ['rise below 1', 'defaults: {fall: 0}\n', /defaults\.fall: .*>=1/],
-    ['a timeout far longer than the interval', 'defaults: {interval: 1s, timeout: 5s}\n', /^c\.yaml:1:35: defaults\.timeout: timeout 5s is longer than twice the interval \(1s\)/],
-    ['fastInterval longer than interval', 'defaults: {interval: 1s, fastInterval: 2s}\n', /defaults\.fastInterval: fastInterval 2s is longer than interval 1s/],
+    [
+      'a timeout far longer than the interval',
+      'defaults: {interval: 1s, timeout: 5s}\n',
+      /^c\.yaml:1:35: defaults\.timeout: timeout 5s is longer than twice the interval \(1s\)/,
+    ],
+    [
+      'fastInterval longer than interval',
+      'defaults: {interval: 1s, fastInterval: 2s}\n',
+      /defaults\.fastInterval: fastInterval 2s is longer than interval 1s/,
+    ],
     ['a duration without a unit', 'defaults: {interval: 2}\n', /defaults\.interval: expected a duration with a unit/],
-    ['an unknown initialState', 'initialState: maybe\n', /initialState: Invalid option: expected one of "up"\|"down"\|"kernel"/],
+    [
+      'an unknown initialState',
+      'initialState: maybe\n',
+      /initialState: Invalid option: expected one of "up"\|"down"\|"kernel"/,
+    ],
     ['a wrong type', 'concurrency: lots\n', /concurrency: Invalid input: expected number, received string/],
     ['a condition named ..', 'writer: {type: condition}\n', null],
   ])('rejects %s', (_what, prefix, pattern) => {
@@ -157,7 +179,9 @@ services:
   });
 
   it('reports an unreadable file by name', () => {
-    expect(() => loadConfig('/nonexistent/nf-healthd.yaml')).toThrow('/nonexistent/nf-healthd.yaml:1:1: (top): cannot read the file: ENOENT');
+    expect(() => loadConfig('/nonexistent/nf-healthd.yaml')).toThrow(
+      '/nonexistent/nf-healthd.yaml:1:1: (top): cannot read the file: ENOENT',
+    );
   });
 
   it('keeps the example file byte for byte as the issue wrote it (comments aside)', () => {

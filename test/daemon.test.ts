@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
-import { createDaemon, summarize, type Daemon } from '../src/daemon.js';
+import { createDaemon, type Daemon, summarize } from '../src/daemon.js';
 import { createLogger } from '../src/log.js';
 import type { ProbeResult } from '../src/probes/types.js';
 import type { ReadOutcome, Writer } from '../src/writers/types.js';
@@ -28,7 +28,14 @@ function memoryWriter() {
   const writes: string[] = [];
   const writer: Writer = {
     async read(targets) {
-      return new Map<string, ReadOutcome>(targets.map((t) => [t.key, values.has(t.key) ? { up: values.get(t.key)!, raw: values.get(t.key) ? '0' : '1' } : { error: Object.assign(new Error('missing'), { code: 'ENOENT' }) }]));
+      return new Map<string, ReadOutcome>(
+        targets.map((t) => [
+          t.key,
+          values.has(t.key)
+            ? { up: values.get(t.key)!, raw: values.get(t.key) ? '0' : '1' }
+            : { error: Object.assign(new Error('missing'), { code: 'ENOENT' }) },
+        ]),
+      );
     },
     async write(changes) {
       for (const c of changes) {
@@ -41,7 +48,6 @@ function memoryWriter() {
   };
   return { writer, values, writes };
 }
-
 
 /** Lets real setImmediate callbacks (the reconciler batches on them) and promise chains run. */
 async function flush() {
@@ -68,7 +74,10 @@ async function drive<T>(p: Promise<T>): Promise<T> {
 
 let daemon: Daemon | undefined;
 beforeEach(() => {
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'], now: new Date('2026-11-26T12:00:00Z') });
+  vi.useFakeTimers({
+    toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'],
+    now: new Date('2026-11-26T12:00:00Z'),
+  });
 });
 afterEach(async () => {
   if (daemon) await drive(daemon.stop());
@@ -81,7 +90,11 @@ function setup(script: (backend: string, n: number) => boolean | Promise<ProbeRe
   const calls: { backend: string; at: number }[] = [];
   const counts = new Map<string, number>();
   const lines: Record<string, unknown>[] = [];
-  const log = createLogger({ level: 'debug', format: 'json', destination: { write: (l: string) => void lines.push(JSON.parse(l)) } });
+  const log = createLogger({
+    level: 'debug',
+    format: 'json',
+    destination: { write: (l: string) => void lines.push(JSON.parse(l)) },
+  });
   daemon = createDaemon({
     configPath: 'test.yaml',
     config: parseConfig(CONFIG),
@@ -99,12 +112,16 @@ function setup(script: (backend: string, n: number) => boolean | Promise<ProbeRe
   return { mem, calls, lines, daemon };
 }
 
-const times = (calls: { backend: string; at: number }[], backend: string) => calls.filter((c) => c.backend === backend).map((c) => c.at);
+const times = (calls: { backend: string; at: number }[], backend: string) =>
+  calls.filter((c) => c.backend === backend).map((c) => c.at);
 
 describe('daemon scheduling (fake timers)', () => {
   it('checks everything once at start, writes, then every interval with jitter', async () => {
     let step = 0;
-    const { mem, calls, daemon } = setup(() => true, () => [0.5, 0.25][step++ % 2]!);
+    const { mem, calls, daemon } = setup(
+      () => true,
+      () => [0.5, 0.25][step++ % 2]!,
+    );
     await drive(daemon.start());
     expect(mem.writes).toEqual(['mail1up=up', 'mail2up=up']);
     expect(calls).toEqual([
@@ -139,8 +156,20 @@ describe('daemon scheduling (fake timers)', () => {
     expect(mem.writes).toEqual(['mail1up=up', 'mail2up=up', 'mail1up=down', 'mail1up=up']);
     const transitions = lines.filter((l) => l.event === 'transition');
     expect(transitions).toEqual([
-      expect.objectContaining({ level: 'warn', backend: 'mail1', state: 'down', previous: 'up', reason: '3 consecutive failures: connect ECONNREFUSED' }),
-      expect.objectContaining({ level: 'info', backend: 'mail1', state: 'up', previous: 'down', reason: '2 consecutive successes: 220 ok' }),
+      expect.objectContaining({
+        level: 'warn',
+        backend: 'mail1',
+        state: 'down',
+        previous: 'up',
+        reason: '3 consecutive failures: connect ECONNREFUSED',
+      }),
+      expect.objectContaining({
+        level: 'info',
+        backend: 'mail1',
+        state: 'up',
+        previous: 'down',
+        reason: '2 consecutive successes: 220 ok',
+      }),
     ]);
     // Silence when all is well: beyond start, ready and the two transitions, only debug lines.
     expect(lines.filter((l) => l.level !== 'debug').map((l) => l.event)).toEqual(['ready', 'transition', 'transition']);
@@ -166,7 +195,9 @@ describe('daemon scheduling (fake timers)', () => {
   it('plans the period from start to start: a slow check does not push the next back', async () => {
     const { calls, daemon } = setup((backend, n) =>
       backend === 'mail1' && n === 2
-        ? new Promise<ProbeResult>((resolve) => setTimeout(() => resolve({ up: true, detail: 'slow', latencyMs: 300 }), 300))
+        ? new Promise<ProbeResult>((resolve) =>
+            setTimeout(() => resolve({ up: true, detail: 'slow', latencyMs: 300 }), 300),
+          )
         : true,
     );
     await drive(daemon.start());
@@ -219,7 +250,13 @@ describe('summarize', () => {
     expect(
       summarize([
         { spec: spec('mail1'), health: { state: 'up', successes: 3, failures: 0 }, since: 0, reason: '' },
-        { spec: spec('mail2'), health: { state: 'down', successes: 0, failures: 3 }, since: new Date(2026, 10, 26, 12, 4, 31).getTime(), reason: 'x', last: { up: false, detail: 'connect ECONNREFUSED', latencyMs: 1, at: 0 } },
+        {
+          spec: spec('mail2'),
+          health: { state: 'down', successes: 0, failures: 3 },
+          since: new Date(2026, 10, 26, 12, 4, 31).getTime(),
+          reason: 'x',
+          last: { up: false, detail: 'connect ECONNREFUSED', latencyMs: 1, at: 0 },
+        },
       ]),
     ).toBe('1/2 up; mail2 down since 12:04:31: connect ECONNREFUSED');
   });

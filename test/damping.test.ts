@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
-import { damp, holdFor, initialDamping, isHeld, settle, type DampingConfig, type DampingState } from '../src/health/damping.js';
-import { initialHealth, observe, type Health } from '../src/health/hysteresis.js';
+import {
+  type DampingConfig,
+  type DampingState,
+  damp,
+  holdFor,
+  initialDamping,
+  isHeld,
+  settle,
+} from '../src/health/damping.js';
+import { type Health, initialHealth, observe } from '../src/health/hysteresis.js';
 import { nextCheckDelay } from '../src/health/pace.js';
 
 const S = 1000;
@@ -12,7 +20,12 @@ const CFG: DampingConfig = { window: 10 * S, changes: 4, hold: 5 * S, maxHold: 2
  * passes) with rise 1 / fall 1, so every result that disagrees is a change.
  * Returns per check: U up, D down, H down and held by damping.
  */
-function run(results: string, config: DampingConfig | null = CFG, start: 'up' | 'down' = 'up', t = { rise: 1, fall: 1 }) {
+function run(
+  results: string,
+  config: DampingConfig | null = CFG,
+  start: 'up' | 'down' = 'up',
+  t = { rise: 1, fall: 1 },
+) {
   let health: Health = initialHealth(start);
   let damping: DampingState = initialDamping(0);
   let states = '';
@@ -40,10 +53,27 @@ describe('flap damping (window 10s, 4 changes, hold 5s doubling to 20s, decay 30
     ['without damping config, every change passes', 'xoxoxo', 'DUDUDU', [], null],
     ['a steady backend is never held', 'oooooooooo', 'UUUUUUUUUU', []],
     ['three changes in the window: no hold', 'xoxxxxxx', 'DUDDDDDD', []],
-    ['the 4th change (an up) is held down for 5s, then it goes up', 'xoxoooooo', 'DUDHHHHHU', ['3:hold:5s', '4:suppressed', '5:suppressed', '6:suppressed', '7:suppressed', '8:released'], { ...CFG, changes: 4 }],
-    ['crossing on a down change: it stays down for the hold', 'xoxoooooo', 'DUHHHHHUU', ['2:hold:5s', '3:suppressed', '4:suppressed', '5:suppressed', '6:suppressed', '7:released'], { ...CFG, changes: 3 }],
+    [
+      'the 4th change (an up) is held down for 5s, then it goes up',
+      'xoxoooooo',
+      'DUDHHHHHU',
+      ['3:hold:5s', '4:suppressed', '5:suppressed', '6:suppressed', '7:suppressed', '8:released'],
+      { ...CFG, changes: 4 },
+    ],
+    [
+      'crossing on a down change: it stays down for the hold',
+      'xoxoooooo',
+      'DUHHHHHUU',
+      ['2:hold:5s', '3:suppressed', '4:suppressed', '5:suppressed', '6:suppressed', '7:released'],
+      { ...CFG, changes: 3 },
+    ],
     ['failures while held change nothing', 'xoxoxxxxxo', 'DUDHHHHHDU', ['3:hold:5s', '8:released']],
-    ['changes further apart than the window never add up', 'x.....o.....x.....o.....x', 'D.....U.....D.....U.....D', []],
+    [
+      'changes further apart than the window never add up',
+      'x.....o.....x.....o.....x',
+      'D.....U.....D.....U.....D',
+      [],
+    ],
   ] as const)('%s', (_name, results, states, events, config: DampingConfig | null = CFG) => {
     const got = run(results, config);
     expect(got.states).toBe(states);
@@ -52,8 +82,13 @@ describe('flap damping (window 10s, 4 changes, hold 5s doubling to 20s, decay 30
 
   it('hold time doubles with each hold and is capped at maxHold', () => {
     // hold 1 at t3 (5s, up at t8); changes t8, t9, t10, t11 -> hold 2 at t11 (10s) ...
-    const got = run('xoxoooooo' + 'xox' + 'o'.repeat(11) + 'xox' + 'o'.repeat(21) + 'xox' + 'o'.repeat(21));
-    expect(got.events.filter((e) => e.includes('hold'))).toEqual(['3:hold:5s', '11:hold:10s', '25:hold:20s', '49:hold:20s']);
+    const got = run(`xoxooooooxox${'o'.repeat(11)}xox${'o'.repeat(21)}xox${'o'.repeat(21)}`);
+    expect(got.events.filter((e) => e.includes('hold'))).toEqual([
+      '3:hold:5s',
+      '11:hold:10s',
+      '25:hold:20s',
+      '49:hold:20s',
+    ]);
     expect(holdFor(1, CFG)).toBe(5 * S);
     expect(holdFor(2, CFG)).toBe(10 * S);
     expect(holdFor(3, CFG)).toBe(20 * S);
@@ -62,10 +97,10 @@ describe('flap damping (window 10s, 4 changes, hold 5s doubling to 20s, decay 30
 
   it('decays one step per `decay` of calm: after a long calm the next hold is short again', () => {
     const calm = '.'.repeat(61); // two decay periods after the first hold ended (t8)
-    const got = run('xoxoooooo' + calm + 'xoxoooooo');
+    const got = run(`xoxoooooo${calm}xoxoooooo`);
     expect(got.events.filter((e) => e.includes('hold'))).toEqual(['3:hold:5s', '73:hold:5s']);
     const shortCalm = '.'.repeat(20); // less than one decay period: the next hold doubles
-    const again = run('xoxoooooo' + shortCalm + 'xoxoooooo');
+    const again = run(`xoxoooooo${shortCalm}xoxoooooo`);
     expect(again.events.filter((e) => e.includes('hold'))).toEqual(['3:hold:5s', '32:hold:10s']);
   });
 
@@ -99,12 +134,42 @@ describe('check pacing (interval 2s, fastInterval 200ms, downInterval 30s)', () 
     ['settled up', { state: 'up', successes: 5, failures: 0 }, now - 60 * S, undefined, 2 * S],
     ['up with a failure: fastInterval', { state: 'up', successes: 0, failures: 1 }, now - 60 * S, undefined, 200],
     ['down with a success: fastInterval', { state: 'down', successes: 1, failures: 0 }, now - 60 * S, undefined, 200],
-    ['down for less than downInterval: interval', { state: 'down', successes: 0, failures: 9 }, now - 29 * S, undefined, 2 * S],
-    ['down for downInterval or longer: downInterval', { state: 'down', successes: 0, failures: 20 }, now - 30 * S, undefined, 30 * S],
+    [
+      'down for less than downInterval: interval',
+      { state: 'down', successes: 0, failures: 9 },
+      now - 29 * S,
+      undefined,
+      2 * S,
+    ],
+    [
+      'down for downInterval or longer: downInterval',
+      { state: 'down', successes: 0, failures: 20 },
+      now - 30 * S,
+      undefined,
+      30 * S,
+    ],
     ['held, 10s left: interval', { state: 'down', successes: 3, failures: 0 }, now - 5 * S, now + 10 * S, 2 * S],
-    ['held, 1s left: when the hold ends', { state: 'down', successes: 3, failures: 0 }, now - 5 * S, now + 1 * S, 1 * S],
-    ['held, 50ms left: fastInterval at least', { state: 'down', successes: 3, failures: 0 }, now - 5 * S, now + 50, 200],
-    ['hold over, successes pending: fastInterval', { state: 'down', successes: 3, failures: 0 }, now - 5 * S, now - 1, 200],
+    [
+      'held, 1s left: when the hold ends',
+      { state: 'down', successes: 3, failures: 0 },
+      now - 5 * S,
+      now + 1 * S,
+      1 * S,
+    ],
+    [
+      'held, 50ms left: fastInterval at least',
+      { state: 'down', successes: 3, failures: 0 },
+      now - 5 * S,
+      now + 50,
+      200,
+    ],
+    [
+      'hold over, successes pending: fastInterval',
+      { state: 'down', successes: 3, failures: 0 },
+      now - 5 * S,
+      now - 1,
+      200,
+    ],
   ] as const)('%s', (_name, health, since, heldUntil, delay) => {
     expect(nextCheckDelay({ health: { ...health }, since, heldUntil }, T, now)).toBe(delay);
   });

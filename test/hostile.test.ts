@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { readFile, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -35,7 +35,11 @@ async function backend(server: Promise<bad.Hostile>): Promise<bad.Hostile> {
 
 async function timedCheck(input: Record<string, unknown>, port: number, timeout = TIMEOUT): Promise<ProbeResult> {
   const started = performance.now();
-  const result = await runCheck(checkSchema.parse(input), { service: 'svc', backend: 'b1', address: '127.0.0.1', port }, timeout);
+  const result = await runCheck(
+    checkSchema.parse(input),
+    { service: 'svc', backend: 'b1', address: '127.0.0.1', port },
+    timeout,
+  );
   expect(performance.now() - started).toBeLessThan(timeout + MARGIN);
   return result;
 }
@@ -43,9 +47,19 @@ async function timedCheck(input: Record<string, unknown>, port: number, timeout 
 describe('line protocols (smtp, presets, expect)', () => {
   it('accepts and says nothing: down at the timeout', async () => {
     const { port } = await backend(bad.silent());
-    expect(await timedCheck({ type: 'smtp' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (greeting)', bytesRead: 0 });
-    expect(await timedCheck({ type: 'ssh' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (version)' });
-    expect(await timedCheck({ type: 'redis' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (PING)' });
+    expect(await timedCheck({ type: 'smtp' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (greeting)',
+      bytesRead: 0,
+    });
+    expect(await timedCheck({ type: 'ssh' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (version)',
+    });
+    expect(await timedCheck({ type: 'redis' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (PING)',
+    });
   });
 
   it('drips the banner a byte at a time past the timeout: down at the timeout', async () => {
@@ -61,7 +75,11 @@ describe('line protocols (smtp, presets, expect)', () => {
     const result = await timedCheck({ type: 'smtp' }, server.port, 2000);
     expect(result).toMatchObject({ up: false, detail: 'greeting: line longer than 4096 bytes' });
     expect(result.bytesRead).toBeLessThanOrEqual(LINE_BOUND);
-    const viaExpect = await timedCheck({ type: 'expect', steps: [{ expect: 'never', in: 'buffer' }] }, server.port, 2000);
+    const viaExpect = await timedCheck(
+      { type: 'expect', steps: [{ expect: 'never', in: 'buffer' }] },
+      server.port,
+      2000,
+    );
     expect(viaExpect).toMatchObject({ up: false, detail: 'step 1: backend sent more than 65536 bytes' });
     expect(viaExpect.bytesRead).toBeLessThanOrEqual(LINE_BOUND);
   });
@@ -86,15 +104,27 @@ describe('line protocols (smtp, presets, expect)', () => {
 
   it('closes before the greeting: down', async () => {
     const { port } = await backend(bad.closeBeforeGreeting());
-    expect(await timedCheck({ type: 'smtp' }, port)).toMatchObject({ up: false, detail: 'greeting: connection closed by backend' });
-    expect(await timedCheck({ type: 'pop3' }, port)).toMatchObject({ up: false, detail: 'greeting: connection closed by backend' });
+    expect(await timedCheck({ type: 'smtp' }, port)).toMatchObject({
+      up: false,
+      detail: 'greeting: connection closed by backend',
+    });
+    expect(await timedCheck({ type: 'pop3' }, port)).toMatchObject({
+      up: false,
+      detail: 'greeting: connection closed by backend',
+    });
   });
 
   it('answers 421 or 554: down with the code', async () => {
     const busy = await backend(bad.say('421 4.3.2 too busy, try later\r\n'));
-    expect(await timedCheck({ type: 'smtp' }, busy.port)).toMatchObject({ up: false, detail: 'greeting: expected 220, got "421 4.3.2 too busy, try later"' });
+    expect(await timedCheck({ type: 'smtp' }, busy.port)).toMatchObject({
+      up: false,
+      detail: 'greeting: expected 220, got "421 4.3.2 too busy, try later"',
+    });
     const refused = await backend(bad.say('554 5.7.1 no service here\r\n'));
-    expect(await timedCheck({ type: 'smtp' }, refused.port)).toMatchObject({ up: false, detail: 'greeting: expected 220, got "554 5.7.1 no service here"' });
+    expect(await timedCheck({ type: 'smtp' }, refused.port)).toMatchObject({
+      up: false,
+      detail: 'greeting: expected 220, got "554 5.7.1 no service here"',
+    });
   });
 
   it('answers 220 and resets on QUIT: still up (the greeting is the verdict)', async () => {
@@ -114,34 +144,51 @@ describe('line protocols (smtp, presets, expect)', () => {
 
   it('a redis that requires a password is down with its words', async () => {
     const { port } = await backend(bad.say('', (socket) => socket.write('-NOAUTH Authentication required.\r\n')));
-    expect(await timedCheck({ type: 'redis' }, port)).toMatchObject({ up: false, detail: 'PING: expected +PONG, got "-NOAUTH Authentication required."' });
+    expect(await timedCheck({ type: 'redis' }, port)).toMatchObject({
+      up: false,
+      detail: 'PING: expected +PONG, got "-NOAUTH Authentication required."',
+    });
   });
 });
 
 describe('http', () => {
   it('headers then silence: down at the timeout when the body is needed', async () => {
     const { port } = await backend(bad.httpRaw('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n'));
-    expect(await timedCheck({ type: 'http', expectBody: 'ok' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (body)' });
+    expect(await timedCheck({ type: 'http', expectBody: 'ok' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (body)',
+    });
     // Without expectBody the status is the verdict.
     expect(await timedCheck({ type: 'http' }, port)).toMatchObject({ up: true, detail: '200 OK' });
   });
 
   it('half the headers then silence: down at the timeout', async () => {
     const { port } = await backend(bad.httpRaw('HTTP/1.1 200 OK\r\nServer: stuck\r\n'));
-    expect(await timedCheck({ type: 'http' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (response)' });
+    expect(await timedCheck({ type: 'http' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (response)',
+    });
   });
 
   it('an endless chunked body: down once maxBodyBytes were searched, bytes bounded', async () => {
     const { port } = await backend(bad.endlessChunked());
     const result = await timedCheck({ type: 'http', expectBody: 'never there', maxBodyBytes: 100_000 }, port);
-    expect(result).toMatchObject({ up: false, detail: 'status 200 OK, "never there" not in the first 100000 bytes of the body' });
+    expect(result).toMatchObject({
+      up: false,
+      detail: 'status 200 OK, "never there" not in the first 100000 bytes of the body',
+    });
     expect(result.bytesRead).toBeLessThanOrEqual(16_384 + 100_000 + ONE_READ);
   });
 
   it('a Content-Length larger than what is sent: down when the backend closes or the timeout hits', async () => {
     const { port } = await backend(bad.httpRaw('HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort body'));
-    expect(await timedCheck({ type: 'http', expectBody: 'welcome' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (body)' });
-    const closing = await backend(bad.say('', (socket) => socket.end('HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort body')));
+    expect(await timedCheck({ type: 'http', expectBody: 'welcome' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (body)',
+    });
+    const closing = await backend(
+      bad.say('', (socket) => socket.end('HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nshort body')),
+    );
     const result = await timedCheck({ type: 'http', expectBody: 'welcome' }, closing.port);
     expect(result.up).toBe(false);
     expect(result.detail).toMatch(/^body (ECONNRESET|aborted)|^body: aborted|^status 200 OK, body lacks "welcome"$/);
@@ -154,8 +201,15 @@ describe('http', () => {
       res.end('ok');
     });
     closers.push(elsewhere.close);
-    const moved = await backend(bad.httpRaw(`HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:${elsewhere.port}/\r\nContent-Length: 0\r\n\r\n`));
-    expect(await timedCheck({ type: 'http' }, moved.port)).toMatchObject({ up: true, detail: `301 Moved Permanently (Location: http://127.0.0.1:${elsewhere.port}/)` });
+    const moved = await backend(
+      bad.httpRaw(
+        `HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:${elsewhere.port}/\r\nContent-Length: 0\r\n\r\n`,
+      ),
+    );
+    expect(await timedCheck({ type: 'http' }, moved.port)).toMatchObject({
+      up: true,
+      detail: `301 Moved Permanently (Location: http://127.0.0.1:${elsewhere.port}/)`,
+    });
     expect(await timedCheck({ type: 'http', expectStatus: [200] }, moved.port)).toMatchObject({
       up: false,
       detail: `status 301 Moved Permanently (Location: http://127.0.0.1:${elsewhere.port}/), expected 200`,
@@ -186,12 +240,17 @@ describe('tls', () => {
     expect(result.up).toBe(false);
     expect(result.detail).toMatch(/^TLS: certificate not trusted: CERT_HAS_EXPIRED \(expired \d{4}-\d\d-\d\d\)$/);
     expect(await timedCheck({ type: 'tls', verify: false }, port)).toMatchObject({ up: true });
-    expect((await timedCheck({ type: 'tls', verify: false, minValidDays: 1 }, port)).detail).toMatch(/^TLS: certificate expired \(\d{4}-\d\d-\d\d\), minValidDays is 1$/);
+    expect((await timedCheck({ type: 'tls', verify: false, minValidDays: 1 }, port)).detail).toMatch(
+      /^TLS: certificate expired \(\d{4}-\d\d-\d\d\), minValidDays is 1$/,
+    );
   });
 
   it('a self-signed certificate: down unless verify is off', async () => {
     const { port } = await backend(bad.tlsServer(pki.selfSigned));
-    expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({ up: false, detail: 'TLS: certificate not trusted: DEPTH_ZERO_SELF_SIGNED_CERT' });
+    expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({
+      up: false,
+      detail: 'TLS: certificate not trusted: DEPTH_ZERO_SELF_SIGNED_CERT',
+    });
     expect(await timedCheck({ type: 'tls', verify: false }, port)).toMatchObject({ up: true });
     // Trusting the certificate itself as a CA makes it pass.
     expect(await timedCheck({ type: 'tls', ca: pki.selfSigned.cert }, port)).toMatchObject({ up: true });
@@ -199,17 +258,34 @@ describe('tls', () => {
 
   it('a wrong-name certificate: down naming both names', async () => {
     const { port } = await backend(bad.tlsServer(pki.wrongName));
-    expect(await timedCheck({ type: 'tls', ca: pki.caFile }, port)).toMatchObject({ up: false, detail: 'TLS: certificate is not for 127.0.0.1 (it names DNS:wrong.example)' });
-    expect(await timedCheck({ type: 'tls', ca: pki.caFile, servername: 'wrong.example' }, port)).toMatchObject({ up: true });
-    expect(await timedCheck({ type: 'https', ca: pki.caFile, servername: 'localhost' }, port)).toMatchObject({ up: false, detail: 'TLS: certificate is not for localhost (it names DNS:wrong.example)' });
+    expect(await timedCheck({ type: 'tls', ca: pki.caFile }, port)).toMatchObject({
+      up: false,
+      detail: 'TLS: certificate is not for 127.0.0.1 (it names DNS:wrong.example)',
+    });
+    expect(await timedCheck({ type: 'tls', ca: pki.caFile, servername: 'wrong.example' }, port)).toMatchObject({
+      up: true,
+    });
+    expect(await timedCheck({ type: 'https', ca: pki.caFile, servername: 'localhost' }, port)).toMatchObject({
+      up: false,
+      detail: 'TLS: certificate is not for localhost (it names DNS:wrong.example)',
+    });
   });
 
   it('a handshake that never finishes: down at the timeout', async () => {
     const { port } = await backend(bad.silent());
-    expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (TLS handshake)' });
-    expect(await timedCheck({ type: 'https' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (TLS handshake)' });
+    expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (TLS handshake)',
+    });
+    expect(await timedCheck({ type: 'https' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (TLS handshake)',
+    });
     const dripping = await backend(bad.drip('\x16\x03\x03\x00\x40', 200));
-    expect(await timedCheck({ type: 'tls' }, dripping.port)).toMatchObject({ up: false, detail: 'timeout after 500ms (TLS handshake)' });
+    expect(await timedCheck({ type: 'tls' }, dripping.port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (TLS handshake)',
+    });
   });
 
   it('plain text where TLS is expected: down fast', async () => {
@@ -226,7 +302,10 @@ describe('tls', () => {
         if (data.startsWith('STARTTLS')) socket.write('220 go ahead\r\n250 injected\r\n');
       }),
     );
-    expect(await timedCheck({ type: 'smtp', starttls: true }, port)).toMatchObject({ up: false, detail: 'TLS handshake: backend sent data before the TLS handshake' });
+    expect(await timedCheck({ type: 'smtp', starttls: true }, port)).toMatchObject({
+      up: false,
+      detail: 'TLS handshake: backend sent data before the TLS handshake',
+    });
   });
 });
 
@@ -279,7 +358,11 @@ describe('exec', () => {
   });
 
   it('a program that floods its output: bounded', async () => {
-    const result = await timedCheck({ type: 'exec', command: ['/bin/sh', '-c', 'yes first line | head -c 10000000; exit 3'], maxOutputBytes: 1000 }, 1, 2000);
+    const result = await timedCheck(
+      { type: 'exec', command: ['/bin/sh', '-c', 'yes first line | head -c 10000000; exit 3'], maxOutputBytes: 1000 },
+      1,
+      2000,
+    );
     expect(result.up).toBe(false);
     expect(result.detail).toMatch(/^(exit 3|exit 141|killed by SIGPIPE): first line$/);
     expect(result.bytesRead).toBeLessThanOrEqual(1000);
@@ -289,7 +372,13 @@ describe('exec', () => {
 describe('connect', () => {
   it('a listener whose accept queue is full: down at the timeout', async () => {
     const { port } = await backend(bad.fullAcceptQueue());
-    expect(await timedCheck({ type: 'tcp' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (connect)' });
-    expect(await timedCheck({ type: 'smtp' }, port)).toMatchObject({ up: false, detail: 'timeout after 500ms (connect)' });
+    expect(await timedCheck({ type: 'tcp' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (connect)',
+    });
+    expect(await timedCheck({ type: 'smtp' }, port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (connect)',
+    });
   });
 });

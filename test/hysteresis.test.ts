@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { initialHealth, isSettling, observe, type BackendState, type Health } from '../src/health/hysteresis.js';
+import { type BackendState, type Health, initialHealth, isSettling, observe } from '../src/health/hysteresis.js';
 
 const T = { rise: 2, fall: 3 };
 
@@ -75,8 +75,13 @@ describe('hysteresis (rise 2, fall 3)', () => {
           let runOk = 0;
           let runFail = 0;
           for (const r of results) {
-            if (r === 'o') (runOk++, (runFail = 0));
-            else (runFail++, (runOk = 0));
+            if (r === 'o') {
+              runOk++;
+              runFail = 0;
+            } else {
+              runFail++;
+              runOk = 0;
+            }
             if (state === 'up' && runFail >= T.fall) state = 'down';
             if (state === 'down' && runOk >= T.rise) state = 'up';
           }

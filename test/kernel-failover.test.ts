@@ -1,10 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ChildProcess } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
 import { IPSET_LINE_PREFIX } from '../src/rules/iptables-ipset.js';
-import { cleanupNetns, createNetns, link, tempFolder, type Netns } from './support/netns.js';
+import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
 
 // The whole system on a real kernel: a client, a balancer holding the VIP with
 // forwarding on, two backends running SMTP banner servers with their default route
@@ -70,7 +70,10 @@ function killBackend(lab: Lab, i: 0 | 1): void {
 }
 
 async function connect(lab: Lab, count: number): Promise<{ answers: Record<string, number>; failures: string[] }> {
-  return JSON.parse(await lab.client.run([process.execPath, CLIENT, VIP, '25', String(count), '2000'])) as { answers: Record<string, number>; failures: string[] };
+  return JSON.parse(await lab.client.run([process.execPath, CLIENT, VIP, '25', String(count), '2000'])) as {
+    answers: Record<string, number>;
+    failures: string[];
+  };
 }
 
 type HoldEvent = { banner?: string; reply?: string; error?: string };
@@ -146,7 +149,14 @@ function startDaemon(lab: Lab, config: string): DaemonProc {
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
           waiters.delete(check);
-          reject(new Error(`no such daemon log line within ${ms}ms; stderr: ${stderr}; last: ${lines.slice(-6).map((l) => l.msg).join(' | ')}`));
+          reject(
+            new Error(
+              `no such daemon log line within ${ms}ms; stderr: ${stderr}; last: ${lines
+                .slice(-6)
+                .map((l) => l.msg)
+                .join(' | ')}`,
+            ),
+          );
         }, ms);
         const check = () => {
           const found = lines.slice(from).find(match);
@@ -181,7 +191,10 @@ const ipsetVariant: Variant = {
   format: 'iptables-ipset',
   writer: '{ type: ipset }',
   async load(lab, rules) {
-    const sets = rules.split('\n').filter((l) => l.startsWith(IPSET_LINE_PREFIX)).map((l) => l.slice(IPSET_LINE_PREFIX.length));
+    const sets = rules
+      .split('\n')
+      .filter((l) => l.startsWith(IPSET_LINE_PREFIX))
+      .map((l) => l.slice(IPSET_LINE_PREFIX.length));
     await lab.balancer.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
     await lab.balancer.run(['iptables-restore'], rules);
   },
@@ -216,12 +229,14 @@ async function until(variant: Variant, lab: Lab, want: [boolean, boolean], since
   for (;;) {
     const now = await variant.members(lab);
     if (now[0] === want[0] && now[1] === want[1]) return performance.now() - since;
-    if (performance.now() - since > ms) throw new Error(`set membership ${JSON.stringify(now)}, not ${JSON.stringify(want)}, after ${ms}ms`);
+    if (performance.now() - since > ms)
+      throw new Error(`set membership ${JSON.stringify(now)}, not ${JSON.stringify(want)}, after ${ms}ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
 
-const isTransition = (backend: string, state: string) => (l: LogLine) => l.event === 'transition' && l.backend === backend && l.state === state;
+const isTransition = (backend: string, state: string) => (l: LogLine) =>
+  l.event === 'transition' && l.backend === backend && l.state === state;
 
 async function scenario(variant: Variant): Promise<Record<string, number>> {
   const lab = await buildLab();
@@ -334,7 +349,9 @@ describe('failover on a real kernel (namespaces)', () => {
     it(`${variant.format}: split, failover, recovery, existing connections, all down, reload repaired`, async () => {
       const measured = await scenario(variant);
       // Shown in the test output; the README quotes these.
-      console.log(`${variant.format}: backend1 answered ${measured.backend1Of40} of 40; failover ${Math.round(measured.failoverMs!)}ms (bound ${FAILOVER_BOUND}ms), repair after reload ${Math.round(measured.repairMs!)}ms (bound ${REPAIR_BOUND}ms)`);
+      console.log(
+        `${variant.format}: backend1 answered ${measured.backend1Of40} of 40; failover ${Math.round(measured.failoverMs!)}ms (bound ${FAILOVER_BOUND}ms), repair after reload ${Math.round(measured.repairMs!)}ms (bound ${REPAIR_BOUND}ms)`,
+      );
     }, 60_000);
   }
 });

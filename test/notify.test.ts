@@ -1,14 +1,14 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import type { Daemon } from '../src/daemon.js';
+import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import { createLogger } from '../src/log.js';
 import { createNotifier, notifyArgs, watchdogPeriodMs } from '../src/systemd/notify.js';
 import { systemdPlugin } from '../src/systemd/service.js';
-import { startDaemon, tempDir, waitUntil, type DaemonProcess } from './support/daemon.js';
-import { notifySocket, text, type NotifySocket } from './support/notify-socket.js';
 import { smtpFarmYaml } from './support/config.js';
+import { type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
+import { notifySocket, text } from './support/notify-socket.js';
 
 /*
  * sd_notify for real: the built daemon (`node bin/nf-healthd.js run`) sends through
@@ -32,7 +32,12 @@ async function smtp(): Promise<SmtpServer> {
 }
 
 function configYaml(dir: string, backends: { name: string; port: number }[]): string {
-  return smtpFarmYaml({ timing: 'interval: 200ms, fastInterval: 100ms, timeout: 300ms, rise: 1, fall: 1', conditionDir: dir, stateFile: `${dir}.state.json`, backends });
+  return smtpFarmYaml({
+    timing: 'interval: 200ms, fastInterval: 100ms, timeout: 300ms, rise: 1, fall: 1',
+    conditionDir: dir,
+    stateFile: `${dir}.state.json`,
+    backends,
+  });
 }
 
 async function setup(env: NodeJS.ProcessEnv = {}) {
@@ -60,7 +65,7 @@ async function setup(env: NodeJS.ProcessEnv = {}) {
 
 const usecNow = () => process.hrtime.bigint() / 1000n;
 const SINCE = '\\d\\d:\\d\\d:\\d\\d';
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 describe('sd_notify through systemd-notify, against a real datagram socket', () => {
   it('READY=1 after the first round is written, STATUS on changes, RELOADING/READY around reloads (valid and invalid), STOPPING=1', async () => {
@@ -68,7 +73,13 @@ describe('sd_notify through systemd-notify, against a real datagram socket', () 
     const s2 = await smtp();
     await s2.stop(); // mail2 is down for the first round; started again later (same port)
     const t = await setup();
-    writeFileSync(t.configPath, configYaml(t.cond, [{ name: 'mail1', port: s1.port }, { name: 'mail2', port: s2.port }]));
+    writeFileSync(
+      t.configPath,
+      configYaml(t.cond, [
+        { name: 'mail1', port: s1.port },
+        { name: 'mail2', port: s2.port },
+      ]),
+    );
     const d = t.start();
 
     const ready = await t.socket.waitFor((m) => m.fields.includes('READY=1'));
@@ -80,7 +91,14 @@ describe('sd_notify through systemd-notify, against a real datagram socket', () 
     await s2.start();
     await t.socket.waitFor((m) => text(m) === 'STATUS=2/2 up');
 
-    writeFileSync(t.configPath, configYaml(t.cond, [{ name: 'mail1', port: s1.port }, { name: 'mail2', port: s2.port }, { name: 'mail3', port: s1.port }]));
+    writeFileSync(
+      t.configPath,
+      configYaml(t.cond, [
+        { name: 'mail1', port: s1.port },
+        { name: 'mail2', port: s2.port },
+        { name: 'mail3', port: s1.port },
+      ]),
+    );
     let from = t.socket.messages.length;
     const beforeHup = usecNow();
     d.kill('SIGHUP');
@@ -107,15 +125,19 @@ describe('sd_notify through systemd-notify, against a real datagram socket', () 
       /^READY=1\nSTATUS=3\/3 up$/,
       /^RELOADING=1\nMONOTONIC_USEC=\d+$/,
       new RegExp(
-        `^READY=1\\nSTATUS=3/3 up; config rejected, running the previous one: ${escape(t.configPath)}:4:15: services\\[0\\]\\.backends: a service needs at least one backend$`,
+        `^READY=1\\nSTATUS=3/3 up; config rejected, running the previous one: ${escapeRegExp(t.configPath)}:4:15: services\\[0\\]\\.backends: a service needs at least one backend$`,
       ),
       /^STOPPING=1\nSTATUS=stopping$/,
     ];
     const got = t.socket.messages.map(text);
     expect(got).toHaveLength(expected.length);
-    got.forEach((m, i) => expect(m).toMatch(expected[i]!));
+    for (const [i, m] of got.entries()) expect(m).toMatch(expected[i]!);
     // Without --no-block: systemd-notify follows each message with its barrier.
-    await waitUntil(() => t.socket.barriers.length, (n) => n >= expected.length, 5_000);
+    await waitUntil(
+      () => t.socket.barriers.length,
+      (n) => n >= expected.length,
+      5_000,
+    );
     expect(t.socket.barriers).toHaveLength(expected.length);
     // We run as root, so systemd-notify can (and does) send with the daemon's pid, its parent.
     expect(new Set(t.socket.messages.map((m) => m.pid))).toEqual(new Set([d.child.pid]));
@@ -128,7 +150,10 @@ describe('sd_notify through systemd-notify, against a real datagram socket', () 
     const d = t.start();
     const ready = await t.socket.waitFor((m) => m.fields.includes('READY=1'));
     const from = t.socket.messages.indexOf(ready);
-    await t.socket.waitFor(() => t.socket.messages.slice(from).filter((m) => text(m) === 'WATCHDOG=1').length >= 4, 5_000);
+    await t.socket.waitFor(
+      () => t.socket.messages.slice(from).filter((m) => text(m) === 'WATCHDOG=1').length >= 4,
+      5_000,
+    );
     expect(t.socket.messages.map(text).filter((m) => m !== 'WATCHDOG=1')).toEqual(['READY=1\nSTATUS=1/1 up']);
 
     const line = d.lines.length;

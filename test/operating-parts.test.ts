@@ -136,7 +136,11 @@ describe('state file', () => {
     const read = await readStateFile(file);
     expect(read).toEqual({ ok: true, state: snapshotOf() });
     writeFileSync(file, '{"version": 2}');
-    expect(await readStateFile(file)).toMatchObject({ ok: false, missing: false, problem: expect.stringContaining('is not a state file of this version: version') });
+    expect(await readStateFile(file)).toMatchObject({
+      ok: false,
+      missing: false,
+      problem: expect.stringContaining('is not a state file of this version: version'),
+    });
     writeFileSync(file, 'garbage');
     expect(await readStateFile(file)).toMatchObject({ ok: false, problem: `${file} is not JSON` });
     expect(await readStateFile(path.join(tmp.dir, 'none.json'))).toMatchObject({ ok: false, missing: true });
@@ -170,7 +174,9 @@ describe('state file', () => {
     expect(staleness(snapshotOf(), now + 10_000)).toBe(
       'nf-healthd is not running or stuck: its state file was last written 15s ago (pid 4242), it is refreshed every 2s',
     );
-    expect(staleness(snapshotOf({ stoppedAt: '2026-11-26T03:00:00.000Z' }), now)).toBe('nf-healthd is not running: it stopped at 2026-11-26T03:00:00.000Z (pid 4242)');
+    expect(staleness(snapshotOf({ stoppedAt: '2026-11-26T03:00:00.000Z' }), now)).toBe(
+      'nf-healthd is not running: it stopped at 2026-11-26T03:00:00.000Z (pid 4242)',
+    );
     expect(statusTable(snapshotOf(), parseConfig(BASE), now)).toBe(
       [
         '0/1 backends up (state of pid 4242, 5s old)',
@@ -191,16 +197,25 @@ describe('notify hooks (real processes)', () => {
 
   it('kills a hook at its timeout and says so', async () => {
     const stop = new AbortController();
-    expect(await runHook(['/bin/sleep', '30'], {}, 100, stop.signal)).toEqual({ outcome: 'timeout', detail: 'killed after 100ms' });
+    expect(await runHook(['/bin/sleep', '30'], {}, 100, stop.signal)).toEqual({
+      outcome: 'timeout',
+      detail: 'killed after 100ms',
+    });
     expect(await runHook(['/bin/true'], {}, 5000, stop.signal)).toEqual({ outcome: 'ok', detail: 'exit 0' });
-    expect(await runHook(['/nonexistent/hook'], {}, 5000, stop.signal)).toEqual({ outcome: 'failed', detail: 'ENOENT' });
+    expect(await runHook(['/nonexistent/hook'], {}, 5000, stop.signal)).toEqual({
+      outcome: 'failed',
+      detail: 'ENOENT',
+    });
   });
 
   it('a burst runs at most maxConcurrent at once and coalesces per backend (latest state wins)', async () => {
     const logFile = path.join(tmp.dir, 'runs.log');
     const hook = path.join(tmp.dir, 'hook.sh');
     // start/end lines around a short pause: overlapping runs would interleave them.
-    writeFileSync(hook, `#!/bin/sh\necho "start $NFH_BACKEND $NFH_STATE $NFH_PREVIOUS $NFH_COALESCED" >> "$1"\nsleep 0.05\necho "end $NFH_BACKEND" >> "$1"\n`);
+    writeFileSync(
+      hook,
+      `#!/bin/sh\necho "start $NFH_BACKEND $NFH_STATE $NFH_PREVIOUS $NFH_COALESCED" >> "$1"\nsleep 0.05\necho "end $NFH_BACKEND" >> "$1"\n`,
+    );
     chmodSync(hook, 0o755);
     const counted: string[] = [];
     const notifier = createNotifier({
@@ -210,7 +225,8 @@ describe('notify hooks (real processes)', () => {
     });
     const at = { service: 'mail', address: '192.0.2.1', port: 25, target: '/tmp/x', reason: 'test', since: 0 };
     const flips = (backend: string, n: number) => {
-      for (let i = 0; i < n; i++) notifier.notify({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
+      for (let i = 0; i < n; i++)
+        notifier.notify({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
     };
     flips('x', 5); // down up down up down
     flips('y', 3); // down up down
@@ -237,13 +253,23 @@ describe('/healthz verdict', () => {
   // for a daemon whose scheduler is stuck, which a real one cannot be made to be on demand.
   const spec = { interval: 2000, downInterval: 10_000, timeout: 1500 };
   const daemonAt = (progressAt: number) =>
-    ({ backends: () => [{ spec }], lastProgressAt: () => progressAt, scheduler: () => ({ lastRunAt: () => progressAt }) }) as unknown as Parameters<typeof healthOf>[0];
+    ({
+      backends: () => [{ spec }],
+      lastProgressAt: () => progressAt,
+      scheduler: () => ({ lastRunAt: () => progressAt }),
+    }) as unknown as Parameters<typeof healthOf>[0];
 
   it('is 503 before the first round and when no check completed for twice the longest period', () => {
-    expect(healthOf(daemonAt(0), false, 1000)).toEqual({ ok: false, detail: 'starting: the first round of checks is not done' });
+    expect(healthOf(daemonAt(0), false, 1000)).toEqual({
+      ok: false,
+      detail: 'starting: the first round of checks is not done',
+    });
     expect(healthOf(daemonAt(0), true, 1500)).toEqual({ ok: true, detail: 'ok: latest check 1.5s ago' });
     // longest period: downInterval 10s + timeout 1.5s -> limit 2 x 11.5s + 1s = 24s
     expect(healthOf(daemonAt(0), true, 24_000)).toMatchObject({ ok: true });
-    expect(healthOf(daemonAt(0), true, 24_001)).toEqual({ ok: false, detail: 'no check has completed for 24.0s (limit 24.0s): the scheduler is stuck' });
+    expect(healthOf(daemonAt(0), true, 24_001)).toEqual({
+      ok: false,
+      detail: 'no check has completed for 24.0s (limit 24.0s): the scheduler is stuck',
+    });
   });
 });

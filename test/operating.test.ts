@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import type { Snapshot } from '../src/ops/snapshot.js';
-import { BIN, startDaemon, tempDir, waitUntil, type DaemonProcess, type LogLine } from './support/daemon.js';
-import { closedPort } from './support/servers.js';
 import { smtpFarmYaml } from './support/config.js';
+import { BIN, type DaemonProcess, type LogLine, startDaemon, tempDir, waitUntil } from './support/daemon.js';
+import { closedPort } from './support/servers.js';
 
 /*
  * Issue 6 against the built daemon as a child process: real SMTP backends on
@@ -64,15 +64,16 @@ interface Setup {
   cond: string;
 }
 
-function writeConfig(backends: { name: string; port: number }[], extra = '', timing = 'interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 2, fall: 2'): Setup {
+function writeConfig(
+  backends: { name: string; port: number }[],
+  extra = '',
+  timing = 'interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 2, fall: 2',
+): Setup {
   const cond = path.join(tmp.dir, 'cond');
   mkdirSync(cond, { recursive: true });
   const stateFile = path.join(tmp.dir, 'run', 'state.json');
   const configPath = path.join(tmp.dir, 'config.yaml');
-  writeFileSync(
-    configPath,
-    smtpFarmYaml({ timing, conditionDir: cond, stateFile, extra, backends }),
-  );
+  writeFileSync(configPath, smtpFarmYaml({ timing, conditionDir: cond, stateFile, extra, backends }));
   return { configPath, stateFile, cond };
 }
 
@@ -85,7 +86,8 @@ function readState(file: string): Snapshot | undefined {
 }
 
 const backendIn = (s: Snapshot | undefined, name: string) => s?.backends.find((b) => b.backend === name);
-const isTransition = (backend: string, state: string) => (l: LogLine) => l.event === 'transition' && l.backend === backend && l.state === state;
+const isTransition = (backend: string, state: string) => (l: LogLine) =>
+  l.event === 'transition' && l.backend === backend && l.state === state;
 
 describe('state file, status and restarts', () => {
   it('keeps the state file, reports it with `status`, and resumes it on restart without touching the kernel', async () => {
@@ -107,28 +109,55 @@ describe('state file, status and restarts', () => {
     const settled = await waitUntil(
       () => readState(stateFile),
       // The file is written at the transition and again once the writer has applied it.
-      (s) => backendIn(s, 'b')?.state === 'down' && backendIn(s, 'b')?.written?.up === false && backendIn(s, 'b')?.written?.confirmed === true && backendIn(s, 'a')?.written?.confirmed === true,
+      (s) =>
+        backendIn(s, 'b')?.state === 'down' &&
+        backendIn(s, 'b')?.written?.up === false &&
+        backendIn(s, 'b')?.written?.confirmed === true &&
+        backendIn(s, 'a')?.written?.confirmed === true,
     );
     expect(settled!.pid).toBe(first.child.pid);
     const sa = backendIn(settled, 'a')!;
     const sb = backendIn(settled, 'b')!;
-    expect(sa).toMatchObject({ id: 'mail/a', state: 'up', failures: 0, target: { key: 'a', label: path.join(cond, 'a') }, written: { up: true, confirmed: true } });
+    expect(sa).toMatchObject({
+      id: 'mail/a',
+      state: 'up',
+      failures: 0,
+      target: { key: 'a', label: path.join(cond, 'a') },
+      written: { up: true, confirmed: true },
+    });
     expect(sa.last).toMatchObject({ up: true, detail: '220 nf-healthd-demo ESMTP' });
-    expect(sb).toMatchObject({ state: 'down', successes: 0, reason: '2 consecutive failures: connect ECONNREFUSED', written: { up: false, confirmed: true } });
+    expect(sb).toMatchObject({
+      state: 'down',
+      successes: 0,
+      reason: '2 consecutive failures: connect ECONNREFUSED',
+      written: { up: false, confirmed: true },
+    });
     expect(sb.failures).toBeGreaterThanOrEqual(2);
     expect(sb.last).toMatchObject({ up: false, detail: 'connect ECONNREFUSED' });
     expect(typeof sb.last!.latencyMs).toBe('number');
 
     // Refreshed at least every interval (300ms) even with nothing changing.
     const before = Date.parse(settled!.writtenAt);
-    await waitUntil(() => readState(stateFile), (s) => s !== undefined && Date.parse(s.writtenAt) > before, 5000);
+    await waitUntil(
+      () => readState(stateFile),
+      (s) => s !== undefined && Date.parse(s.writtenAt) > before,
+      5000,
+    );
 
     const table = await cli(['status', '-c', configPath]);
     expect(table.code).toBe(2);
     expect(table.stdout).toMatch(/^1\/2 backends up \(state of pid \d+, \d+s old\)\n/);
     expect(table.stdout).toMatch(/BACKEND +STATE +SINCE +LAST CHECK +LATENCY +TARGET +VALUE/);
-    expect(table.stdout).toMatch(new RegExp(`mail/a +up +\\d+s ago +ok \\d+s ago: 220 nf-healthd-demo ESMTP +\\d+ms +${path.join(cond, 'a')} +0\\n`));
-    expect(table.stdout).toMatch(new RegExp(`mail/b +DOWN +\\d+s ago +FAIL \\d+s ago: connect ECONNREFUSED +\\d+ms +${path.join(cond, 'b')} +1\\n`));
+    expect(table.stdout).toMatch(
+      new RegExp(
+        `mail/a +up +\\d+s ago +ok \\d+s ago: 220 nf-healthd-demo ESMTP +\\d+ms +${path.join(cond, 'a')} +0\\n`,
+      ),
+    );
+    expect(table.stdout).toMatch(
+      new RegExp(
+        `mail/b +DOWN +\\d+s ago +FAIL \\d+s ago: connect ECONNREFUSED +\\d+ms +${path.join(cond, 'b')} +1\\n`,
+      ),
+    );
     expect(table.stdout).toContain('Down:\n  mail/b: 2 consecutive failures: connect ECONNREFUSED\n');
     const json = await cli(['status', '-c', configPath, '--json']);
     expect(json.code).toBe(2);
@@ -168,7 +197,9 @@ describe('state file, status and restarts', () => {
     // Several checks of both after the restart, then compare.
     await waitUntil(
       () => readState(stateFile),
-      (s) => s?.pid === second.child.pid && ['a', 'b'].every((n) => Date.parse(backendIn(s, n)?.last?.at ?? '0') > readyAt + 300),
+      (s) =>
+        s?.pid === second.child.pid &&
+        ['a', 'b'].every((n) => Date.parse(backendIn(s, n)?.last?.at ?? '0') > readyAt + 300),
     );
     expect(stamp()).toEqual(kernelBefore);
     expect(second.lines.filter((l) => l.event === 'transition')).toEqual([]);
@@ -177,7 +208,10 @@ describe('state file, status and restarts', () => {
     // b comes back: all up, exit 0.
     await b.start();
     await second.waitForLine(isTransition('b', 'up'));
-    await waitUntil(() => readState(stateFile), (s) => backendIn(s, 'b')?.state === 'up');
+    await waitUntil(
+      () => readState(stateFile),
+      (s) => backendIn(s, 'b')?.state === 'up',
+    );
     const allUp = await cli(['status', '-c', configPath]);
     expect(allUp.code).toBe(0);
     expect(allUp.stdout).toMatch(/^2\/2 backends up/);
@@ -193,7 +227,10 @@ describe('state file, status and restarts', () => {
     ]);
     const first = run(setup.configPath);
     await first.waitForLine(isTransition('b', 'down'));
-    await waitUntil(() => readState(setup.stateFile), (s) => backendIn(s, 'b')?.written?.up === false);
+    await waitUntil(
+      () => readState(setup.stateFile),
+      (s) => backendIn(s, 'b')?.written?.up === false,
+    );
     await stop(first);
 
     // b now on another (also closed) port: it starts at initialState (up) and must fall again.
@@ -265,7 +302,8 @@ describe('HTTP listener', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
     const samples = parseMetrics(await res.text());
-    const one = (name: string, labels: Record<string, string> = {}) => samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+    const one = (name: string, labels: Record<string, string> = {}) =>
+      samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
 
     expect(one('nfh_backend_up').map((s) => [s.labels.backend, s.value])).toEqual([
       ['a', 1],
@@ -273,16 +311,25 @@ describe('HTTP listener', () => {
       ['c', 1],
     ]);
     expect(one('nfh_checks_total', { backend: 'a', type: 'smtp', outcome: 'up' })[0]!.value).toBeGreaterThanOrEqual(1);
-    expect(one('nfh_checks_total', { backend: 'b', type: 'smtp', outcome: 'down' })[0]!.value).toBeGreaterThanOrEqual(2);
+    expect(one('nfh_checks_total', { backend: 'b', type: 'smtp', outcome: 'down' })[0]!.value).toBeGreaterThanOrEqual(
+      2,
+    );
     const histCount = one('nfh_check_duration_seconds_count', { backend: 'b', outcome: 'down' })[0]!.value;
     expect(histCount).toBeGreaterThanOrEqual(2);
-    expect(one('nfh_check_duration_seconds_bucket', { backend: 'b', outcome: 'down', le: '+Inf' })[0]!.value).toBe(histCount);
+    expect(one('nfh_check_duration_seconds_bucket', { backend: 'b', outcome: 'down', le: '+Inf' })[0]!.value).toBe(
+      histCount,
+    );
     expect(one('nfh_transitions_total', { backend: 'b', to: 'down' })[0]!.value).toBe(1);
     expect(one('nfh_transitions_total', { backend: 'a' })).toEqual([]);
     expect(one('nfh_drifts_repaired_total', { backend: 'a' })[0]!.value).toBe(1);
     expect(one('nfh_writer_failures_total', { backend: 'c' })[0]!.value).toBeGreaterThanOrEqual(1);
     expect(one('nfh_writer_failures_total', { backend: 'a' })).toEqual([]);
-    for (const name of ['nfh_checks_in_flight', 'nfh_checks_waiting', 'nfh_scheduling_lag_seconds', 'nfh_last_check_age_seconds']) {
+    for (const name of [
+      'nfh_checks_in_flight',
+      'nfh_checks_waiting',
+      'nfh_scheduling_lag_seconds',
+      'nfh_last_check_age_seconds',
+    ]) {
       expect(one(name)).toHaveLength(1);
       expect(one(name)[0]!.value).toBeGreaterThanOrEqual(0);
     }
@@ -325,7 +372,10 @@ describe('HTTP listener', () => {
     await expect(fetch(`${base}/healthz`)).rejects.toThrow();
     const after = parseMetrics(await (await fetch(`http://127.0.0.1:${newPort}/metrics`)).text());
     expect(after.some((s) => s.labels.backend === 'c')).toBe(false);
-    expect(after.find((s) => s.name === 'nfh_reloads_total')).toMatchObject({ labels: { outcome: 'applied' }, value: 1 });
+    expect(after.find((s) => s.name === 'nfh_reloads_total')).toMatchObject({
+      labels: { outcome: 'applied' },
+      value: 1,
+    });
     expect(after.find((s) => s.name === 'nfh_transitions_total' && s.labels.backend === 'b')?.value).toBe(1);
     await stop(d);
   });
@@ -337,7 +387,10 @@ describe('notify hooks', () => {
     mkdirSync(hookDir);
     const record = path.join(tmp.dir, 'record.sh');
     // Each run leaves its environment in its own file (written, then renamed: complete when seen).
-    writeFileSync(record, `#!/bin/sh\nf="${hookDir}/$NFH_BACKEND.$NFH_EVENT.$$"\nenv > "$f.tmp" && mv "$f.tmp" "$f.env"\n`);
+    writeFileSync(
+      record,
+      `#!/bin/sh\nf="${hookDir}/$NFH_BACKEND.$NFH_EVENT.$$"\nenv > "$f.tmp" && mv "$f.tmp" "$f.env"\n`,
+    );
     const failing = path.join(tmp.dir, 'failing.sh');
     writeFileSync(failing, '#!/bin/sh\necho "pager unreachable" >&2\nexit 3\n');
     chmodSync(record, 0o755);
@@ -355,7 +408,10 @@ describe('notify hooks', () => {
     const d = run(configPath);
     await d.waitForLine(isTransition('b', 'down'));
     const envOf = async (name: string) => {
-      const file = await waitUntil(() => readdirSync(hookDir).find((f) => f.startsWith(`${name}.`) && f.endsWith('.env')), (f) => f !== undefined);
+      const file = await waitUntil(
+        () => readdirSync(hookDir).find((f) => f.startsWith(`${name}.`) && f.endsWith('.env')),
+        (f) => f !== undefined,
+      );
       return Object.fromEntries(
         readFileSync(path.join(hookDir, file!), 'utf8')
           .split('\n')
@@ -377,11 +433,21 @@ describe('notify hooks', () => {
       NFH_COALESCED: '1',
     });
     const failed = await d.waitForLine((l) => l.event === 'hook' && l.hook === 'change' && l.backend === 'b');
-    expect(failed).toMatchObject({ level: 'warn', outcome: 'failed', detail: 'exit 3: pager unreachable', program: failing });
+    expect(failed).toMatchObject({
+      level: 'warn',
+      outcome: 'failed',
+      detail: 'exit 3: pager unreachable',
+      program: failing,
+    });
 
     await b.start();
     await d.waitForLine(isTransition('b', 'up'));
-    expect(await envOf('b.up')).toMatchObject({ NFH_EVENT: 'up', NFH_STATE: 'up', NFH_PREVIOUS: 'down', NFH_REASON: '2 consecutive successes: 220 nf-healthd-demo ESMTP' });
+    expect(await envOf('b.up')).toMatchObject({
+      NFH_EVENT: 'up',
+      NFH_STATE: 'up',
+      NFH_PREVIOUS: 'down',
+      NFH_REASON: '2 consecutive successes: 220 nf-healthd-demo ESMTP',
+    });
     // a never changed: no hook ran for it.
     expect(readdirSync(hookDir).filter((f) => f.startsWith('a.'))).toEqual([]);
     await stop(d);
@@ -409,29 +475,54 @@ describe('flap damping and downInterval on a flapping backend', () => {
     await d.waitForLine(isTransition('f', 'down'), 10_000, down2);
     await flappy.start();
     const hold = await d.waitForLine((l) => l.event === 'damping_hold');
-    expect(hold).toMatchObject({ level: 'warn', backend: 'f', reason: 'flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)' });
+    expect(hold).toMatchObject({
+      level: 'warn',
+      backend: 'f',
+      reason:
+        'flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)',
+    });
     expect(hold.msg).toBe('backend f stays down: flapping: 4 state changes in 30s; held down for 3s (hold 1)');
     expect(readFileSync(condFile, 'latin1')).toBe('1\n');
-    const held = await waitUntil(() => readState(stateFile), (s) => backendIn(s, 'f')?.held !== undefined);
-    expect(backendIn(held, 'f')!.held).toEqual({ until: hold.until, reason: 'flapping: 4 state changes in 30s; held down for 3s (hold 1)' });
+    const held = await waitUntil(
+      () => readState(stateFile),
+      (s) => backendIn(s, 'f')?.held !== undefined,
+    );
+    expect(backendIn(held, 'f')!.held).toEqual({
+      until: hold.until,
+      reason: 'flapping: 4 state changes in 30s; held down for 3s (hold 1)',
+    });
     const status = await cli(['status', '-c', configPath]);
     expect(status.code).toBe(2);
     expect(status.stdout).toMatch(/mail\/f +DOWN \(held \ds\)/);
-    expect(status.stdout).toContain(`mail/f: held down until ${String(hold.until)}; flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)\n`);
+    expect(status.stdout).toContain(
+      `mail/f: held down until ${String(hold.until)}; flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)\n`,
+    );
 
     // Passing checks while held: still down; up only once the hold is over.
     const up = await d.waitForLine(isTransition('f', 'up'), 10_000, d.lines.indexOf(hold));
     expect(Date.parse(String(up.time))).toBeGreaterThanOrEqual(Date.parse(String(hold.until)));
     expect(d.lines.some((l) => l.event === 'damping_released')).toBe(true);
-    const passedWhileHeld = d.lines.filter((l) => l.event === 'check' && l.up === true && Date.parse(String(l.time)) < Date.parse(String(hold.until)) && d.lines.indexOf(l) > d.lines.indexOf(hold));
+    const passedWhileHeld = d.lines.filter(
+      (l) =>
+        l.event === 'check' &&
+        l.up === true &&
+        Date.parse(String(l.time)) < Date.parse(String(hold.until)) &&
+        d.lines.indexOf(l) > d.lines.indexOf(hold),
+    );
     expect(passedWhileHeld.length).toBeGreaterThan(0);
-    await waitUntil(() => readFileSync(condFile, 'latin1'), (v) => v === '0\n');
+    await waitUntil(
+      () => readFileSync(condFile, 'latin1'),
+      (v) => v === '0\n',
+    );
 
     // downInterval: down for longer than 1s -> checked every ~1s (never sooner than 0.9s with jitter).
     await flappy.stop();
     const down = await d.waitForLine(isTransition('f', 'down'), 10_000, d.lines.indexOf(up));
     const downAt = Date.parse(String(down.time));
-    const checksOfF = () => d.lines.filter((l) => l.event === 'check' && l.backend === 'f' && Date.parse(String(l.time)) > downAt).map((l) => Date.parse(String(l.time)));
+    const checksOfF = () =>
+      d.lines
+        .filter((l) => l.event === 'check' && l.backend === 'f' && Date.parse(String(l.time)) > downAt)
+        .map((l) => Date.parse(String(l.time)));
     await waitUntil(checksOfF, (times) => times.filter((t) => t > downAt + 1000).length >= 4, 15_000);
     const times = [downAt, ...checksOfF()];
     const gaps = times.slice(1).map((t, i) => ({ at: times[i]! - downAt, gap: t - times[i]! }));
@@ -445,7 +536,9 @@ describe('flap damping and downInterval on a flapping backend', () => {
     // First success: back to fastInterval (50ms), up after rise 2 without waiting another downInterval.
     await flappy.start();
     const back = await d.waitForLine(isTransition('f', 'up'), 10_000, d.lines.indexOf(down));
-    const firstOk = d.lines.find((l) => l.event === 'check' && l.backend === 'f' && l.up === true && d.lines.indexOf(l) > d.lines.indexOf(down));
+    const firstOk = d.lines.find(
+      (l) => l.event === 'check' && l.backend === 'f' && l.up === true && d.lines.indexOf(l) > d.lines.indexOf(down),
+    );
     expect(firstOk).toBeDefined();
     expect(Date.parse(String(back.time)) - Date.parse(String(firstOk!.time))).toBeLessThan(800);
     await stop(d);

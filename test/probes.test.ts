@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { checkSchema, type CheckConfig } from '../src/probes/registry.js';
+import { type CheckConfig, checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import { closedPort, httpServer, tcpServer } from './support/servers.js';
 
@@ -42,7 +42,10 @@ describe('tcp check', () => {
   });
 
   it('is down with ECONNREFUSED when nothing listens', async () => {
-    expect(await check({ type: 'tcp' }, await closedPort())).toMatchObject({ up: false, detail: 'connect ECONNREFUSED' });
+    expect(await check({ type: 'tcp' }, await closedPort())).toMatchObject({
+      up: false,
+      detail: 'connect ECONNREFUSED',
+    });
   });
 
   it('is down when a host name does not resolve', async () => {
@@ -97,12 +100,18 @@ describe('smtp check', () => {
     const port = await serve((socket) => {
       for (let i = 0; i < 200; i++) socket.write(`220-${'x'.repeat(60)}\r\n`);
     });
-    expect(await check({ type: 'smtp' }, port)).toMatchObject({ up: false, detail: 'greeting: reply longer than 4096 bytes' });
+    expect(await check({ type: 'smtp' }, port)).toMatchObject({
+      up: false,
+      detail: 'greeting: reply longer than 4096 bytes',
+    });
   });
 
   it('is down when the backend closes before greeting', async () => {
     const port = await serve((socket) => socket.end());
-    expect(await check({ type: 'smtp' }, port)).toMatchObject({ up: false, detail: 'greeting: connection closed by backend' });
+    expect(await check({ type: 'smtp' }, port)).toMatchObject({
+      up: false,
+      detail: 'greeting: connection closed by backend',
+    });
   });
 
   it('is down at the timeout when the backend accepts and says nothing', async () => {
@@ -136,7 +145,10 @@ describe('smtp check', () => {
         if (d.startsWith('QUIT')) socket.end('221 bye\r\n');
       });
     });
-    expect(await check({ type: 'smtp', ehlo: 'balancer.example' }, port)).toMatchObject({ up: true, detail: '220 mx.test ESMTP' });
+    expect(await check({ type: 'smtp', ehlo: 'balancer.example' }, port)).toMatchObject({
+      up: true,
+      detail: '220 mx.test ESMTP',
+    });
     expect(ehlo).toBe('EHLO balancer.example\r\n');
   });
 
@@ -145,7 +157,10 @@ describe('smtp check', () => {
       socket.write('220 mx.test ESMTP\r\n');
       socket.on('data', () => socket.write('550 go away\r\n'));
     });
-    expect(await check({ type: 'smtp', ehlo: 'balancer.example' }, port)).toMatchObject({ up: false, detail: 'EHLO: expected 250, got "550 go away"' });
+    expect(await check({ type: 'smtp', ehlo: 'balancer.example' }, port)).toMatchObject({
+      up: false,
+      detail: 'EHLO: expected 250, got "550 go away"',
+    });
   });
 
   it('is up when the backend resets after the greeting (the greeting is the verdict)', async () => {
@@ -165,7 +180,10 @@ describe('http check', () => {
       res.end('ok');
     });
     closers.push(s.close);
-    expect(await check({ type: 'http', path: '/health', host: 'www.example' }, s.port)).toMatchObject({ up: true, detail: '200 OK' });
+    expect(await check({ type: 'http', path: '/health', host: 'www.example' }, s.port)).toMatchObject({
+      up: true,
+      detail: '200 OK',
+    });
     expect(await check({ type: 'http', method: 'HEAD' }, s.port)).toMatchObject({ up: true });
     expect(seen).toEqual([
       { host: 'www.example', connection: 'close', url: '/health', method: 'GET' },
@@ -205,8 +223,13 @@ describe('http check', () => {
       setImmediate(() => res.end(req.url === '/good' ? 'ALL-GOOD</html>' : 'degraded</html>'));
     });
     closers.push(s.close);
-    expect(await check({ type: 'http', path: '/good', expectBody: 'status: ALL-GOOD' }, s.port)).toMatchObject({ up: true });
-    expect(await check({ type: 'http', path: '/bad', expectBody: 'ALL-GOOD' }, s.port)).toMatchObject({ up: false, detail: 'status 200 OK, body lacks "ALL-GOOD"' });
+    expect(await check({ type: 'http', path: '/good', expectBody: 'status: ALL-GOOD' }, s.port)).toMatchObject({
+      up: true,
+    });
+    expect(await check({ type: 'http', path: '/bad', expectBody: 'ALL-GOOD' }, s.port)).toMatchObject({
+      up: false,
+      detail: 'status 200 OK, body lacks "ALL-GOOD"',
+    });
   });
 
   it('reads no more of an endless body than maxBodyBytes', async () => {
@@ -228,16 +251,24 @@ describe('http check', () => {
 
   it('is down on a malformed status line', async () => {
     const port = await serve((socket) => socket.once('data', () => socket.end('HTTP/1.1 two hundred OK\r\n\r\n')));
-    expect(await check({ type: 'http' }, port)).toMatchObject({ up: false, detail: expect.stringMatching(/^malformed HTTP response \(HPE_/) });
+    expect(await check({ type: 'http' }, port)).toMatchObject({
+      up: false,
+      detail: expect.stringMatching(/^malformed HTTP response \(HPE_/),
+    });
   });
 
   it('is down at the timeout when headers come and then silence', async () => {
-    const port = await serve((socket) => socket.once('data', () => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n')));
+    const port = await serve((socket) =>
+      socket.once('data', () => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n')),
+    );
     const result = await check({ type: 'http' }, port, 300);
     expect(result).toMatchObject({ up: false, detail: 'timeout after 300ms (response)' });
   });
 
   it('is down with ECONNREFUSED when nothing listens', async () => {
-    expect(await check({ type: 'http' }, await closedPort())).toMatchObject({ up: false, detail: 'connect ECONNREFUSED' });
+    expect(await check({ type: 'http' }, await closedPort())).toMatchObject({
+      up: false,
+      detail: 'connect ECONNREFUSED',
+    });
   });
 });

@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -64,12 +64,19 @@ function check(input: unknown, port: number, timeout = 2000): Promise<ProbeResul
 }
 
 /** Polls a check until its verdict is `up` or the deadline passes; returns the last result. */
-async function until(up: boolean, input: unknown, port: number, what: () => string, deadlineMs = 15_000): Promise<ProbeResult> {
+async function until(
+  up: boolean,
+  input: unknown,
+  port: number,
+  what: () => string,
+  deadlineMs = 15_000,
+): Promise<ProbeResult> {
   const deadline = performance.now() + deadlineMs;
   for (;;) {
     const result = await check(input, port);
     if (result.up === up) return result;
-    if (performance.now() > deadline) throw new Error(`still ${result.up ? 'up' : 'down'} (${result.detail}); server output:\n${what()}`);
+    if (performance.now() > deadline)
+      throw new Error(`still ${result.up ? 'up' : 'down'} (${result.detail}); server output:\n${what()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -79,7 +86,14 @@ describe('Postfix', () => {
     const base = path.join(dir, 'postfix');
     const conf = path.join(base, 'conf');
     const queue = path.join(base, 'queue');
-    for (const d of [conf, path.join(queue, 'pid'), path.join(queue, 'private'), path.join(queue, 'public'), path.join(base, 'data')]) await mkdir(d, { recursive: true });
+    for (const d of [
+      conf,
+      path.join(queue, 'pid'),
+      path.join(queue, 'private'),
+      path.join(queue, 'public'),
+      path.join(base, 'data'),
+    ])
+      await mkdir(d, { recursive: true });
     await chmod(base, 0o755);
     const { uid } = await idOf('postfix');
     for (const d of ['private', 'public']) await chown(path.join(queue, d), uid, 0);
@@ -126,16 +140,25 @@ describe('Postfix', () => {
     const logText = () => `${master.output()}\n${readTail(log)}`;
     const plain = await until(true, { type: 'smtp', ehlo: 'checker.test' }, port, logText);
     expect(plain.detail).toBe('220 nfh-test.localdomain ESMTP nf-healthd test');
-    const tls = await check({ type: 'smtp', starttls: true, ehlo: 'checker.test', ca: pki.caFile, servername: 'localhost', minValidDays: 30 }, port);
+    const tls = await check(
+      { type: 'smtp', starttls: true, ehlo: 'checker.test', ca: pki.caFile, servername: 'localhost', minValidDays: 30 },
+      port,
+    );
     expect(tls.up, tls.detail).toBe(true);
-    expect(tls.detail).toMatch(/^220 nfh-test\.localdomain ESMTP nf-healthd test; TLSv1\.[23], certificate valid until /);
+    expect(tls.detail).toMatch(
+      /^220 nfh-test\.localdomain ESMTP nf-healthd test; TLSv1\.[23], certificate valid until /,
+    );
     // Postfix logged clean sessions: QUIT, no lost connections.
-    await expect.poll(() => readTail(log), { timeout: 5000 }).toMatch(/disconnect from localhost\[127\.0\.0\.1\] ehlo=2 starttls=1 quit=1 commands=4/);
+    await expect
+      .poll(() => readTail(log), { timeout: 5000 })
+      .toMatch(/disconnect from localhost\[127\.0\.0\.1\] ehlo=2 starttls=1 quit=1 commands=4/);
     expect(readTail(log)).toMatch(/disconnect from localhost\[127\.0\.0\.1\] ehlo=1 quit=1 commands=2/);
     expect(readTail(log)).not.toMatch(/lost connection/);
     // A certificate for another name than asked is down, against the real server too
     // (we hang up in the handshake: that one Postfix does log as a lost connection).
-    expect(await check({ type: 'smtp', starttls: true, ca: pki.caFile, servername: 'mail.example' }, port)).toMatchObject({ up: false, detail: expect.stringMatching(/^TLS: certificate is not for mail\.example/) });
+    expect(
+      await check({ type: 'smtp', starttls: true, ca: pki.caFile, servername: 'mail.example' }, port),
+    ).toMatchObject({ up: false, detail: expect.stringMatching(/^TLS: certificate is not for mail\.example/) });
     await stop(master);
     await until(false, { type: 'smtp' }, port, logText);
   });
@@ -178,9 +201,17 @@ http {
     );
     const nginx = start('/usr/sbin/nginx', ['-p', base, '-c', conf, '-e', path.join(base, 'error.log')]);
     const logText = () => `${nginx.output()}\n${readTail(path.join(base, 'error.log'))}`;
-    expect((await until(true, { type: 'http', path: '/health', expectBody: 'healthy' }, httpPort, logText)).detail).toBe('200 OK, body has "healthy"');
-    expect(await check({ type: 'http', path: '/', expectStatus: [200] }, httpPort)).toMatchObject({ up: false, detail: 'status 301 Moved Permanently (Location: http://elsewhere.invalid/), expected 200' });
-    const secure = await check({ type: 'https', path: '/health', expectBody: 'over TLS', ca: pki.caFile, servername: 'localhost' }, httpsPort);
+    expect(
+      (await until(true, { type: 'http', path: '/health', expectBody: 'healthy' }, httpPort, logText)).detail,
+    ).toBe('200 OK, body has "healthy"');
+    expect(await check({ type: 'http', path: '/', expectStatus: [200] }, httpPort)).toMatchObject({
+      up: false,
+      detail: 'status 301 Moved Permanently (Location: http://elsewhere.invalid/), expected 200',
+    });
+    const secure = await check(
+      { type: 'https', path: '/health', expectBody: 'over TLS', ca: pki.caFile, servername: 'localhost' },
+      httpsPort,
+    );
     expect(secure.up, secure.detail).toBe(true);
     expect(secure.detail).toMatch(/^200 OK, body has "over TLS"; TLSv1\.[23], certificate valid until /);
     expect((await check({ type: 'tls', ca: pki.caFile }, httpsPort)).up).toBe(true);
@@ -195,9 +226,31 @@ describe('Redis', () => {
     const base = path.join(dir, 'redis');
     await mkdir(base, { recursive: true });
     const port = await freePort();
-    const redis = start('/usr/bin/redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', base, '--daemonize', 'no']);
+    const redis = start('/usr/bin/redis-server', [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      base,
+      '--daemonize',
+      'no',
+    ]);
     expect((await until(true, { type: 'redis' }, port, redis.output)).detail).toBe('+PONG');
-    expect(await check({ type: 'expect', steps: [{ send: 'INFO server\r\n' }, { expectRegex: 'redis_version:\\d+', in: 'buffer' }], farewell: 'QUIT\r\n' }, port)).toMatchObject({ up: true });
+    expect(
+      await check(
+        {
+          type: 'expect',
+          steps: [{ send: 'INFO server\r\n' }, { expectRegex: 'redis_version:\\d+', in: 'buffer' }],
+          farewell: 'QUIT\r\n',
+        },
+        port,
+      ),
+    ).toMatchObject({ up: true });
     await stop(redis);
     await until(false, { type: 'redis' }, port, redis.output);
   });
@@ -215,13 +268,24 @@ describe('OpenSSH', () => {
     const conf = path.join(base, 'sshd_config');
     await writeFile(
       conf,
-      [`Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${key}`, `PidFile ${base}/sshd.pid`, 'UsePAM no', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', ''].join('\n'),
+      [
+        `Port ${port}`,
+        'ListenAddress 127.0.0.1',
+        `HostKey ${key}`,
+        `PidFile ${base}/sshd.pid`,
+        'UsePAM no',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        '',
+      ].join('\n'),
     );
     // -D: foreground (our child), -e: log to stderr.
     const sshd = start('/usr/sbin/sshd', ['-D', '-e', '-f', conf]);
     expect((await until(true, { type: 'ssh' }, port, sshd.output)).detail).toMatch(/^SSH-2\.0-OpenSSH_/);
     // We sent our version line: sshd logs no "did not receive identification string" (fail2ban food).
-    await expect.poll(() => sshd.output(), { timeout: 5000 }).toMatch(/Connection closed by 127\.0\.0\.1 port \d+|Connection reset by 127\.0\.0\.1/);
+    await expect
+      .poll(() => sshd.output(), { timeout: 5000 })
+      .toMatch(/Connection closed by 127\.0\.0\.1 port \d+|Connection reset by 127\.0\.0\.1/);
     expect(sshd.output()).not.toMatch(/did not receive identification/i);
     await stop(sshd);
     await until(false, { type: 'ssh' }, port, sshd.output);

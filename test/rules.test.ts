@@ -1,10 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli.js';
 import { parseConfig } from '../src/config/load.js';
-import { renderRules, RulesError } from '../src/rules/command.js';
+import { RulesError, renderRules } from '../src/rules/command.js';
 import { IPSET_LINE_PREFIX } from '../src/rules/iptables-ipset.js';
 import { ipsetName, weightedSlots } from '../src/rules/plan.js';
 import { cleanupNetns, createNetns, type Netns } from './support/netns.js';
@@ -69,32 +69,43 @@ describe('rules: text', () => {
     expect(lines).toContain('-A nfh-mail -j CONNMARK --restore-mark');
     expect(lines).toContain('-A nfh-mail -m mark ! --mark 0x0 -j RETURN');
     // Two slots, one per backend, the statistic match first so both counters move together.
-    expect(lines).toContain('-A nfh-mail -m statistic --mode nth --every 2 --packet 1 -m mark --mark 0x0 -m condition ! --condition mail1 -j MARK --set-mark 0x101');
-    expect(lines).toContain('-A nfh-mail -m statistic --mode nth --every 2 --packet 0 -m mark --mark 0x0 -m condition ! --condition mail2 -j MARK --set-mark 0x102');
+    expect(lines).toContain(
+      '-A nfh-mail -m statistic --mode nth --every 2 --packet 1 -m mark --mark 0x0 -m condition ! --condition mail1 -j MARK --set-mark 0x101',
+    );
+    expect(lines).toContain(
+      '-A nfh-mail -m statistic --mode nth --every 2 --packet 0 -m mark --mark 0x0 -m condition ! --condition mail2 -j MARK --set-mark 0x102',
+    );
     // Fall-through to a live backend, as the recipe's third rule.
     expect(lines).toContain('-A nfh-mail -m mark --mark 0x0 -m condition ! --condition mail1 -j MARK --set-mark 0x101');
     expect(lines).toContain('-A nfh-mail -j CONNMARK --save-mark');
     expect(lines).toContain('-A PREROUTING -d 10.0.0.1/32 -p tcp -m tcp --dport 25 -j nfh-mail');
-    expect(lines).toContain('-A PREROUTING -d 10.0.0.1/32 -p tcp -m tcp --dport 25 -m mark --mark 0x102 -j DNAT --to-destination 192.168.0.2');
+    expect(lines).toContain(
+      '-A PREROUTING -d 10.0.0.1/32 -p tcp -m tcp --dport 25 -m mark --mark 0x102 -j DNAT --to-destination 192.168.0.2',
+    );
     expect(text.endsWith('COMMIT\n')).toBe(true);
     expect(lines.filter((l) => l === 'COMMIT')).toHaveLength(2);
   });
 
   it('tests the condition positively when the writer says 1 means up, and uses the condition key', () => {
-    const yaml = base('writer: { type: condition, upValue: 1 }').replace('{ name: mail1, address: 192.168.0.1 }', '{ name: mail1, address: 192.168.0.1, condition: m1up }');
+    const yaml = base('writer: { type: condition, upValue: 1 }').replace(
+      '{ name: mail1, address: 192.168.0.1 }',
+      '{ name: mail1, address: 192.168.0.1, condition: m1up }',
+    );
     const text = render(yaml, 'iptables');
     expect(text).toContain('-m condition --condition m1up -j MARK --set-mark 0x101');
     expect(text).not.toContain('! --condition');
   });
 
   it('splits by weight in interleaved slots, DNATs to a backend port, matches the interface', () => {
-    const text = render(three.replace(/  - name: v6[\s\S]*$/, ''), 'iptables-ipset');
+    const text = render(three.replace(/ {2}- name: v6[\s\S]*$/, ''), 'iptables-ipset');
     const slots = text.split('\n').filter((l) => l.includes('--mode nth'));
     expect(slots).toHaveLength(4);
     expect(slots.map((l) => l.match(/--set-mark (0x\w+)/)![1])).toEqual(['0x101', '0x102', '0x103', '0x101']);
     expect(slots.map((l) => l.match(/--packet (\d)/)![1])).toEqual(['3', '2', '1', '0']);
     expect(text).toContain('-m set --match-set nfh-web1 dst -j MARK --set-mark 0x101');
-    expect(text).toContain('-A PREROUTING -d 10.0.0.2/32 -i eth1 -p tcp -m tcp --dport 80 -m mark --mark 0x103 -j DNAT --to-destination 192.168.1.3:8080');
+    expect(text).toContain(
+      '-A PREROUTING -d 10.0.0.2/32 -i eth1 -p tcp -m tcp --dport 80 -m mark --mark 0x103 -j DNAT --to-destination 192.168.1.3:8080',
+    );
     expect(text).toContain(`${IPSET_LINE_PREFIX}create nfh-web3 hash:ip family inet hashsize 64 maxelem 4`);
     expect(text).toContain(`${IPSET_LINE_PREFIX}add nfh-web3 10.0.0.2`);
   });
@@ -104,8 +115,12 @@ describe('rules: text', () => {
     expect(text).toContain('meta mark set numgen inc mod 4 map { 0 : 0x101, 1 : 0x102, 2 : 0x103, 3 : 0x101 }');
     expect(text).toContain('elements = { 0x101, 0x102, 0x103, 0x201, 0x202 }');
     expect(text).toContain('meta mark != @up meta mark set 0x0');
-    expect(text).toContain('iifname "eth1" ip daddr 10.0.0.2 tcp dport 80 dnat ip to meta mark map { 0x101 : 192.168.1.1 . 80, 0x102 : 192.168.1.2 . 80, 0x103 : 192.168.1.3 . 8080 }');
-    expect(text).toContain('ip6 daddr fd00::10 tcp dport 25 dnat ip6 to meta mark map { 0x201 : fd00::11 . 25, 0x202 : fd00::12 . 25 }');
+    expect(text).toContain(
+      'iifname "eth1" ip daddr 10.0.0.2 tcp dport 80 dnat ip to meta mark map { 0x101 : 192.168.1.1 . 80, 0x102 : 192.168.1.2 . 80, 0x103 : 192.168.1.3 . 8080 }',
+    );
+    expect(text).toContain(
+      'ip6 daddr fd00::10 tcp dport 25 dnat ip6 to meta mark map { 0x201 : fd00::11 . 25, 0x202 : fd00::12 . 25 }',
+    );
   });
 
   it('starts the sets empty with initialState down', () => {
@@ -123,13 +138,24 @@ describe('rules: text', () => {
   });
 
   it('refuses what the scheme cannot express, saying why', () => {
-    expect(problems(base().replace('vip: 10.0.0.1', ''), 'nft')).toEqual([expect.stringContaining('service mail has no vip')]);
-    expect(problems(base().replace('192.168.0.2', 'mail2.example'), 'nft')).toEqual([expect.stringContaining('DNAT needs an IP address')]);
+    expect(problems(base().replace('vip: 10.0.0.1', ''), 'nft')).toEqual([
+      expect.stringContaining('service mail has no vip'),
+    ]);
+    expect(problems(base().replace('192.168.0.2', 'mail2.example'), 'nft')).toEqual([
+      expect.stringContaining('DNAT needs an IP address'),
+    ]);
     expect(problems(three, 'iptables-ipset')).toEqual([expect.stringContaining('vip fd00::10 is IPv6')]);
-    expect(problems(base().replace('192.168.0.1 }', '192.168.0.1, weight: 1000 }'), 'nft')).toEqual([expect.stringContaining('need 1001 slots')]);
-    const longName = base('writer: { type: nft }').replace('name: mail1,', 'name: this-backend-name-is-too-long-for-xt,');
+    expect(problems(base().replace('192.168.0.1 }', '192.168.0.1, weight: 1000 }'), 'nft')).toEqual([
+      expect.stringContaining('need 1001 slots'),
+    ]);
+    const longName = base('writer: { type: nft }').replace(
+      'name: mail1,',
+      'name: this-backend-name-is-too-long-for-xt,',
+    );
     expect(problems(longName, 'iptables')).toEqual([expect.stringContaining('cannot be a condition name')]);
-    expect(problems(three.replace('writer: { type: nft }', 'writer: { type: nft, family: ip }'), 'nft')).toEqual([expect.stringContaining('is IPv6 but the nft table family is ip')]);
+    expect(problems(three.replace('writer: { type: nft }', 'writer: { type: nft, family: ip }'), 'nft')).toEqual([
+      expect.stringContaining('is IPv6 but the nft table family is ip'),
+    ]);
   });
 });
 
@@ -178,8 +204,14 @@ describe('rules: the kernel accepts them', () => {
   afterAll(() => cleanupNetns());
 
   it('iptables-ipset: the sets load with ipset restore, the rules with iptables-restore', async () => {
-    const text = render(three.replace(/  - name: v6[\s\S]*$/, '').replace('type: nft', 'type: ipset'), 'iptables-ipset');
-    const sets = text.split('\n').filter((l) => l.startsWith(IPSET_LINE_PREFIX)).map((l) => l.slice(IPSET_LINE_PREFIX.length));
+    const text = render(
+      three.replace(/ {2}- name: v6[\s\S]*$/, '').replace('type: nft', 'type: ipset'),
+      'iptables-ipset',
+    );
+    const sets = text
+      .split('\n')
+      .filter((l) => l.startsWith(IPSET_LINE_PREFIX))
+      .map((l) => l.slice(IPSET_LINE_PREFIX.length));
     await ns.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
     await ns.run(['iptables-restore', '--test'], text);
     await ns.run(['iptables-restore'], text);
@@ -196,9 +228,11 @@ describe('rules: the kernel accepts them', () => {
     await ns.run(['nft', '-f', '-'], text);
     const listed = await ns.run(['nft', 'list', 'table', 'inet', 'nfh']);
     expect(listed).toContain('numgen inc mod 4');
-    const v4 = three.replace(/  - name: v6[\s\S]*$/, '').replace('type: nft', 'type: nft, family: ip, table: lb');
+    const v4 = three.replace(/ {2}- name: v6[\s\S]*$/, '').replace('type: nft', 'type: nft, family: ip, table: lb');
     await ns.run(['nft', '-c', '-f', '-'], render(v4, 'nft'));
-    const v6 = three.replace(/  - name: web[\s\S]*?(?=  - name: v6)/, '').replace('type: nft', 'type: nft, family: ip6');
+    const v6 = three
+      .replace(/ {2}- name: web[\s\S]*?(?= {2}- name: v6)/, '')
+      .replace('type: nft', 'type: nft, family: ip6');
     await ns.run(['nft', '-c', '-f', '-'], render(v6, 'nft'));
   });
 });

@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/config/load.js';
 import { resolveBackends } from '../src/config/resolve.js';
 import { renderRules } from '../src/rules/command.js';
@@ -8,7 +8,7 @@ import { runCommand } from '../src/writers/command.js';
 import { createIpsetWriter, ipsetWriterSchema } from '../src/writers/ipset.js';
 import { createNftWriter, nftWriterSchema, parseNftSetJson } from '../src/writers/nft.js';
 import type { Writer, WriterTarget } from '../src/writers/types.js';
-import { cleanupNetns, createNetns, tempFolder, type Netns } from './support/netns.js';
+import { cleanupNetns, createNetns, type Netns, tempFolder } from './support/netns.js';
 
 // The writers against real ipset and nftables sets in a namespace of our own. The
 // writers run their binary through a two-line wrapper that enters the namespace
@@ -80,7 +80,14 @@ describe('ipset writer', () => {
     expect(calls(log).slice(1)).toEqual(['list -o save']); // one listing for the whole batch
 
     // Idempotent: the same wishes again change nothing and fail nothing.
-    expect((await writer.write([{ target: targets[0]!, up: false }, { target: targets[2]!, up: true }])).size).toBe(0);
+    expect(
+      (
+        await writer.write([
+          { target: targets[0]!, up: false },
+          { target: targets[2]!, up: true },
+        ])
+      ).size,
+    ).toBe(0);
     expect(await states(writer, targets)).toEqual([false, false, true]);
 
     // `ipset flush` behind the writer's back: read-back sees it.
@@ -111,7 +118,11 @@ describe('as an unprivileged user', () => {
   const asNobody = (binary: string, netAdmin = false) => {
     const file = path.join(dir, `nobody-${netAdmin ? 'netadmin-' : ''}${path.basename(binary)}`);
     const caps = netAdmin ? ' --inh-caps=+net_admin --ambient-caps=+net_admin' : '';
-    writeFileSync(file, `#!/bin/sh\nexec ip netns exec ${ns.name} setpriv --reuid=65534 --regid=65534 --clear-groups${caps} ${binary} "$@"\n`, { mode: 0o755 });
+    writeFileSync(
+      file,
+      `#!/bin/sh\nexec ip netns exec ${ns.name} setpriv --reuid=65534 --regid=65534 --clear-groups${caps} ${binary} "$@"\n`,
+      { mode: 0o755 },
+    );
     return file;
   };
 
@@ -119,14 +130,18 @@ describe('as an unprivileged user', () => {
     const ipsetConfig = parseConfig(yaml('{ type: ipset, setPrefix: cap- }'));
     await ns.run(['ipset', 'restore', '-exist'], renderRules(ipsetConfig, 'ipset', 'test'));
     const ipsetTargets = resolveBackends(ipsetConfig).map((b) => b.target);
-    const ipset = createIpsetWriter(ipsetWriterSchema.parse({ type: 'ipset', setPrefix: 'cap-', ipsetPath: asNobody('/usr/sbin/ipset', true) }));
+    const ipset = createIpsetWriter(
+      ipsetWriterSchema.parse({ type: 'ipset', setPrefix: 'cap-', ipsetPath: asNobody('/usr/sbin/ipset', true) }),
+    );
     expect((await ipset.write([{ target: ipsetTargets[1]!, up: false }])).size).toBe(0);
     expect(await states(ipset, ipsetTargets)).toEqual([true, false, true]);
 
     const nftConfig = parseConfig(yaml('{ type: nft, table: captest }'));
     await ns.run(['nft', '-f', '-'], renderRules(nftConfig, 'nft', 'test'));
     const nftTargets = resolveBackends(nftConfig).map((b) => b.target);
-    const nft = createNftWriter(nftWriterSchema.parse({ type: 'nft', table: 'captest', nftPath: asNobody('/usr/sbin/nft', true) }));
+    const nft = createNftWriter(
+      nftWriterSchema.parse({ type: 'nft', table: 'captest', nftPath: asNobody('/usr/sbin/nft', true) }),
+    );
     expect((await nft.write([{ target: nftTargets[0]!, up: false }])).size).toBe(0);
     expect(await states(nft, nftTargets)).toEqual([false, true, true]);
   });
@@ -193,7 +208,8 @@ describe('nft listing', () => {
   it('reads plain elements and elements with flags (counters, timeouts)', () => {
     const plain = '{"nftables": [{"metainfo": {}}, {"set": {"name": "up", "type": "mark", "elem": [257, 514]}}]}';
     expect([...parseNftSetJson(plain)!]).toEqual([257, 514]);
-    const flagged = '{"nftables": [{"set": {"name": "up", "elem": [{"elem": {"val": 257, "counter": {"packets": 0}}}]}}]}';
+    const flagged =
+      '{"nftables": [{"set": {"name": "up", "elem": [{"elem": {"val": 257, "counter": {"packets": 0}}}]}}]}';
     expect([...parseNftSetJson(flagged)!]).toEqual([257]);
     expect([...parseNftSetJson('{"nftables": [{"set": {"name": "up"}}]}')!]).toEqual([]);
     expect(parseNftSetJson('{"nftables": [{"metainfo": {}}]}')).toBeUndefined();
@@ -203,9 +219,13 @@ describe('nft listing', () => {
 describe('writer commands', () => {
   it('are killed past their timeout and past their output bound, and never started through a shell', async () => {
     const started = performance.now();
-    await expect(runCommand('sleep', ['5'], { timeoutMs: 150, maxOutput: 1000 })).rejects.toMatchObject({ code: 'ETIMEDOUT' });
+    await expect(runCommand('sleep', ['5'], { timeoutMs: 150, maxOutput: 1000 })).rejects.toMatchObject({
+      code: 'ETIMEDOUT',
+    });
     expect(performance.now() - started).toBeLessThan(4000);
-    await expect(runCommand('yes', [], { timeoutMs: 5000, maxOutput: 64 * 1024 })).rejects.toMatchObject({ code: 'E2BIG' });
+    await expect(runCommand('yes', [], { timeoutMs: 5000, maxOutput: 64 * 1024 })).rejects.toMatchObject({
+      code: 'E2BIG',
+    });
     // An argument with shell syntax is one argv entry, printed back as is.
     const echoed = await runCommand('printf', ['%s', '$(id); `id` | x'], { timeoutMs: 5000, maxOutput: 1000 });
     expect(echoed).toEqual({ code: 0, stdout: '$(id); `id` | x', stderr: '' });
@@ -214,7 +234,9 @@ describe('writer commands', () => {
   it('a hanging ipset is reported with its timeout, and the writer carries on', async () => {
     const hang = path.join(dir, 'hanging-ipset');
     writeFileSync(hang, '#!/bin/sh\nexec sleep 5\n', { mode: 0o755 });
-    const writer = createIpsetWriter(ipsetWriterSchema.parse({ type: 'ipset', ipsetPath: hang, commandTimeout: '200ms' }));
+    const writer = createIpsetWriter(
+      ipsetWriterSchema.parse({ type: 'ipset', ipsetPath: hang, commandTimeout: '200ms' }),
+    );
     const target = { key: 'nfh-mail1 10.0.0.1', label: 'ipset nfh-mail1 10.0.0.1' };
     const error = (await writer.write([{ target, up: true }])).get(target.key)!;
     expect(error.code).toBe('ETIMEDOUT');

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { handleCounts, settled, soak, SOCKET_HANDLES } from '../bench/soak-core.js';
+import { handleCounts, SOCKET_HANDLES, settled, soak } from '../bench/soak-core.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import { makePki, type TestPki } from './support/certs.js';
@@ -39,6 +39,7 @@ describe('soak (short)', () => {
     expect(Object.keys(figures.reasons).length).toBeGreaterThan(3);
     expect(figures.maxBytesRead).toBeLessThanOrEqual(65_536 * 2);
     const after = await settled(before, 5000);
-    for (const type of SOCKET_HANDLES) expect({ type, count: after[type] ?? 0 }).toEqual({ type, count: Math.min(after[type] ?? 0, before[type] ?? 0) });
+    for (const type of SOCKET_HANDLES)
+      expect({ type, count: after[type] ?? 0 }).toEqual({ type, count: Math.min(after[type] ?? 0, before[type] ?? 0) });
   });
 });

@@ -35,7 +35,10 @@ describe('systemd/nf-healthd.service', () => {
     expect(values('NotifyAccess')).toEqual(['all']);
     expect(values('WatchdogSec')).toHaveLength(1);
     expect(values('ExecStartPre')[0]).toMatch(/nf-healthd\.js check -c /);
-    expect(values('ExecReload')).toEqual([expect.stringMatching(/nf-healthd\.js check -c /), '/bin/kill -HUP $MAINPID']);
+    expect(values('ExecReload')).toEqual([
+      expect.stringMatching(/nf-healthd\.js check -c /),
+      '/bin/kill -HUP $MAINPID',
+    ]);
     expect(values('Restart')).toEqual(['on-failure']);
   });
 });

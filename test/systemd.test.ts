@@ -1,11 +1,11 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
-import { tempDir, waitUntil } from './support/daemon.js';
 import { smtpFarmYaml } from './support/config.js';
+import { tempDir, waitUntil } from './support/daemon.js';
 
 /*
  * The unit under a real systemd 252: a Debian 12 minbase rootfs (debootstrap, cached by
@@ -30,7 +30,11 @@ interface Result {
 function run(file: string, args: string[], timeout = 60_000): Promise<Result> {
   return new Promise((resolve) => {
     execFile(file, args, { timeout, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+      const code = err
+        ? typeof (err as { code?: unknown }).code === 'number'
+          ? (err as { code: number }).code
+          : 1
+        : 0;
       resolve({ code, stdout, stderr: stderr || (err && !stdout ? String(err.message) : stderr) });
     });
   });
@@ -49,7 +53,12 @@ const inside = (...args: string[]) => run('nsenter', ['-t', String(pid1), '-a', 
 const systemctl = (...args: string[]) => inside('systemctl', ...args);
 async function show(...props: string[]): Promise<Record<string, string>> {
   const r = await systemctl('show', 'nf-healthd', ...props.flatMap((p) => ['-p', p]));
-  return Object.fromEntries(r.stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  return Object.fromEntries(
+    r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  );
 }
 const cond = (key: string) => {
   try {
@@ -60,10 +69,15 @@ const cond = (key: string) => {
 };
 
 function config(backends: { name: string; port: number }[]): string {
-  return smtpFarmYaml({ timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1', conditionDir: '/srv/nfh/cond', backends });
+  return smtpFarmYaml({
+    timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1',
+    conditionDir: '/srv/nfh/cond',
+    backends,
+  });
 }
 /** Polls an async read until accept() holds, every 100 ms (each read is a command in the container). */
-const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000) => waitUntil(read, accept, ms, 100);
+const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000) =>
+  waitUntil(read, accept, ms, 100);
 const writeConfig = (text: string) => writeFileSync(path.join(tmp.dir, 'config.yaml'), text);
 
 /** The container's PID 1 as the host sees it: a descendant of nspawn that is PID 1 in its own namespace. */
@@ -102,8 +116,13 @@ beforeAll(async () => {
   nspawn = spawn(
     'bash',
     [
-      path.join(SCRIPTS, 'nspawn.sh'), 'run', name,
-      '-D', rootfs.stdout.trim(), '--volatile=overlay', '--console=pipe',
+      path.join(SCRIPTS, 'nspawn.sh'),
+      'run',
+      name,
+      '-D',
+      rootfs.stdout.trim(),
+      '--volatile=overlay',
+      '--console=pipe',
       `--bind-ro=${ROOT.replace(/\/$/, '')}:/opt/nf-healthd`,
       `--bind-ro=${process.execPath}:/usr/bin/node`,
       `--bind=${tmp.dir}:/srv/nfh`,
@@ -114,13 +133,27 @@ beforeAll(async () => {
   nspawn.stderr!.setEncoding('utf8').on('data', (c: string) => (bootLog = (bootLog + c).slice(-20_000)));
   nspawnExited = new Promise((resolve) => nspawn!.once('exit', () => resolve()));
   const nspawnPid = nspawn.pid!;
-  pid1 = await waitUntil(() => findPid1(nspawnPid) ?? 0, (p) => p > 0 || nspawn!.exitCode !== null, 30_000, 50);
+  pid1 = await waitUntil(
+    () => findPid1(nspawnPid) ?? 0,
+    (p) => p > 0 || nspawn!.exitCode !== null,
+    30_000,
+    50,
+  );
   if (!pid1) throw new Error(`the container did not boot: ${bootLog}`);
   // The bus answers a moment after boot; "degraded" is fine (units unrelated to ours).
-  await eventually(async () => (await systemctl('is-system-running')).stdout.trim(), (s) => s === 'running' || s === 'degraded', 60_000);
+  await eventually(
+    async () => (await systemctl('is-system-running')).stdout.trim(),
+    (s) => s === 'running' || s === 'degraded',
+    60_000,
+  );
 
   // Install as the README says, plus the test drop-in.
-  writeConfig(config([{ name: 'mail1', port: s1.port }, { name: 'mail2', port: s2.port }]));
+  writeConfig(
+    config([
+      { name: 'mail1', port: s1.port },
+      { name: 'mail2', port: s2.port },
+    ]),
+  );
   writeFileSync(
     path.join(tmp.dir, 'test.conf'),
     `# test/systemd.test.ts only
@@ -184,12 +217,23 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
   });
 
   it('logs at journald priorities: the down transition shows under journalctl -p warning, info lines do not', async () => {
-    const warnings = await eventually(() => inside('journalctl', '-p', 'warning', '-u', 'nf-healthd', '-o', 'cat', '--no-pager'), (r) => r.stdout.includes('mail2 is down'));
+    const warnings = await eventually(
+      () => inside('journalctl', '-p', 'warning', '-u', 'nf-healthd', '-o', 'cat', '--no-pager'),
+      (r) => r.stdout.includes('mail2 is down'),
+    );
     expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
     expect(warnings.stdout).not.toContain('nf-healthd ready');
-    const all = await eventually(() => inside('journalctl', '-u', 'nf-healthd', '-o', 'json', '--no-pager', '_COMM=node'), (r) => r.stdout.includes('mail2 is down'));
+    const all = await eventually(
+      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'json', '--no-pager', '_COMM=node'),
+      (r) => r.stdout.includes('mail2 is down'),
+    );
     const priorities = new Map(
-      all.stdout.trim().split('\n').map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string }).filter((e) => e.MESSAGE.startsWith('{')).map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
+      all.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string })
+        .filter((e) => e.MESSAGE.startsWith('{'))
+        .map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
     );
     expect(priorities.get('transition')).toBe('4');
     expect(priorities.get('ready')).toBe('6');
@@ -198,12 +242,25 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
 
   it('systemctl reload applies a changed config', async () => {
     const before = await show('MainPID');
-    writeConfig(config([{ name: 'mail1', port: s1.port }, { name: 'mail2', port: s2.port }, { name: 'mail3', port: s1.port }]));
+    writeConfig(
+      config([
+        { name: 'mail1', port: s1.port },
+        { name: 'mail2', port: s2.port },
+        { name: 'mail3', port: s1.port },
+      ]),
+    );
     const r = await systemctl('reload', 'nf-healthd');
     expect(r.code, r.stderr).toBe(0);
     // systemd 252 ends the reload job when `kill -HUP` exits: wait for the effect.
-    await waitUntil(() => cond('mail3'), (v) => v === '0\n', 10_000);
-    const status = await eventually(() => show('MainPID', 'StatusText'), (v) => v.StatusText!.startsWith('2/3 up'));
+    await waitUntil(
+      () => cond('mail3'),
+      (v) => v === '0\n',
+      10_000,
+    );
+    const status = await eventually(
+      () => show('MainPID', 'StatusText'),
+      (v) => v.StatusText!.startsWith('2/3 up'),
+    );
     expect(status.MainPID).toBe(before.MainPID);
     expect(status.StatusText).toMatch(/^2\/3 up; mail2 down since/);
   });
@@ -215,31 +272,60 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
     expect(r.code).not.toBe(0);
     const after = await show('MainPID', 'ActiveState', 'SubState');
     expect(after).toMatchObject({ MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
-    const log = await eventually(() => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '20'), (r) => r.stdout.includes('config.yaml:4:15'));
-    expect(log.stdout).toContain('/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend');
-    writeConfig(config([{ name: 'mail1', port: s1.port }, { name: 'mail2', port: s2.port }, { name: 'mail3', port: s1.port }]));
+    const log = await eventually(
+      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '20'),
+      (r) => r.stdout.includes('config.yaml:4:15'),
+    );
+    expect(log.stdout).toContain(
+      '/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend',
+    );
+    writeConfig(
+      config([
+        { name: 'mail1', port: s1.port },
+        { name: 'mail2', port: s2.port },
+        { name: 'mail3', port: s1.port },
+      ]),
+    );
   });
 
   it('a wedged daemon is killed by the watchdog and restarted', async () => {
     const before = await show('MainPID', 'NRestarts');
     const r = await systemctl('kill', '--kill-who=main', '-s', 'SIGUSR2', 'nf-healthd'); // test-only: blocks the event loop
     expect(r.code, r.stderr).toBe(0);
-    const after = await eventually(() => show('MainPID', 'NRestarts', 'ActiveState'), (v) => v.NRestarts !== before.NRestarts && v.ActiveState === 'active', 20_000);
+    const after = await eventually(
+      () => show('MainPID', 'NRestarts', 'ActiveState'),
+      (v) => v.NRestarts !== before.NRestarts && v.ActiveState === 'active',
+      20_000,
+    );
     expect(after.ActiveState).toBe('active');
     expect(Number(after.NRestarts)).toBe(Number(before.NRestarts) + 1);
     expect(after.MainPID).not.toBe(before.MainPID);
-    const log = await eventually(() => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'), (r) => r.stdout.includes('Watchdog timeout'));
+    const log = await eventually(
+      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'),
+      (r) => r.stdout.includes('Watchdog timeout'),
+    );
     expect(log.stdout).toContain('Watchdog timeout (limit 3s)!');
-    expect(log.stdout).toContain('Failed with result \'watchdog\'');
+    expect(log.stdout).toContain("Failed with result 'watchdog'");
     expect(cond('mail1')).toBe('0\n');
   }, 40_000);
 
   it('systemctl stop is clean', async () => {
-    const cursor = /-- cursor: (.*)/.exec((await inside('journalctl', '-u', 'nf-healthd', '-n', '0', '--show-cursor', '--no-pager')).stdout)![1]!;
+    const cursor = /-- cursor: (.*)/.exec(
+      (await inside('journalctl', '-u', 'nf-healthd', '-n', '0', '--show-cursor', '--no-pager')).stdout,
+    )![1]!;
     const r = await systemctl('stop', 'nf-healthd');
     expect(r.code, r.stderr).toBe(0);
-    expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({ ActiveState: 'inactive', SubState: 'dead', Result: 'success' });
-    const log = (await eventually(() => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', `--after-cursor=${cursor}`), (r) => r.stdout.includes('Deactivated'))).stdout;
+    expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({
+      ActiveState: 'inactive',
+      SubState: 'dead',
+      Result: 'success',
+    });
+    const log = (
+      await eventually(
+        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', `--after-cursor=${cursor}`),
+        (r) => r.stdout.includes('Deactivated'),
+      )
+    ).stdout;
     // It stopped by itself on SIGTERM: no timeout, no SIGKILL, exit status 0.
     expect(log).toContain('stopping on SIGTERM');
     expect(log).toContain('nf-healthd.service: Deactivated successfully.');

@@ -27,15 +27,20 @@ export function formatDuration(ms: number): string {
 }
 
 /** A zod field holding a duration string; parses to milliseconds. */
-export const duration = z.string({ error: 'expected a duration with a unit, such as 500ms, 2s or 1m' }).transform((text, ctx) => {
-  const ms = parseDuration(text);
-  if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration: use a number and a unit (ms, s, m, h), such as 500ms or 2s` });
-    return z.NEVER;
-  }
-  if (ms <= 0) {
-    ctx.addIssue({ code: 'custom', message: 'a duration must be longer than 0' });
-    return z.NEVER;
-  }
-  return ms;
-});
+export const duration = z
+  .string({ error: 'expected a duration with a unit, such as 500ms, 2s or 1m' })
+  .transform((text, ctx) => {
+    const ms = parseDuration(text);
+    if (ms === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${text}" is not a duration: use a number and a unit (ms, s, m, h), such as 500ms or 2s`,
+      });
+      return z.NEVER;
+    }
+    if (ms <= 0) {
+      ctx.addIssue({ code: 'custom', message: 'a duration must be longer than 0' });
+      return z.NEVER;
+    }
+    return ms;
+  });

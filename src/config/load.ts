@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { type Document, isMap, isScalar, LineCounter, type Node, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { checkTypes } from '../probes/registry.js';
-import { configSchema, type Config } from './schema.js';
+import { type Config, configSchema } from './schema.js';
 
 /** One problem in a config file, located for an editor: `FILE:LINE:COLUMN: key.path: message`. */
 export interface ConfigProblem {
@@ -36,7 +36,9 @@ export function loadConfig(file: string): Config {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new ConfigError([{ file, line: 1, column: 1, path: '', message: `cannot read the file: ${e.code ?? e.message}` }]);
+    throw new ConfigError([
+      { file, line: 1, column: 1, path: '', message: `cannot read the file: ${e.code ?? e.message}` },
+    ]);
   }
   return parseConfig(text, file);
 }
@@ -49,7 +51,9 @@ export function parseConfig(text: string, file = '<config>'): Config {
     return { line, column: col };
   };
   if (doc.errors.length > 0) {
-    throw new ConfigError(doc.errors.map((e) => ({ file, ...at(e.pos[0]), path: '', message: `YAML: ${e.message.split('\n')[0]}` })));
+    throw new ConfigError(
+      doc.errors.map((e) => ({ file, ...at(e.pos[0]), path: '', message: `YAML: ${e.message.split('\n')[0]}` })),
+    );
   }
   const result = configSchema.safeParse(doc.toJS({ maxAliasCount: 100 }) ?? {});
   if (result.success) return result.data;
@@ -60,7 +64,12 @@ export function parseConfig(text: string, file = '<config>'): Config {
 
 type Issue = z.core.$ZodIssue;
 
-function locate(doc: Document, issue: Issue, file: string, at: (offset: number) => { line: number; column: number }): ConfigProblem[] {
+function locate(
+  doc: Document,
+  issue: Issue,
+  file: string,
+  at: (offset: number) => { line: number; column: number },
+): ConfigProblem[] {
   const path = issue.path.filter((k): k is string | number => typeof k !== 'symbol');
   if (issue.code === 'unrecognized_keys') {
     const map = doc.getIn(path, true);
@@ -81,7 +90,10 @@ function locate(doc: Document, issue: Issue, file: string, at: (offset: number) 
     if (node !== undefined) break;
   }
   let message = issue.message;
-  if (issue.code === 'invalid_union' && path.at(-1) === 'check' || (issue.code === 'invalid_union' && path.at(-1) === 'type')) {
+  if (
+    (issue.code === 'invalid_union' && path.at(-1) === 'check') ||
+    (issue.code === 'invalid_union' && path.at(-1) === 'type')
+  ) {
     message = `unknown check type: expected one of ${checkTypes.join(', ')}`;
   } else if (depth < path.length && issue.code === 'invalid_type') {
     message = `missing required key "${String(path.at(-1))}"`;
@@ -110,5 +122,3 @@ function suggest(key: string): string {
   const hint = KNOWN_HINTS[key.toLowerCase()];
   return hint ? ` (did you mean "${hint}"?)` : '';
 }
-
-

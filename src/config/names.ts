@@ -4,7 +4,10 @@ import { z } from 'zod';
 /** Names of services and backends: they appear in logs, file names and metric labels. */
 export const objectName = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'expected 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit');
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
+    'expected 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit',
+  );
 
 /**
  * A netfilter condition name, by the kernel's rules (xt_condition: 1 to 30
@@ -17,7 +20,8 @@ export const conditionName = z
   .refine((s) => !s.includes('/'), 'a condition name cannot contain "/"')
   .refine((s) => s !== '.' && s !== '..', 'a condition name cannot be "." or ".."');
 
-const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+const HOSTNAME =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 
 export const address = z
   .string()

@@ -30,8 +30,10 @@ export function parseListen(text: string): ListenAddress | string {
     if (at > 0) host = s.slice(0, at);
     portText = s.slice(at + 1);
   }
-  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) return `"${s}": expected a port (0 to 65535), ":PORT" or "ADDRESS:PORT"`;
-  if (net.isIP(host) === 0 && host !== 'localhost') return `"${host}" is not an IP address: listen on an address, such as 127.0.0.1:9100`;
+  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535)
+    return `"${s}": expected a port (0 to 65535), ":PORT" or "ADDRESS:PORT"`;
+  if (net.isIP(host) === 0 && host !== 'localhost')
+    return `"${host}" is not an IP address: listen on an address, such as 127.0.0.1:9100`;
   return { host, port: Number(portText) };
 }
 
@@ -53,7 +55,10 @@ export const httpSchema = z.strictObject({
 const argv = z
   .array(z.string())
   .min(1, 'a hook is a program and its arguments, such as ["/usr/local/bin/page", "--team", "net"]')
-  .refine((a) => a[0]!.startsWith('/'), 'the program must be an absolute path (hooks run without a shell and without PATH lookups)');
+  .refine(
+    (a) => a[0]!.startsWith('/'),
+    'the program must be an absolute path (hooks run without a shell and without PATH lookups)',
+  );
 
 export const notifySchema = z.strictObject({
   /** Run when a backend goes up. */

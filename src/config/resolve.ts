@@ -2,7 +2,7 @@ import type { CheckConfig } from '../probes/registry.js';
 import type { ProbeTarget } from '../probes/types.js';
 import { writerTarget } from '../writers/registry.js';
 import type { WriterTarget } from '../writers/types.js';
-import { effectiveTiming, type Config, type EffectiveTiming } from './schema.js';
+import { type Config, type EffectiveTiming, effectiveTiming } from './schema.js';
 
 /** One backend with every default applied: what the scheduler and the probes use. */
 export interface BackendSpec extends EffectiveTiming {
@@ -21,7 +21,10 @@ export interface BackendSpec extends EffectiveTiming {
 }
 
 /** A backend's own check(s), else its service's, else a TCP connect. */
-function checksOf(service: Config['services'][number], backend: Config['services'][number]['backends'][number]): CheckConfig[] {
+function checksOf(
+  service: Config['services'][number],
+  backend: Config['services'][number]['backends'][number],
+): CheckConfig[] {
   if (backend.checks) return backend.checks;
   if (backend.check) return [backend.check];
   if (service.checks) return service.checks;

@@ -7,7 +7,9 @@ import { operationsKeys } from './operations.js';
 
 export { address, conditionName, ipAddress, objectName, port };
 
-const interfaceName = z.string().regex(/^[A-Za-z0-9_.:@-]{1,15}$/, 'expected a network interface name (1 to 15 characters)');
+const interfaceName = z
+  .string()
+  .regex(/^[A-Za-z0-9_.:@-]{1,15}$/, 'expected a network interface name (1 to 15 characters)');
 
 /** Timing keys: settable in `defaults`, per service and per backend. */
 const timing = {
@@ -71,17 +73,35 @@ export const configSchema = z
       const at = ['services', si];
       if (service.check && service.checks) ctx.addIssue({ code: 'custom', path: [...at, 'checks'], message: both });
       if (config.writer.type === 'ipset' && service.vip === undefined) {
-        ctx.addIssue({ code: 'custom', path: [...at, 'name'], message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up' });
+        ctx.addIssue({
+          code: 'custom',
+          path: [...at, 'name'],
+          message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up',
+        });
       }
       service.backends.forEach((backend, bi) => {
         const bat = [...at, 'backends', bi];
         if (backend.check && backend.checks) ctx.addIssue({ code: 'custom', path: [...bat, 'checks'], message: both });
-        if (backend.condition === undefined && config.writer.type === 'condition' && !conditionName.safeParse(backend.name).success) {
-          ctx.addIssue({ code: 'custom', path: [...bat, 'name'], message: 'this name cannot serve as a condition name (at most 30 characters): set "condition"' });
+        if (
+          backend.condition === undefined &&
+          config.writer.type === 'condition' &&
+          !conditionName.safeParse(backend.name).success
+        ) {
+          ctx.addIssue({
+            code: 'custom',
+            path: [...bat, 'name'],
+            message: 'this name cannot serve as a condition name (at most 30 characters): set "condition"',
+          });
         }
         const t = effectiveTiming(config.defaults, service, backend);
         const whereSet = (key: keyof typeof timing) =>
-          backend[key] !== undefined ? [...bat, key] : service[key] !== undefined ? [...at, key] : config.defaults[key] !== undefined ? ['defaults', key] : bat;
+          backend[key] !== undefined
+            ? [...bat, key]
+            : service[key] !== undefined
+              ? [...at, key]
+              : config.defaults[key] !== undefined
+                ? ['defaults', key]
+                : bat;
         // Checks of one backend never overlap, so a timeout somewhat past the interval only
         // stretches the period (the recipe's own example has 3s against 2s); far past it, the
         // schedule is fiction.
@@ -123,7 +143,12 @@ function uniqueNames(raw: unknown, ctx: Ctx): void {
   config.services.forEach((service: { name?: unknown; backends?: unknown }, si) => {
     if (typeof service?.name === 'string') {
       const other = services.get(service.name);
-      if (other) ctx.addIssue({ code: 'custom', path: ['services', si, 'name'], message: `duplicate service name "${service.name}" (also ${other})` });
+      if (other)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['services', si, 'name'],
+          message: `duplicate service name "${service.name}" (also ${other})`,
+        });
       else services.set(service.name, `services[${si}]`);
     }
     if (!Array.isArray(service?.backends)) return;
@@ -132,14 +157,23 @@ function uniqueNames(raw: unknown, ctx: Ctx): void {
       const path = ['services', si, 'backends', bi];
       if (typeof backend?.name === 'string') {
         const other = backends.get(backend.name);
-        if (other) ctx.addIssue({ code: 'custom', path: [...path, 'name'], message: `duplicate backend name "${backend.name}" (also ${other})` });
+        if (other)
+          ctx.addIssue({
+            code: 'custom',
+            path: [...path, 'name'],
+            message: `duplicate backend name "${backend.name}" (also ${other})`,
+          });
         else backends.set(backend.name, here);
       }
       const condition = typeof backend?.condition === 'string' ? backend.condition : backend?.name;
       if (!byCondition || typeof condition !== 'string') return;
       const owner = conditions.get(condition);
       if (owner && owner !== backends.get(String(backend.name))) {
-        ctx.addIssue({ code: 'custom', path: [...path, typeof backend.condition === 'string' ? 'condition' : 'name'], message: `condition "${condition}" is already driven by ${owner}` });
+        ctx.addIssue({
+          code: 'custom',
+          path: [...path, typeof backend.condition === 'string' ? 'condition' : 'name'],
+          message: `condition "${condition}" is already driven by ${owner}`,
+        });
       } else if (!owner) conditions.set(condition, here);
     });
   });
@@ -157,5 +191,12 @@ export function effectiveTiming(defaults: Timing, service: Timing, backend: Timi
   const pick = (k: keyof typeof TIMING_DEFAULTS) => backend[k] ?? service[k] ?? defaults[k] ?? TIMING_DEFAULTS[k];
   const interval = pick('interval');
   const downInterval = backend.downInterval ?? service.downInterval ?? defaults.downInterval ?? interval;
-  return { interval, fastInterval: pick('fastInterval'), timeout: pick('timeout'), rise: pick('rise'), fall: pick('fall'), downInterval };
+  return {
+    interval,
+    fastInterval: pick('fastInterval'),
+    timeout: pick('timeout'),
+    rise: pick('rise'),
+    fall: pick('fall'),
+    downInterval,
+  };
 }

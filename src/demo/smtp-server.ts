@@ -39,7 +39,8 @@ export function createSmtpServer(options: { host?: string; port?: number; banner
           while ((nl = buffer.indexOf('\n')) >= 0) {
             const cmd = buffer.slice(0, nl).trim().toUpperCase();
             buffer = buffer.slice(nl + 1);
-            if (cmd.startsWith('EHLO')) socket.write(`250-${banner.split(' ')[0]}\r\n250-PIPELINING\r\n250 8BITMIME\r\n`);
+            if (cmd.startsWith('EHLO'))
+              socket.write(`250-${banner.split(' ')[0]}\r\n250-PIPELINING\r\n250 8BITMIME\r\n`);
             else if (cmd.startsWith('HELO')) socket.write(`250 ${banner.split(' ')[0]}\r\n`);
             else if (cmd === 'QUIT') socket.end('221 bye\r\n');
             else socket.write('502 not implemented\r\n');

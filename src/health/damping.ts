@@ -52,7 +52,11 @@ export function holdFor(level: number, config: DampingConfig): number {
 }
 
 /** Ends an expired hold, forgets changes older than the window, applies decay steps. */
-export function settle(state: DampingState, config: DampingConfig, now: number): { state: DampingState; released?: DampingEvent } {
+export function settle(
+  state: DampingState,
+  config: DampingConfig,
+  now: number,
+): { state: DampingState; released?: DampingEvent } {
   let next: DampingState = { ...state, changes: state.changes.filter((t) => now - t < config.window) };
   let released: DampingEvent | undefined;
   if (next.heldUntil !== undefined && now >= next.heldUntil) {
@@ -71,7 +75,12 @@ export function settle(state: DampingState, config: DampingConfig, now: number):
  * A held backend's up transition is turned into "still down" (successes keep counting,
  * so it goes up on the first success after the hold ends).
  */
-export function damp(seen: Observation, current: DampingState | undefined, config: DampingConfig | undefined, now: number): Damped {
+export function damp(
+  seen: Observation,
+  current: DampingState | undefined,
+  config: DampingConfig | undefined,
+  now: number,
+): Damped {
   const start = current ?? initialDamping(now);
   if (!config) return { observation: seen, damping: start, events: [] };
   const settled = settle(start, config, now);
@@ -87,7 +96,8 @@ export function damp(seen: Observation, current: DampingState | undefined, confi
 
   const changes = [...state.changes, now];
   // Any change interrupts the calm that decays the hold level.
-  if (changes.length < config.changes) return { observation: seen, damping: { ...state, changes, calmSince: now }, events };
+  if (changes.length < config.changes)
+    return { observation: seen, damping: { ...state, changes, calmSince: now }, events };
 
   const level = state.level + 1;
   const holdMs = holdFor(level, config);

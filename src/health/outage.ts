@@ -1,5 +1,5 @@
-import type { DaemonPlugin } from '../run.js';
 import { hostPort } from '../format.js';
+import type { DaemonPlugin } from '../run.js';
 
 /**
  * Says when a whole service has no live backend (and when it has one again): the
@@ -22,7 +22,10 @@ export const outagePlugin: DaemonPlugin = ({ daemon, log }) => {
           `service ${service} has no live backend (all ${members.length} down): new connections to ${where} are refused until one comes back`,
         );
       } else if (!allDown && dark.delete(service)) {
-        log.info({ event: 'service_up', service, backend: backend.spec.name }, `service ${service} has a live backend again (${backend.spec.name})`);
+        log.info(
+          { event: 'service_up', service, backend: backend.spec.name },
+          `service ${service} has a live backend again (${backend.spec.name})`,
+        );
       }
     },
   };

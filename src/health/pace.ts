@@ -6,7 +6,7 @@
  * the hold ends.
  */
 import type { Daemon } from '../daemon.js';
-import { isSettling, type Health } from './hysteresis.js';
+import { type Health, isSettling } from './hysteresis.js';
 
 export interface Pacing {
   interval: number;
@@ -23,7 +23,8 @@ export interface PaceInput {
 }
 
 export function nextCheckDelay(b: PaceInput, t: Pacing, now: number): number {
-  if (b.heldUntil !== undefined && now < b.heldUntil) return Math.min(t.interval, Math.max(t.fastInterval, b.heldUntil - now));
+  if (b.heldUntil !== undefined && now < b.heldUntil)
+    return Math.min(t.interval, Math.max(t.fastInterval, b.heldUntil - now));
   if (isSettling(b.health)) return t.fastInterval;
   if (b.health.state === 'down' && now - b.since >= t.downInterval) return t.downInterval;
   return t.interval;
@@ -36,7 +37,8 @@ export function nextCheckDelay(b: PaceInput, t: Pacing, now: number): number {
  */
 export function longestCheckGap(backends: Iterable<{ spec: Pacing & { timeout: number } }>): number {
   let longest = 0;
-  for (const { spec } of backends) longest = Math.max(longest, Math.max(spec.interval, spec.downInterval) + spec.timeout);
+  for (const { spec } of backends)
+    longest = Math.max(longest, Math.max(spec.interval, spec.downInterval) + spec.timeout);
   return longest;
 }
 

@@ -53,21 +53,39 @@ export function hookEnvironment(n: Notification, hook: HookName): Record<string,
 /** Bytes of a hook's output kept for the log. */
 const OUTPUT_LIMIT = 16 * 1024;
 
-export function runHook(argv: readonly string[], env: Record<string, string>, timeoutMs: number, stop: AbortSignal): Promise<{ outcome: 'ok' | 'failed' | 'timeout'; detail: string }> {
+export function runHook(
+  argv: readonly string[],
+  env: Record<string, string>,
+  timeoutMs: number,
+  stop: AbortSignal,
+): Promise<{ outcome: 'ok' | 'failed' | 'timeout'; detail: string }> {
   const timeout = AbortSignal.timeout(timeoutMs);
   const signal = AbortSignal.any([timeout, stop]);
   return new Promise((resolve) => {
     execFile(
       argv[0]!,
       argv.slice(1),
-      { env: { ...process.env, ...env }, signal, killSignal: 'SIGKILL', maxBuffer: OUTPUT_LIMIT, encoding: 'utf8', windowsHide: true },
+      {
+        env: { ...process.env, ...env },
+        signal,
+        killSignal: 'SIGKILL',
+        maxBuffer: OUTPUT_LIMIT,
+        encoding: 'utf8',
+        windowsHide: true,
+      },
       (err, _stdout, stderr) => {
         if (!err) return resolve({ outcome: 'ok', detail: 'exit 0' });
         const e = err as NodeJS.ErrnoException & { code?: string | number; signal?: string };
-        const tail = String(stderr ?? '').trim().split('\n').slice(-3).join(' | ').slice(0, 500);
+        const tail = String(stderr ?? '')
+          .trim()
+          .split('\n')
+          .slice(-3)
+          .join(' | ')
+          .slice(0, 500);
         if (timeout.aborted) return resolve({ outcome: 'timeout', detail: `killed after ${timeoutMs}ms` });
         if (stop.aborted) return resolve({ outcome: 'failed', detail: 'killed: daemon stopping' });
-        const why = typeof e.code === 'number' ? `exit ${e.code}` : e.signal ? `killed by ${e.signal}` : `${e.code ?? e.message}`;
+        const why =
+          typeof e.code === 'number' ? `exit ${e.code}` : e.signal ? `killed by ${e.signal}` : `${e.code ?? e.message}`;
         resolve({ outcome: 'failed', detail: tail ? `${why}: ${tail}` : why });
       },
     );
@@ -81,7 +99,11 @@ export interface Notifier {
   stop(): void;
 }
 
-export function createNotifier(options: { config: () => NotifyConfig | undefined; log: Logger; count?: (hook: HookName, outcome: HookOutcome) => void }): Notifier {
+export function createNotifier(options: {
+  config: () => NotifyConfig | undefined;
+  log: Logger;
+  count?: (hook: HookName, outcome: HookOutcome) => void;
+}): Notifier {
   const { log } = options;
   const count = options.count ?? (() => undefined);
   const stop = new AbortController();
@@ -112,9 +134,21 @@ export function createNotifier(options: { config: () => NotifyConfig | undefined
       for (const [hook, argv] of hooksFor(n, config)) {
         const result = await limit(() => runHook(argv, hookEnvironment(n, hook), config.timeout, stop.signal));
         count(hook, result.outcome);
-        const line = { event: 'hook', hook, backend: n.backend, service: n.service, state: n.state, program: argv[0], outcome: result.outcome };
+        const line = {
+          event: 'hook',
+          hook,
+          backend: n.backend,
+          service: n.service,
+          state: n.state,
+          program: argv[0],
+          outcome: result.outcome,
+        };
         if (result.outcome === 'ok') log.debug(line, `notify.${hook} for ${n.backend} ran`);
-        else log.warn({ ...line, detail: result.detail }, `notify.${hook} for ${n.backend} ${result.outcome === 'timeout' ? 'timed out' : 'failed'}: ${result.detail}`);
+        else
+          log.warn(
+            { ...line, detail: result.detail },
+            `notify.${hook} for ${n.backend} ${result.outcome === 'timeout' ? 'timed out' : 'failed'}: ${result.detail}`,
+          );
       }
     })()
       .catch((err: unknown) => log.error({ err, event: 'hook_bug' }, 'notify hook bug'))
@@ -150,7 +184,11 @@ export function createNotifier(options: { config: () => NotifyConfig | undefined
 }
 
 export const hooksPlugin: DaemonPlugin = ({ daemon, log }) => {
-  const notifier = createNotifier({ config: () => daemon.config().notify, log, count: (hook, outcome) => metricsFor(daemon).hookRuns.inc({ hook, outcome }) });
+  const notifier = createNotifier({
+    config: () => daemon.config().notify,
+    log,
+    count: (hook, outcome) => metricsFor(daemon).hookRuns.inc({ hook, outcome }),
+  });
   return {
     onTransition(b: BackendStatus, from, to) {
       notifier.notify({

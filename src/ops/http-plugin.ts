@@ -8,13 +8,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ListenAddress } from '../config/operations.js';
 import type { Daemon, DaemonObserver } from '../daemon.js';
+import { hostPort } from '../format.js';
 import { longestCheckGap, msSinceProgress } from '../health/pace.js';
 import type { Logger } from '../log.js';
 import type { DaemonPlugin } from '../run.js';
 import { metricsFor } from './metrics.js';
 import { snapshot } from './snapshot.js';
 import { writePeriod } from './state-plugin.js';
-import { hostPort } from '../format.js';
 
 export interface Health {
   ok: boolean;
@@ -32,12 +32,20 @@ export function healthOf(daemon: Daemon, ready: boolean, now = performance.now()
   const longest = longestCheckGap(backends);
   const age = msSinceProgress(daemon, now);
   const limit = 2 * longest + 1000;
-  if (age > limit) return { ok: false, detail: `no check has completed for ${(age / 1000).toFixed(1)}s (limit ${(limit / 1000).toFixed(1)}s): the scheduler is stuck` };
+  if (age > limit)
+    return {
+      ok: false,
+      detail: `no check has completed for ${(age / 1000).toFixed(1)}s (limit ${(limit / 1000).toFixed(1)}s): the scheduler is stuck`,
+    };
   return { ok: true, detail: `ok: latest check ${(age / 1000).toFixed(1)}s ago` };
 }
 
 function send(res: http.ServerResponse, status: number, type: string, body: string, head: boolean) {
-  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+  res.writeHead(status, {
+    'content-type': type,
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+  });
   res.end(head ? undefined : body);
 }
 
@@ -62,7 +70,13 @@ export function createHttpHandler(daemon: Daemon, options: { configPath: string;
         return;
       }
       case '/status':
-        return send(res, 200, 'application/json', `${JSON.stringify(snapshot(daemon, { configPath: options.configPath, writePeriodMs: writePeriod(daemon) }), null, 1)}\n`, head);
+        return send(
+          res,
+          200,
+          'application/json',
+          `${JSON.stringify(snapshot(daemon, { configPath: options.configPath, writePeriodMs: writePeriod(daemon) }), null, 1)}\n`,
+          head,
+        );
       case '/healthz': {
         const h = healthOf(daemon, options.ready());
         return send(res, h.ok ? 200 : 503, 'text/plain; charset=utf-8', `${h.detail}\n`, head);
@@ -115,14 +129,20 @@ export const httpPlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
-        log.error({ event: 'http_failed', host: want.host, port: want.port, code: e.code }, `cannot listen on ${want.host}:${want.port} for /metrics: ${e.code ?? e.message}`);
+        log.error(
+          { event: 'http_failed', host: want.host, port: want.port, code: e.code },
+          `cannot listen on ${want.host}:${want.port} for /metrics: ${e.code ?? e.message}`,
+        );
         return;
       }
       s.on('error', (err) => log.error({ err, event: 'http_error' }, 'HTTP listener error'));
       server = s;
       bound = want;
       const addr = s.address() as AddressInfo;
-      log.info({ event: 'http_listening', host: addr.address, port: addr.port }, `serving /metrics, /status and /healthz on ${hostPort(addr.address, addr.port)}`);
+      log.info(
+        { event: 'http_listening', host: addr.address, port: addr.port },
+        `serving /metrics, /status and /healthz on ${hostPort(addr.address, addr.port)}`,
+      );
     });
   };
   apply();

@@ -4,7 +4,7 @@
  * backend, check type, outcome and state only: bounded by the config, never a detail
  * string. Series of backends removed by a reload are dropped.
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { Daemon, DaemonObserver } from '../daemon.js';
 import { isHeld } from '../health/damping.js';
 import { checkLabel } from '../probes/run.js';
@@ -68,8 +68,18 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
     labelNames: backendLabels,
     registers,
   });
-  const reloads = new Counter({ name: 'nfh_reloads_total', help: 'Configuration reloads, by outcome', labelNames: ['outcome'], registers });
-  const hookRuns = new Counter({ name: 'nfh_notify_hook_runs_total', help: 'Notify hook runs, by hook and outcome', labelNames: ['hook', 'outcome'], registers });
+  const reloads = new Counter({
+    name: 'nfh_reloads_total',
+    help: 'Configuration reloads, by outcome',
+    labelNames: ['outcome'],
+    registers,
+  });
+  const hookRuns = new Counter({
+    name: 'nfh_notify_hook_runs_total',
+    help: 'Notify hook runs, by hook and outcome',
+    labelNames: ['hook', 'outcome'],
+    registers,
+  });
 
   new Gauge({
     name: 'nfh_backend_up',
@@ -78,7 +88,8 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
     registers,
     collect() {
       this.reset();
-      for (const b of daemon.backends()) this.set({ service: b.spec.service, backend: b.spec.name }, b.health.state === 'up' ? 1 : 0);
+      for (const b of daemon.backends())
+        this.set({ service: b.spec.service, backend: b.spec.name }, b.health.state === 'up' ? 1 : 0);
     },
   });
   new Gauge({
@@ -89,12 +100,13 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
     collect() {
       this.reset();
       const now = Date.now();
-      for (const b of daemon.backends()) this.set({ service: b.spec.service, backend: b.spec.name }, isHeld(b.damping, now) ? 1 : 0);
+      for (const b of daemon.backends())
+        this.set({ service: b.spec.service, backend: b.spec.name }, isHeld(b.damping, now) ? 1 : 0);
     },
   });
   new Gauge({
     name: 'nfh_backend_state_since_seconds',
-    help: 'Unix time of the backend\'s latest state change',
+    help: "Unix time of the backend's latest state change",
     labelNames: backendLabels,
     registers,
     collect() {
@@ -146,7 +158,12 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
 
   const observer: DaemonObserver = {
     onCheck(b, result) {
-      const labels = { service: b.spec.service, backend: b.spec.name, type: checkLabel(b.spec.checks), outcome: result.up ? 'up' : 'down' };
+      const labels = {
+        service: b.spec.service,
+        backend: b.spec.name,
+        type: checkLabel(b.spec.checks),
+        outcome: result.up ? 'up' : 'down',
+      };
       checkDuration.observe(labels, result.latencyMs / 1000);
       checks.inc(labels);
       track({ name: 'checkDuration', metric: checkDuration }, b.spec.id, labels);

@@ -4,16 +4,20 @@
  * healthy daemon writes nothing to the kernel); the others start at initialState.
  */
 import { formatDuration } from '../config/duration.js';
+import { type BackendSpec, resolveBackends } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import type { ResumedStatus } from '../daemon.js';
-import { resolveBackends, type BackendSpec } from '../config/resolve.js';
 import type { Logger } from '../log.js';
-import { fingerprint, type BackendSnapshot, type Snapshot } from './snapshot.js';
+import { type BackendSnapshot, fingerprint, type Snapshot } from './snapshot.js';
 import { readStateFile } from './state-file.js';
 
 export type Restore = (spec: BackendSpec) => ResumedStatus | undefined;
 
-export function restoreFrom(state: Snapshot, maxAgeMs: number, now: number): { restore: Restore; ageMs: number; usable: boolean } {
+export function restoreFrom(
+  state: Snapshot,
+  maxAgeMs: number,
+  now: number,
+): { restore: Restore; ageMs: number; usable: boolean } {
   const ageMs = now - Date.parse(state.writtenAt);
   const usable = ageMs >= 0 && ageMs <= maxAgeMs;
   const byId = new Map<string, BackendSnapshot>(state.backends.map((b) => [b.id, b]));
@@ -25,7 +29,13 @@ export function restoreFrom(state: Snapshot, maxAgeMs: number, now: number): { r
       since: Date.parse(saved.since),
       reason: saved.reason,
     };
-    if (saved.last) resumed.last = { up: saved.last.up, detail: saved.last.detail, latencyMs: saved.last.latencyMs, at: Date.parse(saved.last.at) };
+    if (saved.last)
+      resumed.last = {
+        up: saved.last.up,
+        detail: saved.last.detail,
+        latencyMs: saved.last.latencyMs,
+        at: Date.parse(saved.last.at),
+      };
     if (saved.damping) resumed.damping = saved.damping;
     return resumed;
   };
@@ -37,7 +47,8 @@ export async function loadRestore(config: Config, log: Logger, now = Date.now())
   const file = config.stateFile;
   const read = await readStateFile(file);
   if (!read.ok) {
-    if (read.missing) log.info({ event: 'state_not_resumed', file }, `no state file at ${file}: backends start ${config.initialState}`);
+    if (read.missing)
+      log.info({ event: 'state_not_resumed', file }, `no state file at ${file}: backends start ${config.initialState}`);
     else log.warn({ event: 'state_not_resumed', file }, `${read.problem}: backends start ${config.initialState}`);
     return undefined;
   }
@@ -52,8 +63,16 @@ export async function loadRestore(config: Config, log: Logger, now = Date.now())
   const logging: Restore = (spec) => {
     const r = restore(spec);
     if (r && !config.damping) delete r.damping; // damping turned off since: no hold carries over
-    if (!r) log.info({ event: 'state_not_resumed', backend: spec.name, service: spec.service }, `backend ${spec.name} is new or changed since the state file: it starts ${config.initialState}`);
-    else log.debug({ event: 'state_resumed', backend: spec.name, service: spec.service, state: r.health.state }, `backend ${spec.name} resumes ${r.health.state} (since ${new Date(r.since).toISOString()}): ${r.reason}`);
+    if (!r)
+      log.info(
+        { event: 'state_not_resumed', backend: spec.name, service: spec.service },
+        `backend ${spec.name} is new or changed since the state file: it starts ${config.initialState}`,
+      );
+    else
+      log.debug(
+        { event: 'state_resumed', backend: spec.name, service: spec.service, state: r.health.state },
+        `backend ${spec.name} resumes ${r.health.state} (since ${new Date(r.since).toISOString()}): ${r.reason}`,
+      );
     return r;
   };
   const specs = resolveBackends(config);

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { BackendSpec } from '../config/resolve.js';
 import type { BackendStatus, Daemon } from '../daemon.js';
-import { isHeld, type DampingState } from '../health/damping.js';
+import { type DampingState, isHeld } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
 import { checkLabel } from '../probes/run.js';
 
@@ -89,7 +89,10 @@ export function writePeriodOf(staleAfterMs: number): number {
   return Math.round((staleAfterMs - 2000) / 3);
 }
 
-export function snapshot(daemon: Pick<Daemon, 'backends'>, options: { configPath: string; writePeriodMs: number; now?: number; stopped?: boolean }): Snapshot {
+export function snapshot(
+  daemon: Pick<Daemon, 'backends'>,
+  options: { configPath: string; writePeriodMs: number; now?: number; stopped?: boolean },
+): Snapshot {
   const now = options.now ?? Date.now();
   const out: Snapshot = {
     version: SNAPSHOT_VERSION,

@@ -78,7 +78,8 @@ export async function readStateFile(file: string): Promise<ReadState> {
     const handle = await open(file, 'r');
     try {
       const { size } = await handle.stat();
-      if (size > MAX_BYTES) return { ok: false, missing: false, problem: `${file} is larger than ${MAX_BYTES} bytes: not a state file` };
+      if (size > MAX_BYTES)
+        return { ok: false, missing: false, problem: `${file} is larger than ${MAX_BYTES} bytes: not a state file` };
       text = await readFile(handle, 'utf8');
     } finally {
       await handle.close();
@@ -96,7 +97,11 @@ export async function readStateFile(file: string): Promise<ReadState> {
   const parsed = snapshotSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    return { ok: false, missing: false, problem: `${file} is not a state file of this version: ${issue.path.join('.')}: ${issue.message}` };
+    return {
+      ok: false,
+      missing: false,
+      problem: `${file} is not a state file of this version: ${issue.path.join('.')}: ${issue.message}`,
+    };
   }
   return { ok: true, state: parsed.data as unknown as Snapshot };
 }

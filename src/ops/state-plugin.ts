@@ -31,7 +31,11 @@ export const stateFilePlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
       const e = err as NodeJS.ErrnoException;
       const code = e.code ?? e.message;
       // Once per episode: the checks and the kernel side go on regardless.
-      if (failing !== code) log.error({ event: 'state_file_failed', file, code }, `cannot write the state file ${file}: ${code}: status and restarts will not see the current state`);
+      if (failing !== code)
+        log.error(
+          { event: 'state_file_failed', file, code },
+          `cannot write the state file ${file}: ${code}: status and restarts will not see the current state`,
+        );
       failing = code;
     }
   };

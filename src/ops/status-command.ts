@@ -7,9 +7,9 @@ import { formatDuration } from '../config/duration.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { STATE_FILE_DEFAULT } from '../config/operations.js';
 import type { Config } from '../config/schema.js';
-import { writePeriodOf, type BackendSnapshot, type Snapshot } from './snapshot.js';
-import { readStateFile } from './state-file.js';
 import { formatTable } from '../format.js';
+import { type BackendSnapshot, type Snapshot, writePeriodOf } from './snapshot.js';
+import { readStateFile } from './state-file.js';
 
 export const STATUS_EXIT = { allUp: 0, someDown: 2, notRunning: 3 } as const;
 
@@ -40,7 +40,8 @@ function ago(ms: number): string {
 function writtenValue(b: BackendSnapshot, config: Config | undefined): string {
   if (!b.written) return '-';
   let value: string = b.written.up ? 'up' : 'down';
-  if (config?.writer.type === 'condition') value = String(b.written.up ? config.writer.upValue : 1 - config.writer.upValue);
+  if (config?.writer.type === 'condition')
+    value = String(b.written.up ? config.writer.upValue : 1 - config.writer.upValue);
   return b.written.confirmed ? value : `${value} (unconfirmed)`;
 }
 
@@ -49,7 +50,9 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
     ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE'],
     ...state.backends.map((b) => {
       const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
-      const last = b.last ? `${b.last.up ? 'ok' : 'FAIL'} ${ago(now - Date.parse(b.last.at))} ago: ${b.last.detail}` : 'not checked yet';
+      const last = b.last
+        ? `${b.last.up ? 'ok' : 'FAIL'} ${ago(now - Date.parse(b.last.at))} ago: ${b.last.detail}`
+        : 'not checked yet';
       return [
         `${b.service}/${b.backend}`,
         `${b.state === 'up' ? 'up' : 'DOWN'}${held}`,
@@ -66,18 +69,28 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
   const reasons = state.backends
     .filter((b) => b.state === 'down')
     .map((b) => {
-      const held = b.held ? `held down until ${b.held.until}${b.reason.includes(b.held.reason) ? '' : `: ${b.held.reason}`}; ` : '';
+      const held = b.held
+        ? `held down until ${b.held.until}${b.reason.includes(b.held.reason) ? '' : `: ${b.held.reason}`}; `
+        : '';
       return `  ${b.service}/${b.backend}: ${held}${b.reason}`;
     });
   const up = state.backends.filter((b) => b.state === 'up').length;
   const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
-  return [head, '', ...lines, ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n') + '\n';
+  return `${[head, '', ...lines, ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
 }
 
-export async function statusCommand(io: StatusIo, stateFile: string, config: Config | undefined, json: boolean, now = Date.now()): Promise<number> {
+export async function statusCommand(
+  io: StatusIo,
+  stateFile: string,
+  config: Config | undefined,
+  json: boolean,
+  now = Date.now(),
+): Promise<number> {
   const read = await readStateFile(stateFile);
   if (!read.ok) {
-    const why = read.missing ? `nf-healthd is not running: no state file at ${stateFile}` : `cannot tell whether nf-healthd runs: ${read.problem}`;
+    const why = read.missing
+      ? `nf-healthd is not running: no state file at ${stateFile}`
+      : `cannot tell whether nf-healthd runs: ${read.problem}`;
     if (json) io.out(`${JSON.stringify({ running: false, problem: why }, null, 2)}\n`);
     io.err(`${why}\n`);
     return STATUS_EXIT.notRunning;

@@ -101,7 +101,12 @@ export function connect(target: ProbeTarget, signal: AbortSignal): Promise<net.S
 }
 
 /** Wraps a connected socket into a bounded line reader; `tcp` is the TCP socket under a TLS one (never reset directly). */
-export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: ReadBounds = DEFAULT_BOUNDS, tcp: net.Socket = socket): LineConnection {
+export function lineConnection(
+  socket: net.Socket,
+  signal: AbortSignal,
+  bounds: ReadBounds = DEFAULT_BOUNDS,
+  tcp: net.Socket = socket,
+): LineConnection {
   let buffer = '';
   let total = 0;
   let failure: Error | undefined;
@@ -149,13 +154,19 @@ export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: 
         if (nl >= 0) {
           const line = buffer.slice(0, nl > 0 && buffer.charCodeAt(nl - 1) === 13 ? nl - 1 : nl);
           buffer = buffer.slice(nl + 1);
-          if (line.length > bounds.maxLineBytes) throw new CheckFailed(`${conn.phase}: line longer than ${bounds.maxLineBytes} bytes`);
+          if (line.length > bounds.maxLineBytes)
+            throw new CheckFailed(`${conn.phase}: line longer than ${bounds.maxLineBytes} bytes`);
           return line;
         }
-        if (buffer.length > bounds.maxLineBytes) throw new CheckFailed(`${conn.phase}: line longer than ${bounds.maxLineBytes} bytes`);
+        if (buffer.length > bounds.maxLineBytes)
+          throw new CheckFailed(`${conn.phase}: line longer than ${bounds.maxLineBytes} bytes`);
         if (failure) throw failure;
         if (ended) {
-          throw new CheckFailed(buffer.length > 0 ? `${conn.phase}: connection closed in the middle of a line` : `${conn.phase}: connection closed by backend`);
+          throw new CheckFailed(
+            buffer.length > 0
+              ? `${conn.phase}: connection closed in the middle of a line`
+              : `${conn.phase}: connection closed by backend`,
+          );
         }
         await new Promise<void>((resolve) => (waiter = resolve));
       }
@@ -163,7 +174,9 @@ export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: 
     write(data) {
       return new Promise((resolve, reject) => {
         if (failure) return reject(failure);
-        socket.write(data, 'latin1', (err) => (err ? reject(new CheckFailed(describeSocketError(err, `${conn.phase}: write`))) : resolve()));
+        socket.write(data, 'latin1', (err) =>
+          err ? reject(new CheckFailed(describeSocketError(err, `${conn.phase}: write`))) : resolve(),
+        );
       });
     },
     async closeGracefully() {
@@ -195,7 +208,8 @@ export function lineConnection(socket: net.Socket, signal: AbortSignal, bounds: 
   const onData = (chunk: string) => {
     total += chunk.length;
     countRead(signal, chunk.length);
-    if (total > bounds.maxTotalBytes) return fail(new CheckFailed(`${conn.phase}: backend sent more than ${bounds.maxTotalBytes} bytes`));
+    if (total > bounds.maxTotalBytes)
+      return fail(new CheckFailed(`${conn.phase}: backend sent more than ${bounds.maxTotalBytes} bytes`));
     buffer += chunk;
     wake();
   };

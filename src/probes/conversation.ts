@@ -1,4 +1,4 @@
-import { connect, lineConnection, type LineConnection, type ReadBounds, DEFAULT_BOUNDS } from './connection.js';
+import { connect, DEFAULT_BOUNDS, type LineConnection, lineConnection, type ReadBounds } from './connection.js';
 import { startTls, type TlsOptions } from './tls-options.js';
 import { CheckFailed, type ProbeTarget, type ProbeVerdict } from './types.js';
 
@@ -14,7 +14,13 @@ export type Step =
    * every line is `ddd-` up to `ddd ` or `ddd`; `ftp` style (RFC 959): after `ddd-`,
    * free text lines until one starting `ddd `. `require`: some line must match.
    */
-  | { kind: 'reply'; code: string; phase: string; style?: 'smtp' | 'ftp'; require?: { pattern: RegExp; missing: string } }
+  | {
+      kind: 'reply';
+      code: string;
+      phase: string;
+      style?: 'smtp' | 'ftp';
+      require?: { pattern: RegExp; missing: string };
+    }
   /** Read one line; it must start with `prefix` or match `pattern`. */
   | { kind: 'line'; match: string | RegExp; phase: string }
   /** Read on (within the byte bound) until what was received contains the string or matches the pattern. */
@@ -44,7 +50,11 @@ interface Reply {
 const REPLY_LINE = /^(\d{3})(?:([ -])(.*))?$/s;
 
 /** Reads one multi-line reply, bounded in bytes as a whole. */
-export async function readReply(conn: LineConnection, maxReplyBytes: number, style: 'smtp' | 'ftp' = 'smtp'): Promise<Reply> {
+export async function readReply(
+  conn: LineConnection,
+  maxReplyBytes: number,
+  style: 'smtp' | 'ftp' = 'smtp',
+): Promise<Reply> {
   const lines: string[] = [];
   let size = 0;
   let code: string | undefined;
@@ -59,7 +69,8 @@ export async function readReply(conn: LineConnection, maxReplyBytes: number, sty
     }
     const m = REPLY_LINE.exec(line);
     if (!m) throw new CheckFailed(`${conn.phase}: malformed reply "${shorten(line)}"`);
-    if (code !== undefined && m[1] !== code) throw new CheckFailed(`${conn.phase}: reply code changed from ${code} to ${m[1]} inside one reply`);
+    if (code !== undefined && m[1] !== code)
+      throw new CheckFailed(`${conn.phase}: reply code changed from ${code} to ${m[1]} inside one reply`);
     code = m[1]!;
     lines.push(line);
     if (m[2] !== '-') return { code, lines };
@@ -67,7 +78,11 @@ export async function readReply(conn: LineConnection, maxReplyBytes: number, sty
 }
 
 /** Runs the steps; up when every step passed, with the first thing the backend said as detail. */
-export async function converse(target: ProbeTarget, conversation: Conversation, signal: AbortSignal): Promise<ProbeVerdict> {
+export async function converse(
+  target: ProbeTarget,
+  conversation: Conversation,
+  signal: AbortSignal,
+): Promise<ProbeVerdict> {
   const bounds = { ...DEFAULT_BOUNDS, ...conversation.bounds };
   const maxReplyBytes = conversation.bounds?.maxReplyBytes ?? 4096;
   const socket = await connect(target, signal);
@@ -83,7 +98,9 @@ export async function converse(target: ProbeTarget, conversation: Conversation, 
         const reply = await readReply(conn, maxReplyBytes, step.style);
         if (said === 'connected') said = reply.lines[0]!;
         if (!reply.code.startsWith(step.code)) {
-          throw new CheckFailed(`${step.phase}: expected ${step.code.padEnd(3, 'x')}, got "${shorten(reply.lines.join(' | '))}"`);
+          throw new CheckFailed(
+            `${step.phase}: expected ${step.code.padEnd(3, 'x')}, got "${shorten(reply.lines.join(' | '))}"`,
+          );
         }
         if (step.require && !reply.lines.some((line) => step.require!.pattern.test(line))) {
           throw new CheckFailed(`${step.phase}: ${step.require.missing} (reply "${shorten(reply.lines.join(' | '))}")`);
@@ -120,7 +137,11 @@ async function searchFor(conn: LineConnection, match: string | RegExp): Promise<
   // exec on a /g or /y pattern would carry lastIndex between checks: use a non-global copy of
   // those; any other pattern is stateless and used as it is (no compilation per check).
   const pattern =
-    typeof match === 'string' ? undefined : match.global || match.sticky ? new RegExp(match.source, match.flags.replace(/[gy]/g, '')) : match;
+    typeof match === 'string'
+      ? undefined
+      : match.global || match.sticky
+        ? new RegExp(match.source, match.flags.replace(/[gy]/g, ''))
+        : match;
   let found = '';
   await conn.readUntil((buffered) => {
     if (pattern === undefined) {

@@ -19,7 +19,12 @@ export const execProbe = defineProbe({
     type: z.literal('exec'),
     command: z.array(z.string().min(1)).min(1, 'the program to run, then its arguments'),
     env: z.record(envName, z.string()).default({}),
-    maxOutputBytes: z.number().int().min(1).max(1024 * 1024).default(4096),
+    maxOutputBytes: z
+      .number()
+      .int()
+      .min(1)
+      .max(1024 * 1024)
+      .default(4096),
   }),
   run(target, options, signal) {
     return new Promise((resolve, reject) => {
@@ -85,10 +90,15 @@ export const execProbe = defineProbe({
       });
       child.once('close', () => {
         if (!exit) return;
-        const firstLine = output.split('\n').find((line) => line.trim() !== '')?.trim() ?? '';
+        const firstLine =
+          output
+            .split('\n')
+            .find((line) => line.trim() !== '')
+            ?.trim() ?? '';
         const said = firstLine ? `: ${shorten(firstLine)}` : '';
         if (exit.code === 0) settle({ up: true, detail: `exit 0${said}` });
-        else settle(new CheckFailed(exit.code !== null ? `exit ${exit.code}${said}` : `killed by ${exit.signal}${said}`));
+        else
+          settle(new CheckFailed(exit.code !== null ? `exit ${exit.code}${said}` : `killed by ${exit.signal}${said}`));
       });
     });
   },

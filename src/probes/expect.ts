@@ -1,17 +1,20 @@
 import { z } from 'zod';
 import { DEFAULT_BOUNDS } from './connection.js';
-import { converse, type Conversation, type Step } from './conversation.js';
+import { type Conversation, converse, type Step } from './conversation.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
-const regex = z.string().min(1).refine((source) => {
-  try {
-    new RegExp(source);
-    return true;
-  } catch {
-    return false;
-  }
-}, 'expected a valid regular expression');
+const regex = z
+  .string()
+  .min(1)
+  .refine((source) => {
+    try {
+      new RegExp(source);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 'expected a valid regular expression');
 
 /** Where an expectation looks: the next line, or everything received until it shows up. */
 const scope = z.enum(['line', 'buffer']).default('line');
@@ -22,7 +25,10 @@ const stepSchema = z.union([
   z.strictObject({ expect: z.string().min(1).max(4096), in: scope }),
   z.strictObject({ expectRegex: regex, in: scope }),
   /** A multi-line reply in the SMTP/LMTP (`smtp`) or FTP (`ftp`) style whose code starts with these digits. */
-  z.strictObject({ expectReply: z.string().regex(/^\d{1,3}$/, 'expected 1 to 3 digits of a reply code'), style: z.enum(['smtp', 'ftp']).default('smtp') }),
+  z.strictObject({
+    expectReply: z.string().regex(/^\d{1,3}$/, 'expected 1 to 3 digits of a reply code'),
+    style: z.enum(['smtp', 'ftp']).default('smtp'),
+  }),
   /** TLS handshake here: as the first step for implicit TLS, after the STARTTLS exchange otherwise. */
   z.strictObject({ tls: z.literal(true) }),
 ]);
@@ -34,7 +40,12 @@ export const expectSchema = z.strictObject({
   /** Sent once the verdict is known (say "QUIT\r\n"); what follows cannot change it. */
   farewell: z.string().min(1).max(4096).optional(),
   /** Bytes one check may read from the backend. */
-  maxBytes: z.number().int().min(64).max(16 * 1024 * 1024).default(DEFAULT_BOUNDS.maxTotalBytes),
+  maxBytes: z
+    .number()
+    .int()
+    .min(64)
+    .max(16 * 1024 * 1024)
+    .default(DEFAULT_BOUNDS.maxTotalBytes),
   ...tlsOptions,
 });
 export type ExpectOptions = z.infer<typeof expectSchema>;
@@ -44,7 +55,10 @@ export function expectSteps(options: ExpectOptions): Step[] {
   return options.steps.map((step, i): Step => {
     const phase = `step ${i + 1}`;
     if ('send' in step) return { kind: 'send', data: step.send, phase };
-    if ('expect' in step) return step.in === 'line' ? { kind: 'line', match: step.expect, phase } : { kind: 'search', match: step.expect, phase };
+    if ('expect' in step)
+      return step.in === 'line'
+        ? { kind: 'line', match: step.expect, phase }
+        : { kind: 'search', match: step.expect, phase };
     if ('expectRegex' in step) {
       const match = new RegExp(step.expectRegex);
       return step.in === 'line' ? { kind: 'line', match, phase } : { kind: 'search', match, phase };

@@ -22,7 +22,12 @@ export const httpOptions = {
   expectStatus: z.array(statusRange).min(1).default(['200-399']),
   expectBody: z.string().min(1).optional(),
   /** How much of the body is searched for expectBody. */
-  maxBodyBytes: z.number().int().min(1).max(16 * 1024 * 1024).default(65_536),
+  maxBodyBytes: z
+    .number()
+    .int()
+    .min(1)
+    .max(16 * 1024 * 1024)
+    .default(65_536),
 };
 
 export const httpSchema = z.strictObject({ type: z.literal('http'), ...httpOptions });
@@ -65,7 +70,12 @@ export function httpExchange(
       path: options.path,
       agent: false,
       signal,
-      headers: { Host: hostHeader(target, options.host), 'User-Agent': 'nf-healthd', Accept: '*/*', Connection: 'close' },
+      headers: {
+        Host: hostHeader(target, options.host),
+        'User-Agent': 'nf-healthd',
+        Accept: '*/*',
+        Connection: 'close',
+      },
       maxHeaderSize: 16_384,
     });
     let socketRead: { bytesRead: number } | undefined;
@@ -79,7 +89,10 @@ export function httpExchange(
     req.on('socket', (socket) => {
       socketRead = socket;
       // Over TLS, TCP connect is followed by the handshake before any response.
-      socket.once('connect', () => (phase = (socket as { encrypted?: boolean }).encrypted ? 'TLS handshake' : 'response'));
+      socket.once(
+        'connect',
+        () => (phase = (socket as { encrypted?: boolean }).encrypted ? 'TLS handshake' : 'response'),
+      );
       socket.once('secureConnect', () => (phase = 'response'));
     });
     req.on('error', (err) => {
@@ -91,12 +104,14 @@ export function httpExchange(
     req.on('response', (res) => {
       const status = res.statusCode ?? 0;
       const statusText = `${status} ${res.statusMessage ?? ''}`.trim();
-      const where = status >= 300 && status < 400 && res.headers.location ? ` (Location: ${shorten(res.headers.location)})` : '';
+      const where =
+        status >= 300 && status < 400 && res.headers.location ? ` (Location: ${shorten(res.headers.location)})` : '';
       if (!statusMatches(status, options.expectStatus)) {
         return finish(new CheckFailed(`status ${statusText}${where}, expected ${options.expectStatus.join(', ')}`));
       }
       const needle = options.expectBody;
-      if (needle === undefined || options.method === 'HEAD') return finish({ up: true, detail: `${statusText}${where}` });
+      if (needle === undefined || options.method === 'HEAD')
+        return finish({ up: true, detail: `${statusText}${where}` });
       phase = 'body';
       let seen = '';
       let total = 0;
@@ -107,7 +122,12 @@ export function httpExchange(
         // Keep only what can still complete a match across chunk borders.
         seen = (seen + chunk.slice(0, Math.max(room, 0))).slice(-(needle.length + chunk.length));
         if (seen.includes(needle)) return finish({ up: true, detail: `${statusText}, body has "${shorten(needle)}"` });
-        if (total >= options.maxBodyBytes) finish(new CheckFailed(`status ${statusText}, "${shorten(needle)}" not in the first ${options.maxBodyBytes} bytes of the body`));
+        if (total >= options.maxBodyBytes)
+          finish(
+            new CheckFailed(
+              `status ${statusText}, "${shorten(needle)}" not in the first ${options.maxBodyBytes} bytes of the body`,
+            ),
+          );
       });
       res.on('end', () => finish(new CheckFailed(`status ${statusText}, body lacks "${shorten(needle)}"`)));
       res.on('error', (err) => finish(new CheckFailed(describeSocketError(err, 'body'))));

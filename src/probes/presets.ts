@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { converse, type Conversation, type Step } from './conversation.js';
-import { pickTlsOptions, tlsOptions, type TlsOptions } from './tls-options.js';
+import { type Conversation, converse, type Step } from './conversation.js';
+import { pickTlsOptions, type TlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
 /**
@@ -22,7 +22,11 @@ export const pop3Probe = defineProbe({
   type: 'pop3',
   schema: z.strictObject({ type: z.literal('pop3'), ...implicitTls }),
   run: (target, options, signal) =>
-    converse(target, { steps: withTls(options, [{ kind: 'line', match: '+OK', phase: 'greeting' }]), farewell: 'QUIT\r\n' }, signal),
+    converse(
+      target,
+      { steps: withTls(options, [{ kind: 'line', match: '+OK', phase: 'greeting' }]), farewell: 'QUIT\r\n' },
+      signal,
+    ),
 });
 
 /** IMAP (RFC 9051): the greeting is `* OK` (`* PREAUTH` is a session already, `* BYE` a refusal). */
@@ -30,7 +34,14 @@ export const imapProbe = defineProbe({
   type: 'imap',
   schema: z.strictObject({ type: z.literal('imap'), ...implicitTls }),
   run: (target, options, signal) =>
-    converse(target, { steps: withTls(options, [{ kind: 'line', match: /^\* (OK|PREAUTH)\b/i, phase: 'greeting' }]), farewell: 'a1 LOGOUT\r\n' }, signal),
+    converse(
+      target,
+      {
+        steps: withTls(options, [{ kind: 'line', match: /^\* (OK|PREAUTH)\b/i, phase: 'greeting' }]),
+        farewell: 'a1 LOGOUT\r\n',
+      },
+      signal,
+    ),
 });
 
 /** FTP (RFC 959): a 220 greeting, multi-line replies with free text between `220-` and `220 `. */
@@ -38,7 +49,11 @@ export const ftpProbe = defineProbe({
   type: 'ftp',
   schema: z.strictObject({ type: z.literal('ftp') }),
   run: (target, _options, signal) =>
-    converse(target, { steps: [{ kind: 'reply', code: '220', style: 'ftp', phase: 'greeting' }], farewell: 'QUIT\r\n' }, signal),
+    converse(
+      target,
+      { steps: [{ kind: 'reply', code: '220', style: 'ftp', phase: 'greeting' }], farewell: 'QUIT\r\n' },
+      signal,
+    ),
 });
 
 /**

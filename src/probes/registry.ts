@@ -1,12 +1,12 @@
 import { z } from 'zod';
+import { execProbe } from './exec.js';
+import { expectProbe } from './expect.js';
 import { httpProbe } from './http.js';
+import { httpsProbe } from './https.js';
+import { ftpProbe, imapProbe, lmtpProbe, pop3Probe, redisProbe, sshProbe } from './presets.js';
 import { smtpProbe } from './smtp.js';
 import { tcpProbe } from './tcp.js';
 import { tlsProbe } from './tls.js';
-import { httpsProbe } from './https.js';
-import { expectProbe } from './expect.js';
-import { execProbe } from './exec.js';
-import { ftpProbe, imapProbe, lmtpProbe, pop3Probe, redisProbe, sshProbe } from './presets.js';
 import type { ProbeTarget, ProbeVerdict } from './types.js';
 
 /**
@@ -31,7 +31,13 @@ export const checkSchema = z.discriminatedUnion('type', [
 export type CheckConfig = z.infer<typeof checkSchema>;
 export type CheckType = CheckConfig['type'];
 
-type Runners = { [K in CheckType]: (target: ProbeTarget, options: Extract<CheckConfig, { type: K }>, signal: AbortSignal) => Promise<ProbeVerdict> };
+type Runners = {
+  [K in CheckType]: (
+    target: ProbeTarget,
+    options: Extract<CheckConfig, { type: K }>,
+    signal: AbortSignal,
+  ) => Promise<ProbeVerdict>;
+};
 
 const runners: Runners = {
   tcp: tcpProbe.run,

@@ -1,6 +1,6 @@
 import { formatDuration } from '../config/duration.js';
 import { describeSocketError, openMeter } from './connection.js';
-import { runCheckType, type CheckConfig } from './registry.js';
+import { type CheckConfig, runCheckType } from './registry.js';
 import { CheckFailed, type ProbeResult, type ProbeTarget, type ProbeVerdict } from './types.js';
 
 export class CheckTimedOut extends Error {
@@ -20,16 +20,27 @@ export async function runCheck(
   const started = performance.now();
   const controller = new AbortController();
   const meter = openMeter(controller.signal);
-  const timer = setTimeout(() => controller.abort(new CheckTimedOut(`timeout after ${formatDuration(timeoutMs)}`)), timeoutMs);
+  const timer = setTimeout(
+    () => controller.abort(new CheckTimedOut(`timeout after ${formatDuration(timeoutMs)}`)),
+    timeoutMs,
+  );
   const onParentAbort = () => controller.abort(new Error('check aborted: shutting down'));
   if (parent?.aborted) onParentAbort();
   parent?.addEventListener('abort', onParentAbort, { once: true });
   const list: readonly CheckConfig[] = Array.isArray(checks) ? checks : [checks as CheckConfig];
   try {
-    const verdict = list.length === 1 ? await runCheckType(list[0]!, target, controller.signal) : await runAll(list, target, controller);
+    const verdict =
+      list.length === 1
+        ? await runCheckType(list[0]!, target, controller.signal)
+        : await runAll(list, target, controller);
     return { ...verdict, latencyMs: elapsed(started), bytesRead: meter.bytes };
   } catch (err) {
-    return { up: false, detail: failureDetail(err, controller.signal), latencyMs: elapsed(started), bytesRead: meter.bytes };
+    return {
+      up: false,
+      detail: failureDetail(err, controller.signal),
+      latencyMs: elapsed(started),
+      bytesRead: meter.bytes,
+    };
   } finally {
     clearTimeout(timer);
     parent?.removeEventListener('abort', onParentAbort);
@@ -46,7 +57,11 @@ export function checkLabel(checks: CheckConfig | readonly CheckConfig[]): string
  * only when all pass (keepalived's and Envoy's rule). The first to fail stops the
  * others and names itself in the detail.
  */
-async function runAll(checks: readonly CheckConfig[], target: ProbeTarget, controller: AbortController): Promise<ProbeVerdict> {
+async function runAll(
+  checks: readonly CheckConfig[],
+  target: ProbeTarget,
+  controller: AbortController,
+): Promise<ProbeVerdict> {
   let failed: string | undefined;
   const verdicts = await Promise.all(
     checks.map((check) =>

@@ -5,7 +5,10 @@ import { defineProbe } from './types.js';
 
 const hostname = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$|^\[[0-9A-Fa-f:.]+\]$/, 'expected a host name or an address literal such as [192.0.2.1]');
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$|^\[[0-9A-Fa-f:.]+\]$/,
+    'expected a host name or an address literal such as [192.0.2.1]',
+  );
 
 /**
  * SMTP: the 220 greeting (RFC 5321 multi-line replies) is the verdict; with `ehlo`
@@ -27,7 +30,12 @@ export const smtpProbe = defineProbe({
       const ehlo = `EHLO ${options.ehlo ?? 'localhost'}\r\n`;
       steps.push(
         { kind: 'send', data: ehlo, phase: 'EHLO' },
-        { kind: 'reply', code: '250', phase: 'EHLO', require: { pattern: /^250[ -]STARTTLS\b/i, missing: 'STARTTLS not offered' } },
+        {
+          kind: 'reply',
+          code: '250',
+          phase: 'EHLO',
+          require: { pattern: /^250[ -]STARTTLS\b/i, missing: 'STARTTLS not offered' },
+        },
         { kind: 'send', data: 'STARTTLS\r\n', phase: 'STARTTLS' },
         { kind: 'reply', code: '220', phase: 'STARTTLS' },
         { kind: 'tls', options: pickTlsOptions(options), phase: 'TLS handshake' },
@@ -35,7 +43,10 @@ export const smtpProbe = defineProbe({
         { kind: 'reply', code: '250', phase: 'EHLO after STARTTLS' },
       );
     } else if (options.ehlo !== undefined) {
-      steps.push({ kind: 'send', data: `EHLO ${options.ehlo}\r\n`, phase: 'EHLO' }, { kind: 'reply', code: '250', phase: 'EHLO' });
+      steps.push(
+        { kind: 'send', data: `EHLO ${options.ehlo}\r\n`, phase: 'EHLO' },
+        { kind: 'reply', code: '250', phase: 'EHLO' },
+      );
     }
     return converse(target, { steps, farewell: 'QUIT\r\n' }, signal);
   },

@@ -70,7 +70,12 @@ async function secureContextFor(ca: string | undefined): Promise<tls.SecureConte
 export async function connectOptions(target: ProbeTarget, options: TlsOptions): Promise<tls.ConnectionOptions> {
   const secureContext = await secureContextFor(options.ca);
   // checkServerIdentity is ours to call (judgeCertificate), so `authorized` speaks of the chain alone.
-  return { servername: sniFor(target, options), rejectUnauthorized: false, checkServerIdentity: () => undefined, ...(secureContext ? { secureContext } : {}) };
+  return {
+    servername: sniFor(target, options),
+    rejectUnauthorized: false,
+    checkServerIdentity: () => undefined,
+    ...(secureContext ? { secureContext } : {}),
+  };
 }
 
 /**
@@ -78,7 +83,12 @@ export async function connectOptions(target: ProbeTarget, options: TlsOptions): 
  * then `minValidDays`. Throws CheckFailed with the reason and the dates; returns a
  * note for the detail of a passing check ("TLSv1.3, certificate valid until 2027-01-31").
  */
-export function judgeCertificate(socket: tls.TLSSocket, target: ProbeTarget, options: TlsOptions, now = Date.now()): string {
+export function judgeCertificate(
+  socket: tls.TLSSocket,
+  target: ProbeTarget,
+  options: TlsOptions,
+  now = Date.now(),
+): string {
   const cert = socket.getPeerCertificate();
   if (!cert || Object.keys(cert).length === 0) throw new CheckFailed('TLS: the backend sent no certificate');
   const validTo = new Date(cert.valid_to);
@@ -87,7 +97,11 @@ export function judgeCertificate(socket: tls.TLSSocket, target: ProbeTarget, opt
     if (!socket.authorized) {
       const why = String(socket.authorizationError ?? 'unknown reason');
       const when =
-        why === 'CERT_HAS_EXPIRED' ? ` (expired ${day(validTo)})` : why === 'CERT_NOT_YET_VALID' ? ` (valid from ${day(validFrom)})` : '';
+        why === 'CERT_HAS_EXPIRED'
+          ? ` (expired ${day(validTo)})`
+          : why === 'CERT_NOT_YET_VALID'
+            ? ` (valid from ${day(validFrom)})`
+            : '';
       throw new CheckFailed(`TLS: certificate not trusted: ${why}${when}`);
     }
     const name = expectedName(target, options);
@@ -139,7 +153,13 @@ export async function startTls(
       const onError = (err: Error) => {
         done();
         const code = (err as NodeJS.ErrnoException).code;
-        reject(new CheckFailed(code?.startsWith('ERR_SSL') || !code ? `TLS handshake failed: ${err.message.slice(0, 160)}` : describeSocketError(err, 'TLS handshake')));
+        reject(
+          new CheckFailed(
+            code?.startsWith('ERR_SSL') || !code
+              ? `TLS handshake failed: ${err.message.slice(0, 160)}`
+              : describeSocketError(err, 'TLS handshake'),
+          ),
+        );
       };
       const onClose = () => {
         done();

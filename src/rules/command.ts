@@ -32,10 +32,17 @@ export function renderRules(config: Config, format: RulesFormat, source: string)
 export { RulesError };
 
 /** `nf-healthd rules`: the ruleset on stdout; 64 for an unknown format, 78 when the config cannot be expressed. */
-export function printRules(io: { out: (t: string) => void; err: (t: string) => void }, config: Config, source: string, format: string | undefined): number {
+export function printRules(
+  io: { out: (t: string) => void; err: (t: string) => void },
+  config: Config,
+  source: string,
+  format: string | undefined,
+): number {
   const chosen = format ?? defaultFormat(config);
   if (!isRulesFormat(chosen)) {
-    io.err(`nf-healthd: unknown rules format '${chosen}' (expected ${RULES_FORMATS.join(', ')}). Try 'nf-healthd --help'.\n`);
+    io.err(
+      `nf-healthd: unknown rules format '${chosen}' (expected ${RULES_FORMATS.join(', ')}). Try 'nf-healthd --help'.\n`,
+    );
     return 64;
   }
   let text: string;

@@ -21,7 +21,11 @@ export function renderIpsetRestore(plan: RulesPlan): string[] {
 
 /** `--format ipset`: only the sets, for `ipset restore -exist`. */
 export function renderIpsetOnly(plan: RulesPlan, source: string): string {
-  return [`# nf-healthd rules --format ipset (from ${source}): ipset restore -exist < THIS_FILE`, ...renderIpsetRestore(plan), ''].join('\n');
+  return [
+    `# nf-healthd rules --format ipset (from ${source}): ipset restore -exist < THIS_FILE`,
+    ...renderIpsetRestore(plan),
+    '',
+  ].join('\n');
 }
 
 /** `--format iptables-ipset`: the recipe with `-m set --match-set SET dst` for liveness. */

@@ -1,4 +1,12 @@
-import { formatMark, iptablesProblems, markTable, RulesError, type PlannedBackend, type PlannedService, type RulesPlan } from './plan.js';
+import {
+  formatMark,
+  iptablesProblems,
+  markTable,
+  type PlannedBackend,
+  type PlannedService,
+  RulesError,
+  type RulesPlan,
+} from './plan.js';
 
 /** How a rule asks "is this backend up?": `-m condition ...` or `-m set ...`. */
 export type LivenessMatch = (backend: PlannedBackend) => string;
@@ -50,7 +58,8 @@ function serviceChain(s: PlannedService, live: LivenessMatch): string[] {
     rules.push(`-A ${c} ${nth}-m mark --mark 0x0 ${live(b)} -j MARK --set-mark ${formatMark(b.mark)}`);
   });
   if (s.backends.length > 1) {
-    for (const b of s.backends) rules.push(`-A ${c} -m mark --mark 0x0 ${live(b)} -j MARK --set-mark ${formatMark(b.mark)}`);
+    for (const b of s.backends)
+      rules.push(`-A ${c} -m mark --mark 0x0 ${live(b)} -j MARK --set-mark ${formatMark(b.mark)}`);
   }
   rules.push(`-A ${c} -j CONNMARK --save-mark`);
   return rules;

@@ -1,4 +1,4 @@
-import { formatMark, markTable, RulesError, type PlannedService, type RulesPlan } from './plan.js';
+import { formatMark, markTable, type PlannedService, RulesError, type RulesPlan } from './plan.js';
 
 /**
  * A native nftables table for the same logic. nft cannot test a constant against a
@@ -11,8 +11,10 @@ export function renderNft(plan: RulesPlan, source: string): string {
   const { table, family, set } = plan.nft;
   const problems: string[] = [];
   for (const s of plan.services) {
-    if (family === 'ip' && s.family === 6) problems.push(`service ${s.name}: vip ${s.vip} is IPv6 but the nft table family is ip: use family inet or ip6`);
-    if (family === 'ip6' && s.family === 4) problems.push(`service ${s.name}: vip ${s.vip} is IPv4 but the nft table family is ip6: use family inet or ip`);
+    if (family === 'ip' && s.family === 6)
+      problems.push(`service ${s.name}: vip ${s.vip} is IPv6 but the nft table family is ip: use family inet or ip6`);
+    if (family === 'ip6' && s.family === 4)
+      problems.push(`service ${s.name}: vip ${s.vip} is IPv4 but the nft table family is ip6: use family inet or ip`);
   }
   if (problems.length > 0) throw new RulesError(problems);
   const all = plan.services.flatMap((s) => s.backends.map((b) => formatMark(b.mark)));
@@ -41,7 +43,10 @@ export function renderNft(plan: RulesPlan, source: string): string {
     rule('meta mark set ct mark');
     rule('meta mark != 0x0 return');
     if (s.slots.length === 1) rule(`meta mark set ${formatMark(s.backends[0]!.mark)}`);
-    else rule(`meta mark set numgen inc mod ${s.slots.length} map { ${s.slots.map((bi, k) => `${k} : ${formatMark(s.backends[bi]!.mark)}`).join(', ')} }`);
+    else
+      rule(
+        `meta mark set numgen inc mod ${s.slots.length} map { ${s.slots.map((bi, k) => `${k} : ${formatMark(s.backends[bi]!.mark)}`).join(', ')} }`,
+      );
     for (const b of s.backends) rule(`meta mark != @${set} meta mark set ${formatMark(b.mark)}`);
     rule(`meta mark != @${set} meta mark set 0x0`);
     rule('ct mark set meta mark');

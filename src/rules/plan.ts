@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import net from 'node:net';
-import type { Config } from '../config/schema.js';
 import { conditionName } from '../config/names.js';
+import type { Config } from '../config/schema.js';
 
 /**
  * The names and numbers the rules and the writers share: marks, chains, sets. All
@@ -41,7 +41,7 @@ export function formatMark(mark: number): string {
 }
 
 /** A name that fits `max`: as is when short enough, else a prefix and a hash of the whole (stable, unique in practice). */
-function fit(prefix: string, name: string, max: number): string {
+function fitName(prefix: string, name: string, max: number): string {
   const whole = `${prefix}${name}`;
   if (whole.length <= max) return whole;
   const hash = createHash('sha256').update(name).digest('hex').slice(0, 8);
@@ -50,13 +50,13 @@ function fit(prefix: string, name: string, max: number): string {
 
 /** The ipset set that holds the service's VIP while this backend is up. */
 export function ipsetName(prefix: string, backendName: string): string {
-  const name = fit(prefix, backendName, IPSET_NAME_MAX);
+  const name = fitName(prefix, backendName, IPSET_NAME_MAX);
   if (!ipsetNamePattern.test(name)) throw new Error(`refusing ipset name ${JSON.stringify(name)}`);
   return name;
 }
 
 export function iptablesChain(serviceName: string): string {
-  return fit('nfh-', serviceName, IPTABLES_CHAIN_MAX);
+  return fitName('nfh-', serviceName, IPTABLES_CHAIN_MAX);
 }
 
 export function nftChain(serviceName: string): string {
@@ -64,7 +64,11 @@ export function nftChain(serviceName: string): string {
 }
 
 /** Index of a backend in its service and of the service in the config, for marks. */
-export function markOf(services: readonly { name: string; backends: readonly { name: string }[] }[], serviceName: string, backendName: string): number {
+export function markOf(
+  services: readonly { name: string; backends: readonly { name: string }[] }[],
+  serviceName: string,
+  backendName: string,
+): number {
   const si = services.findIndex((s) => s.name === serviceName);
   const bi = si < 0 ? -1 : services[si]!.backends.findIndex((b) => b.name === backendName);
   if (bi < 0) throw new Error(`no backend ${serviceName}/${backendName} in the config`);
@@ -146,18 +150,23 @@ export function planRules(config: Config): RulesPlan {
     nft: writer.type === 'nft' ? { table: writer.table, family: writer.family, set: writer.set } : { ...NFT_DEFAULTS },
     initiallyUp: config.initialState !== 'down',
   };
-  if (config.services.length > MAX_SERVICES) problems.push(`${config.services.length} services: the marks number at most ${MAX_SERVICES}`);
+  if (config.services.length > MAX_SERVICES)
+    problems.push(`${config.services.length} services: the marks number at most ${MAX_SERVICES}`);
   const ipsets = new Map<string, string>();
   const chains = new Map<string, string>();
   config.services.forEach((service, si) => {
     const where = `service ${service.name}`;
     if (service.vip === undefined) {
-      problems.push(`${where} has no vip: the rules match on the service address, so it cannot be rendered (add "vip")`);
+      problems.push(
+        `${where} has no vip: the rules match on the service address, so it cannot be rendered (add "vip")`,
+      );
       return;
     }
     const family = net.isIPv6(service.vip) ? 6 : 4;
     if (service.backends.length > MAX_BACKENDS_PER_SERVICE) {
-      problems.push(`${where} has ${service.backends.length} backends: the marks have room for ${MAX_BACKENDS_PER_SERVICE} per service`);
+      problems.push(
+        `${where} has ${service.backends.length} backends: the marks have room for ${MAX_BACKENDS_PER_SERVICE} per service`,
+      );
     }
     const weights = service.backends.map((b) => b.weight);
     const divisor = weights.reduce(gcd);
@@ -176,7 +185,8 @@ export function planRules(config: Config): RulesPlan {
       const bwhere = `${where} backend ${backend.name}`;
       const kind = net.isIP(backend.address);
       if (kind === 0) problems.push(`${bwhere}: address ${backend.address} is a host name; DNAT needs an IP address`);
-      else if (kind !== family) problems.push(`${bwhere}: address ${backend.address} is IPv${kind} but the vip ${service.vip} is IPv${family}`);
+      else if (kind !== family)
+        problems.push(`${bwhere}: address ${backend.address} is IPv${kind} but the vip ${service.vip} is IPv${family}`);
       const set = ipsetName(plan.ipsetPrefix, backend.name);
       const otherSet = ipsets.get(set);
       if (otherSet) problems.push(`${bwhere} and backend ${otherSet} map to the same ipset ${set}: rename one`);
@@ -205,8 +215,10 @@ export function planRules(config: Config): RulesPlan {
       slots: total <= MAX_SLOTS ? weightedSlots(units) : [],
     });
   });
-  if (!nftIdentifierPattern.test(plan.nft.table)) problems.push(`nft table name ${JSON.stringify(plan.nft.table)} is not an nft identifier`);
-  if (!nftIdentifierPattern.test(plan.nft.set)) problems.push(`nft set name ${JSON.stringify(plan.nft.set)} is not an nft identifier`);
+  if (!nftIdentifierPattern.test(plan.nft.table))
+    problems.push(`nft table name ${JSON.stringify(plan.nft.table)} is not an nft identifier`);
+  if (!nftIdentifierPattern.test(plan.nft.set))
+    problems.push(`nft set name ${JSON.stringify(plan.nft.set)} is not an nft identifier`);
   if (problems.length > 0) throw new RulesError(problems);
   return plan;
 }
@@ -215,11 +227,16 @@ export function planRules(config: Config): RulesPlan {
 export function iptablesProblems(plan: RulesPlan, kind: 'condition' | 'ipset'): string[] {
   const problems: string[] = [];
   for (const s of plan.services) {
-    if (s.family === 6) problems.push(`service ${s.name}: vip ${s.vip} is IPv6; the iptables formats render IPv4 (iptables-restore) only: use --format nft`);
+    if (s.family === 6)
+      problems.push(
+        `service ${s.name}: vip ${s.vip} is IPv6; the iptables formats render IPv4 (iptables-restore) only: use --format nft`,
+      );
     if (kind === 'condition') {
       for (const b of s.backends) {
         if (!conditionName.safeParse(b.condition).success) {
-          problems.push(`service ${s.name} backend ${b.name}: "${b.condition}" cannot be a condition name (1 to 30 characters, no "/"): set "condition"`);
+          problems.push(
+            `service ${s.name} backend ${b.name}: "${b.condition}" cannot be a condition name (1 to 30 characters, no "/"): set "condition"`,
+          );
         }
       }
     }
@@ -235,7 +252,9 @@ export function markTable(plan: RulesPlan, extra: (b: PlannedBackend) => string)
     lines.push(`# service ${s.name}: ${s.vip} port ${s.port}${s.inInterface ? ` on ${s.inInterface}` : ''}`);
     for (const b of s.backends) {
       const slots = s.slots.filter((i) => s.backends[i] === b).length;
-      lines.push(`#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${slots}/${share} of new connections${extra(b)}`);
+      lines.push(
+        `#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${slots}/${share} of new connections${extra(b)}`,
+      );
     }
   }
   return lines;

@@ -31,7 +31,9 @@ const KEY = /^[A-Z][A-Z0-9_]*$/;
 export function notifyArgs(fields: NotifyFields): string[] {
   return Object.entries(fields).map(([key, value]) => {
     if (!KEY.test(key)) throw new Error(`invalid sd_notify field name ${JSON.stringify(key)}`);
-    return `${key}=${String(value).replace(/[\r\n]+/g, ' ').trim()}`;
+    return `${key}=${String(value)
+      .replace(/[\r\n]+/g, ' ')
+      .trim()}`;
   });
 }
 
@@ -46,21 +48,35 @@ export function createNotifier(options: NotifierOptions): Notifier | undefined {
 
   const deliver = (args: string[]) =>
     new Promise<void>((resolve) => {
-      execFile(program, args, { env, timeout: 10_000, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 }, (err, _stdout, stderr) => {
-        if (err) {
-          // Once per episode: a watchdog ping every few seconds must not flood the log.
-          const how = err.signal ? `killed by ${err.signal}` : typeof err.code === 'number' ? `exit ${err.code}` : String(err.code ?? err.message);
-          const words = String(stderr).trim() || how;
-          // SIGTERM: the service manager is stopping the unit and swept its cgroup; nothing to report.
-          if (err.signal === 'SIGTERM') log.debug({ event: 'notify_stopped', args }, `systemd-notify ${args.join(' ')} stopped by SIGTERM`);
-          else if (!failing) log.warn({ event: 'notify_failed', args, code: err.code, signal: err.signal, stderr: String(stderr).trim() }, `systemd-notify ${args.join(' ')} failed: ${words}`);
-          failing ||= err.signal !== 'SIGTERM';
-        } else if (failing) {
-          failing = false;
-          log.info({ event: 'notify_recovered' }, 'systemd-notify works again');
-        }
-        resolve();
-      });
+      execFile(
+        program,
+        args,
+        { env, timeout: 10_000, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 },
+        (err, _stdout, stderr) => {
+          if (err) {
+            // Once per episode: a watchdog ping every few seconds must not flood the log.
+            const how = err.signal
+              ? `killed by ${err.signal}`
+              : typeof err.code === 'number'
+                ? `exit ${err.code}`
+                : String(err.code ?? err.message);
+            const words = String(stderr).trim() || how;
+            // SIGTERM: the service manager is stopping the unit and swept its cgroup; nothing to report.
+            if (err.signal === 'SIGTERM')
+              log.debug({ event: 'notify_stopped', args }, `systemd-notify ${args.join(' ')} stopped by SIGTERM`);
+            else if (!failing)
+              log.warn(
+                { event: 'notify_failed', args, code: err.code, signal: err.signal, stderr: String(stderr).trim() },
+                `systemd-notify ${args.join(' ')} failed: ${words}`,
+              );
+            failing ||= err.signal !== 'SIGTERM';
+          } else if (failing) {
+            failing = false;
+            log.info({ event: 'notify_recovered' }, 'systemd-notify works again');
+          }
+          resolve();
+        },
+      );
     });
 
   return {

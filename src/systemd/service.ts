@@ -1,7 +1,7 @@
-import { summarize, type Daemon, type DaemonObserver } from '../daemon.js';
+import { type Daemon, type DaemonObserver, summarize } from '../daemon.js';
 import { longestCheckGap, msSinceProgress } from '../health/pace.js';
 import type { Logger } from '../log.js';
-import { createNotifier, monotonicUsec, watchdogPeriodMs, type Notifier } from './notify.js';
+import { createNotifier, monotonicUsec, type Notifier, watchdogPeriodMs } from './notify.js';
 import { installTestWedge } from './test-wedge.js';
 
 export interface SystemdContext {
@@ -73,7 +73,10 @@ export function systemdPlugin(context: SystemdContext): DaemonObserver | undefin
     },
     onReloaded(ok, problems) {
       const now = status();
-      sendStatus({ READY: 1 }, ok ? now : `${now}; config rejected, running the previous one: ${problems[0] ?? 'invalid'}`);
+      sendStatus(
+        { READY: 1 },
+        ok ? now : `${now}; config rejected, running the previous one: ${problems[0] ?? 'invalid'}`,
+      );
     },
     onStopping() {
       stopping = true;
@@ -106,7 +109,10 @@ function startWatchdog(daemon: Daemon, log: Logger, env: NodeJS.ProcessEnv, noti
       void notifier.send({ WATCHDOG: 1 }).finally(() => (pinging = false));
     } else if (!stalled) {
       stalled = true;
-      log.error({ event: 'watchdog_stalled', idleMs: Math.round(idle), allowanceMs: allowance }, `no check has completed for ${Math.round(idle)} ms (allowed ${allowance} ms): watchdog pings stopped, systemd will restart the service`);
+      log.error(
+        { event: 'watchdog_stalled', idleMs: Math.round(idle), allowanceMs: allowance },
+        `no check has completed for ${Math.round(idle)} ms (allowed ${allowance} ms): watchdog pings stopped, systemd will restart the service`,
+      );
     }
   };
   log.debug({ event: 'watchdog', periodMs: period }, `watchdog: pinging every ${period / 2} ms while checks progress`);

@@ -22,7 +22,11 @@ export interface CommandOptions {
 export function runCommand(file: string, args: readonly string[], options: CommandOptions): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const signal = AbortSignal.timeout(options.timeoutMs);
-    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], signal, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' } });
+    const child = spawn(file, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      signal,
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
+    });
     let stdout = '';
     let stderr = '';
     let failure: NodeJS.ErrnoException | undefined;
@@ -32,14 +36,16 @@ export function runCommand(file: string, args: readonly string[], options: Comma
     };
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
       stdout += chunk;
-      if (stdout.length > options.maxOutput) fail(Object.assign(new Error(`${file} printed more than ${options.maxOutput} bytes`), { code: 'E2BIG' }));
+      if (stdout.length > options.maxOutput)
+        fail(Object.assign(new Error(`${file} printed more than ${options.maxOutput} bytes`), { code: 'E2BIG' }));
     });
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
       if (stderr.length < 8192) stderr += chunk;
     });
     let settled = false;
     child.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.name === 'AbortError') fail(Object.assign(new Error(`${file} did not finish within ${options.timeoutMs}ms`), { code: 'ETIMEDOUT' }));
+      if (err.name === 'AbortError')
+        fail(Object.assign(new Error(`${file} did not finish within ${options.timeoutMs}ms`), { code: 'ETIMEDOUT' }));
       else if (err.syscall?.startsWith('spawn') && !settled) {
         settled = true; // never started: no 'close' to wait for
         reject(err);
@@ -82,7 +88,8 @@ export interface CommandHintText {
 
 /** The hint of a writer that runs a tool: it cannot start, the set is missing, no CAP_NET_ADMIN, else its own words. */
 export function commandHint(error: NodeJS.ErrnoException, text: CommandHintText): string {
-  if (error.syscall?.startsWith('spawn')) return `cannot run ${text.path}: install ${text.install} or set ${text.pathKey}`;
+  if (error.syscall?.startsWith('spawn'))
+    return `cannot run ${text.path}: install ${text.install} or set ${text.pathKey}`;
   switch (error.code) {
     case 'ENOENT':
       return `${text.missing}, in nf-healthd's network namespace`;

@@ -3,15 +3,20 @@ import { z } from 'zod';
 import { duration } from '../config/duration.js';
 import { IPSET_DEFAULT_PREFIX, ipsetName, ipsetNamePattern } from '../rules/plan.js';
 import { commandError, commandHint, runCommand } from './command.js';
-import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriteChange, type WriterTarget } from './types.js';
+import { asErrno, defineWriter, type ReadOutcome, type WriteChange, type Writer, type WriterTarget } from './types.js';
 
 /** A binary: a bare name looked up in PATH, or an absolute path. */
-export const binaryPath = z.string().regex(/^(\/[A-Za-z0-9_./+-]+|[A-Za-z0-9_.+-]+)$/, 'expected a program name or an absolute path');
+export const binaryPath = z
+  .string()
+  .regex(/^(\/[A-Za-z0-9_./+-]+|[A-Za-z0-9_.+-]+)$/, 'expected a program name or an absolute path');
 
 export const ipsetWriterSchema = z.strictObject({
   type: z.literal('ipset'),
   /** Set of backend B is PREFIX + B (shortened with a hash past 31 characters), as `nf-healthd rules` names it. */
-  setPrefix: z.string().regex(/^[A-Za-z0-9_.:-]{1,16}$/, 'expected 1 to 16 letters, digits, "_", ".", ":" or "-"').default(IPSET_DEFAULT_PREFIX),
+  setPrefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_.:-]{1,16}$/, 'expected 1 to 16 letters, digits, "_", ".", ":" or "-"')
+    .default(IPSET_DEFAULT_PREFIX),
   ipsetPath: binaryPath.default('ipset'),
   /** How long one ipset command may take (default 5s). */
   commandTimeout: duration.optional(),
@@ -27,7 +32,8 @@ export function canonicalIp(text: string): string {
 
 function parseTarget(key: string): { set: string; element: string } {
   const [set, element] = key.split(' ');
-  if (!set || !element || !ipsetNamePattern.test(set) || net.isIP(element) === 0) throw new Error(`refusing ipset target ${JSON.stringify(key)}`);
+  if (!set || !element || !ipsetNamePattern.test(set) || net.isIP(element) === 0)
+    throw new Error(`refusing ipset target ${JSON.stringify(key)}`);
   return { set, element: canonicalIp(element) };
 }
 
@@ -56,7 +62,12 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
     if (target === undefined) parsed.set(key, (target = parseTarget(key)));
     return target;
   };
-  const ipset = (args: string[], input?: string) => runCommand(options.ipsetPath, args, { timeoutMs, maxOutput: MAX_LISTING, ...(input === undefined ? {} : { input }) });
+  const ipset = (args: string[], input?: string) =>
+    runCommand(options.ipsetPath, args, {
+      timeoutMs,
+      maxOutput: MAX_LISTING,
+      ...(input === undefined ? {} : { input }),
+    });
 
   const restore = async (changes: readonly WriteChange[]) => {
     const script = changes.map((c) => {
@@ -84,8 +95,13 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
       for (const t of targets) {
         const { set, element } = parse(t.key);
         const members = sets.get(set);
-        if (!members) out.set(t.key, { error: Object.assign(new Error(`ipset: set ${set} does not exist`), { code: 'ENOENT' }) });
-        else out.set(t.key, members.has(element) ? { up: true, raw: 'up (in the set)' } : { up: false, raw: 'down (not in the set)' });
+        if (!members)
+          out.set(t.key, { error: Object.assign(new Error(`ipset: set ${set} does not exist`), { code: 'ENOENT' }) });
+        else
+          out.set(
+            t.key,
+            members.has(element) ? { up: true, raw: 'up (in the set)' } : { up: false, raw: 'down (not in the set)' },
+          );
       }
       return out;
     },

@@ -5,7 +5,9 @@ import { commandError, commandHint, runCommand } from './command.js';
 import { binaryPath } from './ipset.js';
 import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
 
-const identifier = z.string().regex(nftIdentifierPattern, 'expected an nft name: a letter or "_", then letters, digits, "_", "." or "-"');
+const identifier = z
+  .string()
+  .regex(nftIdentifierPattern, 'expected an nft name: a letter or "_", then letters, digits, "_", "." or "-"');
 
 export const nftWriterSchema = z.strictObject({
   type: z.literal('nft'),
@@ -23,7 +25,8 @@ const MAX_LISTING = 4 * 1024 * 1024;
 
 function markFromKey(key: string): number {
   const mark = Number(key);
-  if (!/^0x[0-9a-f]{1,8}$/.test(key) || !Number.isInteger(mark) || mark <= 0) throw new Error(`refusing nft mark ${JSON.stringify(key)}`);
+  if (!/^0x[0-9a-f]{1,8}$/.test(key) || !Number.isInteger(mark) || mark <= 0)
+    throw new Error(`refusing nft mark ${JSON.stringify(key)}`);
   return mark;
 }
 
@@ -54,11 +57,21 @@ export function createNftWriter(options: NftWriterConfig): Writer {
       const out = new Map<string, ReadOutcome>();
       if (targets.length === 0) return out;
       try {
-        const result = await runCommand(options.nftPath, ['-j', 'list', 'set', options.family, options.table, options.set], { timeoutMs, maxOutput: MAX_LISTING });
+        const result = await runCommand(
+          options.nftPath,
+          ['-j', 'list', 'set', options.family, options.table, options.set],
+          { timeoutMs, maxOutput: MAX_LISTING },
+        );
         if (result.code !== 0) throw commandError('nft', result);
         const marks = parseNftSetJson(result.stdout);
         if (!marks) throw Object.assign(new Error(`nft: no set ${where} in the listing`), { code: 'ENOENT' });
-        for (const t of targets) out.set(t.key, marks.has(markFromKey(t.key)) ? { up: true, raw: 'up (in the set)' } : { up: false, raw: 'down (not in the set)' });
+        for (const t of targets)
+          out.set(
+            t.key,
+            marks.has(markFromKey(t.key))
+              ? { up: true, raw: 'up (in the set)' }
+              : { up: false, raw: 'down (not in the set)' },
+          );
       } catch (err) {
         for (const t of targets) out.set(t.key, { error: asErrno(err) });
       }
@@ -72,7 +85,11 @@ export function createNftWriter(options: NftWriterConfig): Writer {
         return c.up ? [`add ${element}`] : [`add ${element}`, `delete ${element}`];
       });
       try {
-        const result = await runCommand(options.nftPath, ['-f', '-'], { input: `${lines.join('\n')}\n`, timeoutMs, maxOutput: MAX_LISTING });
+        const result = await runCommand(options.nftPath, ['-f', '-'], {
+          input: `${lines.join('\n')}\n`,
+          timeoutMs,
+          maxOutput: MAX_LISTING,
+        });
         if (result.code !== 0) throw commandError('nft', result);
       } catch (err) {
         // One transaction: all or nothing.

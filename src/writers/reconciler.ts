@@ -55,7 +55,8 @@ export function createReconciler(initial: Writer, log: Logger, events: Reconcile
       const c = current.get(p.target.key);
       return !c || 'error' in c || c.up !== p.up;
     });
-    const failed = toWrite.length > 0 ? await writer.write(toWrite.map((p) => ({ target: p.target, up: p.up }))) : new Map();
+    const failed =
+      toWrite.length > 0 ? await writer.write(toWrite.map((p) => ({ target: p.target, up: p.up }))) : new Map();
     for (const p of wanted) {
       const c = current.get(p.target.key);
       const wrote = toWrite.includes(p);
@@ -73,7 +74,8 @@ export function createReconciler(initial: Writer, log: Logger, events: Reconcile
         }
         events.onWriteError?.(p.target, error);
       } else {
-        if (failing.delete(p.target.key)) log.info({ event: 'write_recovered', target: p.target.label }, `writing ${p.target.label} works again`);
+        if (failing.delete(p.target.key))
+          log.info({ event: 'write_recovered', target: p.target.label }, `writing ${p.target.label} works again`);
         if (wrote && p.reason === 'check' && c && !('error' in c)) {
           outcome.drift = c.raw.trim() || '(empty)';
           log.warn(

@@ -6,7 +6,11 @@ import { nftWriter } from './nft.js';
 import type { Writer, WriterDefinition, WriterTarget } from './types.js';
 
 /** Every writer, picked by `writer.type`. Adding one is a file plus a line in each list. */
-export const writerSchema = z.discriminatedUnion('type', [conditionWriter.schema, ipsetWriter.schema, nftWriter.schema]);
+export const writerSchema = z.discriminatedUnion('type', [
+  conditionWriter.schema,
+  ipsetWriter.schema,
+  nftWriter.schema,
+]);
 export type WriterConfig = z.infer<typeof writerSchema>;
 
 const definitions: { [K in WriterConfig['type']]: WriterDefinition<z.ZodObject> } = {
@@ -20,6 +24,11 @@ export function createWriter(config: WriterConfig): Writer {
 }
 
 /** `services`: the whole config's, in order (the nft writer numbers marks by position). */
-export function writerTarget(config: WriterConfig, service: ServiceConfig, backend: BackendConfig, services: readonly ServiceConfig[]): WriterTarget {
+export function writerTarget(
+  config: WriterConfig,
+  service: ServiceConfig,
+  backend: BackendConfig,
+  services: readonly ServiceConfig[],
+): WriterTarget {
   return definitions[config.type].target(config, service, backend, services);
 }

@@ -35,7 +35,12 @@ export interface WriterDefinition<S extends z.ZodObject = z.ZodObject> {
   readonly schema: S;
   create(options: z.infer<S>): Writer;
   /** `services`: the whole config's, in order (set writers number marks by position). */
-  target(options: z.infer<S>, service: ServiceConfig, backend: BackendConfig, services: readonly ServiceConfig[]): WriterTarget;
+  target(
+    options: z.infer<S>,
+    service: ServiceConfig,
+    backend: BackendConfig,
+    services: readonly ServiceConfig[],
+  ): WriterTarget;
 }
 
 export function defineWriter<S extends z.ZodObject>(def: WriterDefinition<S>): WriterDefinition<S> {
@@ -43,5 +48,7 @@ export function defineWriter<S extends z.ZodObject>(def: WriterDefinition<S>): W
 }
 
 export function asErrno(err: unknown): NodeJS.ErrnoException {
-  return err instanceof Error ? (err as NodeJS.ErrnoException) : Object.assign(new Error(String(err)), { code: 'EUNKNOWN' });
+  return err instanceof Error
+    ? (err as NodeJS.ErrnoException)
+    : Object.assign(new Error(String(err)), { code: 'EUNKNOWN' });
 }

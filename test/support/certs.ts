@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -32,7 +32,10 @@ const LOCAL_NAMES = 'DNS:localhost,IP:127.0.0.1';
 
 /** openssl's date format: YYYYMMDDHHMMSSZ. */
 function stamp(date: Date): string {
-  return date.toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
+  return date
+    .toISOString()
+    .replace(/[-:T]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
 }
 
 export async function makePki(): Promise<TestPki> {
@@ -61,17 +64,52 @@ export async function makePki(): Promise<TestPki> {
     ].join('\n'),
   );
   const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  await run('openssl', ['req', '-x509', ...key, '-keyout', at('ca.key'), '-out', at('ca.pem'), '-subj', '/CN=nf-healthd test CA', '-days', '30']);
+  await run('openssl', [
+    'req',
+    '-x509',
+    ...key,
+    '-keyout',
+    at('ca.key'),
+    '-out',
+    at('ca.pem'),
+    '-subj',
+    '/CN=nf-healthd test CA',
+    '-days',
+    '30',
+  ]);
 
   const DAY = 86_400_000;
   const now = Date.now();
   const leaf = async (name: string, names: string, from: Date, to: Date): Promise<CertFiles> => {
     const files = { key: at(`${name}.key`), cert: at(`${name}.pem`) };
     await writeFile(at(`${name}.ext`), `basicConstraints = CA:FALSE\nsubjectAltName = ${names}\n`);
-    await run('openssl', ['req', '-new', ...key, '-keyout', files.key, '-out', at(`${name}.csr`), '-subj', `/CN=${name}`]);
     await run('openssl', [
-      'ca', '-batch', '-notext', '-config', at('ca.cnf'), '-in', at(`${name}.csr`), '-out', files.cert,
-      '-startdate', stamp(from), '-enddate', stamp(to), '-extfile', at(`${name}.ext`),
+      'req',
+      '-new',
+      ...key,
+      '-keyout',
+      files.key,
+      '-out',
+      at(`${name}.csr`),
+      '-subj',
+      `/CN=${name}`,
+    ]);
+    await run('openssl', [
+      'ca',
+      '-batch',
+      '-notext',
+      '-config',
+      at('ca.cnf'),
+      '-in',
+      at(`${name}.csr`),
+      '-out',
+      files.cert,
+      '-startdate',
+      stamp(from),
+      '-enddate',
+      stamp(to),
+      '-extfile',
+      at(`${name}.ext`),
     ]);
     return files;
   };
@@ -80,6 +118,29 @@ export async function makePki(): Promise<TestPki> {
   const expired = await leaf('expired', LOCAL_NAMES, new Date(now - 30 * DAY), new Date(now - 2 * DAY));
   const wrongName = await leaf('wrongname', 'DNS:wrong.example', new Date(now - DAY), new Date(now + 365 * DAY));
   const selfSigned = { key: at('self.key'), cert: at('self.pem') };
-  await run('openssl', ['req', '-x509', ...key, '-keyout', selfSigned.key, '-out', selfSigned.cert, '-subj', '/CN=localhost', '-days', '30', '-addext', `subjectAltName=${LOCAL_NAMES}`]);
-  return { dir, caFile: at('ca.pem'), good, soon, expired, wrongName, selfSigned, remove: () => rm(dir, { recursive: true, force: true }) };
+  await run('openssl', [
+    'req',
+    '-x509',
+    ...key,
+    '-keyout',
+    selfSigned.key,
+    '-out',
+    selfSigned.cert,
+    '-subj',
+    '/CN=localhost',
+    '-days',
+    '30',
+    '-addext',
+    `subjectAltName=${LOCAL_NAMES}`,
+  ]);
+  return {
+    dir,
+    caFile: at('ca.pem'),
+    good,
+    soon,
+    expired,
+    wrongName,
+    selfSigned,
+    remove: () => rm(dir, { recursive: true, force: true }),
+  };
 }

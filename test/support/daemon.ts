@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -27,9 +27,15 @@ export interface DaemonProcess {
 }
 
 export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): DaemonProcess {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let err = '';
-  const ended = () => (child.exitCode !== null || child.signalCode !== null ? `daemon exited (${child.exitCode ?? child.signalCode}); stderr: ${err}` : undefined);
+  const ended = () =>
+    child.exitCode !== null || child.signalCode !== null
+      ? `daemon exited (${child.exitCode ?? child.signalCode}); stderr: ${err}`
+      : undefined;
   const list = waitableList<LogLine>((got) => `last lines: ${JSON.stringify(got.slice(-5))}; stderr: ${err}`, ended);
   const lines = list.items;
   eachLine(child.stdout!, (text) => {
@@ -60,12 +66,18 @@ export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): Daemon
 }
 
 /** Polls `read` (sync or async) until `accept` holds or `ms` passes: for state outside the process (files, systemctl). */
-export async function waitUntil<T>(read: () => T | Promise<T>, accept: (v: T) => boolean, ms = 10_000, every = 20): Promise<T> {
+export async function waitUntil<T>(
+  read: () => T | Promise<T>,
+  accept: (v: T) => boolean,
+  ms = 10_000,
+  every = 20,
+): Promise<T> {
   const deadline = performance.now() + ms;
   for (;;) {
     const v = await read();
     if (accept(v)) return v;
-    if (performance.now() > deadline) throw new Error(`condition not met within ${ms}ms; last value: ${JSON.stringify(v)}`);
+    if (performance.now() > deadline)
+      throw new Error(`condition not met within ${ms}ms; last value: ${JSON.stringify(v)}`);
     await new Promise((r) => setTimeout(r, every));
   }
 }

@@ -1,9 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-import { tcpServer } from './servers.js';
 import type { CertFiles } from './certs.js';
+import { tcpServer } from './servers.js';
 
 /**
  * Misbehaving loopback servers for the hostile-backend suite. Each listens on port 0
@@ -58,7 +58,8 @@ export const drip = (text: string, everyMs: number) =>
   });
 
 /** Sends up to `megabytes` MiB without a newline. */
-export const flood = (megabytes: number) => hostile((socket, count) => pump(socket, Buffer.alloc(65_536, 'A'), count, megabytes * 1024 * 1024));
+export const flood = (megabytes: number) =>
+  hostile((socket, count) => pump(socket, Buffer.alloc(65_536, 'A'), count, megabytes * 1024 * 1024));
 
 /** `220-` continuation lines forever. */
 export const endlessContinuation = () => hostile((socket, count) => pump(socket, '220-still greeting you\r\n', count));
@@ -128,7 +129,10 @@ export async function tlsServer(files: CertFiles, banner?: string): Promise<Host
 export async function fullAcceptQueue(): Promise<Hostile> {
   const child: ChildProcess = spawn(
     'python3',
-    ['-c', 'import socket,sys\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(1)\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()'],
+    [
+      '-c',
+      'import socket,sys\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(1)\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()',
+    ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const port = await new Promise<number>((resolve, reject) => {

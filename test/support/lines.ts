@@ -24,7 +24,9 @@ export function waitableList<T>(describe: (items: T[]) => string, gone: () => st
   const waiters = new Set<() => void>();
   return {
     items,
-    changed: () => waiters.forEach((w) => w()),
+    changed: () => {
+      for (const w of waiters) w();
+    },
     waitFor(match: (item: T) => boolean, ms = 10_000, from = 0): Promise<T> {
       return new Promise((resolve, reject) => {
         const check = () => {

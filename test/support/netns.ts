@@ -1,4 +1,4 @@
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -60,10 +60,19 @@ export function uniqueName(tag: string): string {
 
 function execArgv(argv: readonly string[], input?: string): Promise<Exec> {
   return new Promise((resolve) => {
-    const child = execFile(argv[0]!, argv.slice(1), { maxBuffer: 16 * 1024 * 1024, timeout: 20_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
+    const child = execFile(
+      argv[0]!,
+      argv.slice(1),
+      { maxBuffer: 16 * 1024 * 1024, timeout: 20_000 },
+      (err, stdout, stderr) => {
+        const code = err
+          ? typeof (err as { code?: unknown }).code === 'number'
+            ? (err as { code: number }).code
+            : 1
+          : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
     child.stdin?.on('error', () => undefined); // EPIPE when the command exits without reading
     child.stdin?.end(input ?? '');
   });
@@ -81,7 +90,8 @@ export function createNetns(tag: string): Netns {
     exec,
     async run(argv, input) {
       const r = await exec(argv, input);
-      if (r.code !== 0) throw new Error(`in ${name}: ${argv.join(' ')} failed (${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+      if (r.code !== 0)
+        throw new Error(`in ${name}: ${argv.join(' ')} failed (${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
       return r.stdout;
     },
     spawn(argv) {
