@@ -4,7 +4,7 @@ import { type Conversation, converse, type Step } from './conversation.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
-const regex = z
+export const regex = z
   .string()
   .min(1)
   .refine((source) => {
