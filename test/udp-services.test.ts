@@ -192,6 +192,7 @@ describe('udp check against a loopback responder', () => {
       'timeout after 300ms (waiting for the reply)',
     );
     expect(() => checkSchema.parse({ type: 'udp', send: { hex: 'abc' } })).toThrow(/even number of hex digits/);
+    expect(() => checkSchema.parse({ type: 'udp', send: 'caf\u20ac' })).toThrow(/not one byte each/);
   });
 });
 

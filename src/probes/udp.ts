@@ -9,15 +9,24 @@ const hex = z
   .transform((s) => s.replace(/\s+/g, ''))
   .pipe(z.string().regex(/^(?:[0-9A-Fa-f]{2})+$/, 'expected an even number of hex digits (spaces allowed)'));
 
-/** Bytes as text (each character one byte, as the stream checks send) or `{ hex: "..." }`. */
-const bytes = z.union([z.string().min(1), z.strictObject({ hex })]);
+/** Text sent and matched one byte per character, as the stream checks do. */
+const text = z
+  .string()
+  .min(1)
+  .refine(
+    (s) => !/[\u0100-\uffff]/.test(s),
+    'characters past \\xff are not one byte each: write the bytes as { hex: "..." }',
+  );
+
+/** Bytes as text or `{ hex: "..." }`. */
+const bytes = z.union([text, z.strictObject({ hex })]);
 
 export const udpSchema = z.strictObject({
   type: z.literal('udp'),
   /** The request datagram; YAML escapes ("\r\n", "\xff") for control bytes. */
   send: bytes,
   /** What the reply must contain (text or hex bytes) or match (`regex`); any reply is up without it. */
-  expect: z.union([z.string().min(1), z.strictObject({ hex }), z.strictObject({ regex })]).optional(),
+  expect: z.union([text, z.strictObject({ hex }), z.strictObject({ regex })]).optional(),
   /** Largest reply accepted, in bytes. */
   maxBytes: z.number().int().min(1).max(65_535).default(4096),
 });
