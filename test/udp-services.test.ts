@@ -10,7 +10,7 @@ import { parsePlan } from '../src/plan/load.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import type { ProbeResult } from '../src/probes/types.js';
-import { BIN, type DaemonProcess, startDaemon } from './support/daemon.js';
+import { BIN, type DaemonProcess, startDaemon, waitUntil } from './support/daemon.js';
 import { A, dnsReply, ipv4, udpResponder } from './support/dns.js';
 import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
 import { closedPort } from './support/servers.js';
@@ -362,15 +362,13 @@ async function members(lab: Lab): Promise<[boolean, boolean]> {
   return [/\b0x0*101\b/.test(listed), /\b0x0*102\b/.test(listed)];
 }
 
-async function until(lab: Lab, want: [boolean, boolean], ms = 5000): Promise<number> {
-  const since = performance.now();
-  for (;;) {
-    const now = await members(lab);
-    if (now[0] === want[0] && now[1] === want[1]) return performance.now() - since;
-    if (performance.now() - since > ms)
-      throw new Error(`set membership ${JSON.stringify(now)}, not ${JSON.stringify(want)}, after ${ms}ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+/** Polls the nft set until it holds exactly the backends `want` says are up. */
+function until(lab: Lab, want: [boolean, boolean]): Promise<[boolean, boolean]> {
+  return waitUntil(
+    () => members(lab),
+    (now) => now[0] === want[0] && now[1] === want[1],
+    5000,
+  );
 }
 
 const transition = (backend: string, state: string) => (l: Record<string, unknown>) =>

@@ -11,6 +11,7 @@ import {
   RECORD_TYPES,
   type RecordType,
 } from './dns-wire.js';
+import { oncePer } from './memo.js';
 import { CheckFailed, defineProbe } from './types.js';
 
 const dnsName = z.string().superRefine((name, ctx) => {
@@ -39,16 +40,7 @@ export const dnsSchema = z.strictObject({
 export type DnsOptions = z.infer<typeof dnsSchema>;
 
 /** The question of each check config, encoded once, not on every check. */
-const questions = new WeakMap<DnsOptions, Buffer>();
-
-function questionOf(options: DnsOptions): Buffer {
-  let question = questions.get(options);
-  if (question === undefined) {
-    question = encodeQuestion(options.name, options.recordType);
-    questions.set(options, question);
-  }
-  return question;
-}
+const questionOf = oncePer((options: DnsOptions) => encodeQuestion(options.name, options.recordType));
 
 /**
  * One DNS query over UDP (RFC 1035): a fresh random ID and source port per check; the

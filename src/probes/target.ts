@@ -1,3 +1,4 @@
+import { oncePer } from './memo.js';
 import type { ProbeTarget } from './types.js';
 
 /**
@@ -6,16 +7,12 @@ import type { ProbeTarget } from './types.js';
  * resolves every check's target when it compiles; later calls return those same
  * frozen objects, so the check path allocates nothing for it.
  */
-const byPort = new WeakMap<ProbeTarget, Map<number, ProbeTarget>>();
+const portsOf = oncePer((_target: ProbeTarget) => new Map<number, ProbeTarget>());
 
 export function checkTarget(target: ProbeTarget, check: { readonly port?: number | undefined }): ProbeTarget {
   const port = check.port;
   if (port === undefined || port === target.port) return target;
-  let ports = byPort.get(target);
-  if (ports === undefined) {
-    ports = new Map();
-    byPort.set(target, ports);
-  }
+  const ports = portsOf(target);
   let resolved = ports.get(port);
   if (resolved === undefined) {
     resolved = Object.freeze({ ...target, port });

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { shorten } from './conversation.js';
 import { exchangeDatagram } from './datagram.js';
 import { regex } from './expect.js';
+import { oncePer } from './memo.js';
 import { CheckFailed, defineProbe } from './types.js';
 
 const hex = z
@@ -53,16 +54,7 @@ function matcherOf(expect: UdpOptions['expect']): Matcher {
 }
 
 /** Payload and matcher of each check config, built (and the pattern compiled) once, not on every check. */
-const compiled = new WeakMap<UdpOptions, Matcher & { payload: Buffer }>();
-
-function compile(options: UdpOptions): Matcher & { payload: Buffer } {
-  let c = compiled.get(options);
-  if (c === undefined) {
-    c = { payload: toBuffer(options.send), ...matcherOf(options.expect) };
-    compiled.set(options, c);
-  }
-  return c;
-}
+const compile = oncePer((options: UdpOptions) => ({ payload: toBuffer(options.send), ...matcherOf(options.expect) }));
 
 /**
  * Generic UDP send/expect (HAProxy has none; keepalived's MISC_CHECK is the usual
