@@ -39,9 +39,10 @@ export const serviceSchema = z.strictObject({
   name: objectName,
   vip: ipAddress.optional(),
   port,
-  protocol: z.enum(['tcp']).default('tcp'),
+  /** `udp`: the rules match UDP; such a service needs an explicit check (a UDP port cannot be connect-checked). */
+  protocol: z.enum(['tcp', 'udp']).default('tcp'),
   inInterface: interfaceName.optional(),
-  /** Default `tcp` unless `checks` is set. */
+  /** Default `tcp` unless `checks` is set (a `udp` service has no default). */
   check: checkSchema.optional(),
   /** Several checks instead of `check`: up only when every one passes. */
   checks: z.array(checkSchema).min(1).max(16).optional(),
