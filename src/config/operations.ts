@@ -85,9 +85,33 @@ export const dampingSchema = z.strictObject({
   decay: duration.default(300_000),
 });
 
+/** The track-file value that puts a keepalived instance in FAULT (with the track file's weight 1). */
+export const VRRP_FAULT = -254;
+
+export const vrrpSchema = z
+  .strictObject({
+    trackFile: z
+      .string()
+      .startsWith('/', 'expected an absolute path')
+      .describe(
+        "the file keepalived's track_file reads (weight 1): 0 with every backend up, a negative number as capacity falls, -254 (FAULT) with none or when the daemon stops",
+      ),
+    penalty: z
+      .number()
+      .int()
+      .min(1)
+      .max(253)
+      .default(100)
+      .describe(
+        'how far the priority drops as capacity nears zero: the value is -ceil(penalty * lost share); set it above the priority gap between the balancers so a balancer that lost more capacity than its peer yields the VIP',
+      ),
+  })
+  .describe('keepalived integration: a track file whose value follows the live capacity');
+
 export type HttpConfig = z.infer<typeof httpSchema>;
 export type NotifyConfig = z.infer<typeof notifySchema>;
 export type DampingConfig = z.infer<typeof dampingSchema>;
+export type VrrpConfig = z.infer<typeof vrrpSchema>;
 
 export const STATE_FILE_DEFAULT = '/run/nf-healthd/state.json';
 
@@ -101,4 +125,6 @@ export const operationsKeys = {
   notify: notifySchema.optional(),
   /** Off unless set; `damping: {}` turns it on with the defaults. */
   damping: dampingSchema.optional(),
+  /** Off unless set: keepalived's track file (docs/pair.md). */
+  vrrp: vrrpSchema.optional(),
 };
