@@ -20,6 +20,7 @@ export default defineConfig({
       'test/kernel-loop.test.ts',
       'test/operating-parts.test.ts',
       'test/probes.test.ts',
+      'test/vrrp.test.ts',
     ],
   },
 });

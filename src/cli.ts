@@ -27,8 +27,6 @@ Usage:
                                        (exit 0 all up, 2 some down, 78 bad config)
   nf-healthd status [-c FILE] [--json] the running daemon's view of every backend
                                        (exit 0 all up, 2 some down, 3 not running or stale)
-  nf-healthd status [-c FILE] --alive  only whether the daemon runs: exit 0 (silent), or 3
-                                       (for keepalived's vrrp_script)
   nf-healthd rules  [-c FILE] [--format F]
                                        print the balancing ruleset for the kernel; F is
                                        iptables (xt_condition), iptables-ipset, ipset (the
@@ -39,7 +37,6 @@ Options:
   -c, --config FILE   config file (default ${DEFAULT_CONFIG})
       --json          machine-readable output
       --format F      rules: the ruleset format
-      --alive         status: whether the daemon runs, whatever its backends
   -h, --help          this text
   -V, --version       the version
 `;
@@ -48,7 +45,6 @@ const OPTIONS = {
   config: { type: 'string', short: 'c', default: DEFAULT_CONFIG },
   json: { type: 'boolean', default: false },
   format: { type: 'string' },
-  alive: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'V', default: false },
 } satisfies ParseArgsConfig['options'];
@@ -113,7 +109,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
       return printRules(io, plan, values.format);
     }
     case 'status':
-      return runStatus(io, values.config, values.json, values.alive);
+      return runStatus(io, values.config, values.json);
     case 'run': {
       const plan = load(io, values.config);
       if (!plan) return EXIT.config;

@@ -1,8 +1,7 @@
 /**
  * `nf-healthd status [-c FILE] [--json]`: reads the daemon's state file and shows
  * each backend in one line. Exit 0 all up, 2 some down, 3 when the daemon is not
- * running or its state is stale (said in words on stderr). With `--alive` it only
- * answers whether the daemon runs (0, silent) or not (3): keepalived's vrrp_script.
+ * running or its state is stale (said in words on stderr).
  */
 import { formatDuration } from '../config/duration.js';
 import { ConfigError } from '../config/load.js';
@@ -86,7 +85,6 @@ export async function statusCommand(
   config: Config | undefined,
   json: boolean,
   now = Date.now(),
-  alive = false,
 ): Promise<number> {
   const read = await readStateFile(stateFile);
   if (!read.ok) {
@@ -99,10 +97,6 @@ export async function statusCommand(
   }
   const state = read.state;
   const stale = staleness(state, now);
-  if (alive) {
-    if (stale) io.err(`${stale}\n`);
-    return stale ? EXIT.notRunning : EXIT.ok;
-  }
   if (json) io.out(`${JSON.stringify({ running: !stale, ...(stale ? { problem: stale } : {}), ...state }, null, 2)}\n`);
   else io.out(statusTable(state, config, now));
   if (stale) {
@@ -113,7 +107,7 @@ export async function statusCommand(
 }
 
 /** The `status` command: the config names the state file; a broken config falls back to the default path. */
-export async function runStatus(io: StatusIo, configPath: string, json: boolean, alive = false): Promise<number> {
+export async function runStatus(io: StatusIo, configPath: string, json: boolean): Promise<number> {
   let config: Config | undefined;
   try {
     config = loadConfig(configPath);
@@ -121,5 +115,5 @@ export async function runStatus(io: StatusIo, configPath: string, json: boolean,
     if (!(err instanceof ConfigError)) throw err;
     io.err(`${err.message}\n(config unusable: reading the default state file ${STATE_FILE_DEFAULT})\n`);
   }
-  return statusCommand(io, config?.stateFile ?? STATE_FILE_DEFAULT, config, json, Date.now(), alive);
+  return statusCommand(io, config?.stateFile ?? STATE_FILE_DEFAULT, config, json);
 }

@@ -7,8 +7,9 @@
  *   some capacity lost      -ceil(penalty * lost share), between -1 and -penalty
  *   no capacity at all      -254: FAULT, the peer takes the VIP at once
  *   the daemon stopped      -254, written as its last word
+ *   the daemon starting     -254 until its first round of checks is done
  * A daemon that dies without a last word is keepalived's vrrp_script's business
- * (`nf-healthd status --alive`): see docs/pair.md.
+ * (pgrep on the daemon's command line): see docs/pair.md.
  */
 import { VRRP_FAULT } from '../config/operations.js';
 import type { BackendStatus, DaemonPlugin } from '../observer.js';
@@ -98,6 +99,9 @@ export const vrrpPlugin: DaemonPlugin = ({ daemon, log }) => {
       return stopped ? undefined : writeValue(...current());
     });
   };
+
+  // Until the first round of checks, this balancer's view is unknown: it does not claim the VIP.
+  chain = chain.then(() => writeValue(VRRP_FAULT, 'nf-healthd starting: no round of checks yet'));
 
   return {
     onReady: request,
