@@ -62,7 +62,19 @@ interface Lab {
   dir: string;
 }
 
-afterEach(() => cleanupNetns());
+/** Every nf-healthd started here: killed by pid after each test, also when the lab failed half-built. */
+const daemons = new Set<DaemonProcess>();
+
+afterEach(async () => {
+  for (const d of daemons) {
+    if (d.child.exitCode === null && d.child.signalCode === null) {
+      d.kill('SIGKILL');
+      await d.exited;
+    }
+  }
+  daemons.clear();
+  cleanupNetns();
+});
 
 /** A bridge port: a veth from the switch's bridge into `member`, named `ifName` there. */
 async function plug(
@@ -181,7 +193,8 @@ async function buildLab(options: { conntrackd: boolean }): Promise<Lab> {
     if (options.conntrackd) startConntrackd(b);
     startNfHealthd(b);
   }
-  await Promise.all(['A', 'B'].map((n) => waitTrackValue(lbs[n as Node], '0')));
+  // The first round of checks on a busy machine: a wide bound.
+  await Promise.all(['A', 'B'].map((n) => waitTrackValue(lbs[n as Node], '0', 60_000)));
   startKeepalived(lbs.A);
   await waitState(lbs.A, 'MASTER');
   startKeepalived(lbs.B);
@@ -201,6 +214,7 @@ function startBackend(ns: Netns, i: number): Promise<void> {
 
 function startNfHealthd(b: Balancer): void {
   b.daemon = startDaemon(['run', '-c', b.config], {}, b.ns.name);
+  daemons.add(b.daemon);
 }
 
 function startKeepalived(b: Balancer): void {
