@@ -55,7 +55,14 @@ export function parseConfig(text: string, file = '<config>'): Config {
       doc.errors.map((e) => ({ file, ...at(e.pos[0]), path: '', message: `YAML: ${e.message.split('\n')[0]}` })),
     );
   }
-  const result = configSchema.safeParse(doc.toJS({ maxAliasCount: 100 }) ?? {});
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    // The yaml library refuses alias expansion past maxAliasCount (a "billion laughs" file).
+    throw new ConfigError([{ file, line: 1, column: 1, path: '', message: `YAML: ${(err as Error).message}` }]);
+  }
+  const result = configSchema.safeParse(data ?? {});
   if (result.success) return result.data;
   const problems = result.error.issues.flatMap((issue) => locate(doc, issue, file, at));
   problems.sort((a, b) => a.line - b.line || a.column - b.column);
