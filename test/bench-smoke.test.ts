@@ -79,7 +79,7 @@ describe('benchmark harness (smoke)', () => {
   for (const mode of ['tcp', 'http'] as const) {
     it(`measures a ${mode} row for nf-healthd and HAProxy alike`, async () => {
       await measureRows(mode);
-    });
+    }, 60_000);
   }
 
   it('measures an smtp row for both and writes the report into BENCHMARKS.md, keeping the notes', async () => {
@@ -109,7 +109,7 @@ describe('benchmark harness (smoke)', () => {
     expect(text).toContain('notes before');
     expect(text).toContain('notes after');
     expect(text.indexOf(END)).toBeGreaterThan(text.indexOf('| smtp | 3 | haproxy |'));
-  });
+  }, 60_000);
 
   it('sees killed and silenced backends go down and come back through the condition files', async () => {
     const detection = await runDetection({ trials: 2, background: 2, timing, port: port++, bannerServer, ns: ns.name });
@@ -133,5 +133,5 @@ describe('benchmark harness (smoke)', () => {
       detection,
     });
     expect(report).toContain('| killed (refused) | detection | 2 |');
-  });
+  }, 60_000);
 });
