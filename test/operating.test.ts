@@ -6,6 +6,7 @@ import type { Snapshot } from '../src/ops/snapshot.js';
 import { cli } from './support/cli.js';
 import { smtpFarmYaml } from './support/config.js';
 import { type DaemonProcess, type LogLine, startDaemon, tempDir, waitUntil } from './support/daemon.js';
+import { parseMetrics } from './support/metrics.js';
 import { closedPort, freePort, restartable } from './support/servers.js';
 
 /*
@@ -253,20 +254,6 @@ describe('state file, status and restarts', () => {
     await stop(third);
   });
 });
-
-/** Prometheus text format: `name{l="v",...} value` lines, comments skipped. */
-function parseMetrics(text: string): { name: string; labels: Record<string, string>; value: number }[] {
-  return text
-    .split('\n')
-    .filter((l) => l !== '' && !l.startsWith('#'))
-    .map((line) => {
-      const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-      if (!m) throw new Error(`not a sample line: ${line}`);
-      const labels: Record<string, string> = {};
-      for (const [, k, v] of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[k!] = v!;
-      return { name: m[1]!, labels, value: Number(m[3]) };
-    });
-}
 
 describe('HTTP listener', () => {
   it('serves /metrics, /status and /healthz on loopback', async () => {

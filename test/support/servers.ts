@@ -38,35 +38,29 @@ export async function httpServer(handler: http.RequestListener) {
 /**
  * Connections whose local ports are held for the test process's lifetime: a port
  * that is the local end of one of them is refused to every listener (another test's,
- * another process's) and skipped when the kernel picks ephemeral ports.
+ * another process's) and skipped when the kernel picks ephemeral ports. Each goes to
+ * a listener of its own, so no two holds can share a four-tuple.
  */
-let holder: Promise<{ port: number }> | undefined;
-const holds = new Set<net.Socket>();
-
-function holdingServer(): Promise<{ port: number }> {
-  holder ??= new Promise((resolve) => {
-    const server = net.createServer((socket) => socket.on('error', () => undefined));
-    server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as net.AddressInfo).port }));
-    server.unref();
-  });
-  return holder;
-}
-
-/** Connects to the holding server (from `localPort`, or one the kernel picks); resolves with the socket. */
 async function holdConnection(localPort?: number): Promise<net.Socket> {
-  const { port } = await holdingServer();
+  const server = net.createServer((socket) => socket.on('error', () => undefined));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  server.unref();
+  const { port } = server.address() as net.AddressInfo;
   return new Promise((resolve, reject) => {
     const socket = net.connect({
       host: '127.0.0.1',
       port,
       ...(localPort ? { localAddress: '127.0.0.1', localPort } : {}),
     });
-    socket.once('error', reject);
+    socket.once('error', (err) => {
+      server.close();
+      reject(err);
+    });
     socket.once('connect', () => {
-      socket.removeListener('error', reject);
+      socket.removeAllListeners('error');
       socket.on('error', () => undefined);
+      socket.once('close', () => server.close());
       socket.unref();
-      holds.add(socket);
       resolve(socket);
     });
   });
@@ -99,7 +93,6 @@ export async function freePort(): Promise<number> {
 export async function holdPort(port: number): Promise<() => void> {
   const socket = await holdConnection(port);
   return () => {
-    holds.delete(socket);
     // A reset, not a FIN: no TIME_WAIT left on the port the server is about to take again.
     socket.resetAndDestroy();
   };
