@@ -31,6 +31,22 @@ afterAll(() => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
+/** The report as `npm run bench` writes it, from what one test measured. */
+function smokeReport(rows: RowResult[], detection: Awaited<ReturnType<typeof runDetection>>): string {
+  return renderReport({
+    startedAt: new Date(),
+    finishedAt: new Date(),
+    machine: machine(),
+    loadBefore: '0',
+    loadAfter: '0',
+    command: 'smoke',
+    timing,
+    windowS: 1.2,
+    rows,
+    detection,
+  });
+}
+
 describe('benchmark harness (smoke)', () => {
   it('the banner server answers SMTP and HTTP and obeys kill/revive', async () => {
     const backends = await startBackends(bannerServer, 'smtp', port++, 3, { ns: ns.name });
@@ -84,18 +100,7 @@ describe('benchmark harness (smoke)', () => {
 
   it('measures an smtp row for both and writes the report into BENCHMARKS.md, keeping the notes', async () => {
     const rows = await measureRows('smtp');
-    const report = renderReport({
-      startedAt: new Date(),
-      finishedAt: new Date(),
-      machine: machine(),
-      loadBefore: '0',
-      loadAfter: '0',
-      command: 'smoke',
-      timing,
-      windowS: 1.2,
-      rows,
-      detection: [],
-    });
+    const report = smokeReport(rows, []);
     expect(report).toContain('| smtp | 3 | nf-healthd |');
     expect(report).toContain('| smtp | 3 | haproxy |');
     expect(report).toMatch(/\| smtp \| 3 \| \d+ \| \d+ \| ([\d.]+×|n\/a) \|/);
@@ -120,18 +125,7 @@ describe('benchmark harness (smoke)', () => {
       'silent/up',
     ]);
     for (const d of detection) expect(d).toMatchObject({ trials: 2, missed: 0 });
-    const report = renderReport({
-      startedAt: new Date(),
-      finishedAt: new Date(),
-      machine: machine(),
-      loadBefore: '0',
-      loadAfter: '0',
-      command: 'smoke',
-      timing,
-      windowS: 1.2,
-      rows: [],
-      detection,
-    });
+    const report = smokeReport([], detection);
     expect(report).toContain('| killed (refused) | detection | 2 |');
   }, 60_000);
 });

@@ -1,13 +1,13 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
+import type { SmtpServer } from '../src/demo/smtp-server.js';
 import type { Snapshot } from '../src/ops/snapshot.js';
 import { cli } from './support/cli.js';
 import { smtpFarmYaml } from './support/config.js';
 import { type DaemonProcess, type LogLine, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { parseMetrics } from './support/metrics.js';
-import { restartable } from './support/servers.js';
+import { startSmtp } from './support/servers.js';
 
 /*
  * Paths of a running daemon no other test walked: `status` on a stuck daemon's stale
@@ -30,12 +30,8 @@ afterEach(async () => {
   tmp.cleanup();
 });
 
-async function smtp(): Promise<SmtpServer> {
-  const s = restartable(createSmtpServer());
-  await s.start();
-  servers.push(s);
-  return s;
-}
+/** Stopped, its port stays refused and reserved: another process cannot take it before a restart. */
+const smtp = () => startSmtp(servers);
 
 function run(backends: { name: string; port: number }[], extra: string, timing: string): { config: string } {
   const cond = path.join(tmp.dir, 'cond');

@@ -1,13 +1,13 @@
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
+import type { SmtpServer } from '../src/demo/smtp-server.js';
 import type { Snapshot } from '../src/ops/snapshot.js';
 import { cli } from './support/cli.js';
 import { smtpFarmYaml } from './support/config.js';
 import { type DaemonProcess, type LogLine, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { parseMetrics } from './support/metrics.js';
-import { closedPort, freePort, restartable } from './support/servers.js';
+import { closedPort, freePort, startSmtp } from './support/servers.js';
 
 /*
  * Issue 6 against the built daemon as a child process: real SMTP backends on
@@ -32,13 +32,8 @@ afterEach(async () => {
   tmp.cleanup();
 });
 
-async function smtp(): Promise<SmtpServer> {
-  // Stopped, its port stays refused and reserved: another process cannot take it before a restart.
-  const s = restartable(createSmtpServer());
-  await s.start();
-  servers.push(s);
-  return s;
-}
+/** Stopped, its port stays refused and reserved: another process cannot take it before a restart. */
+const smtp = () => startSmtp(servers);
 
 function run(configPath: string): DaemonProcess {
   const d = startDaemon(['run', '-c', configPath]);
