@@ -19,7 +19,9 @@ import { tcpServer } from './support/servers.js';
  * (docs/faults.md). A failure prints the seed and the shrunk counterexample.
  */
 const SCALE = Math.max(1, Number(process.env.NFH_FUZZ_RUNS ?? 1));
-const runs = (n: number) => ({ numRuns: n * SCALE });
+/** NFH_FUZZ_SEED replays the runs of a failure report (fast-check prints the seed). */
+const SEED = process.env.NFH_FUZZ_SEED ? { seed: Number(process.env.NFH_FUZZ_SEED) } : {};
+const runs = (n: number) => ({ numRuns: n * SCALE, ...SEED });
 
 describe('config loader', () => {
   const example = readFileSync(new URL('../config/example.yaml', import.meta.url), 'utf8');
