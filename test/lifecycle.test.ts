@@ -139,9 +139,13 @@ describe('notify hooks in a running daemon', () => {
     expect(samples.filter((s) => s.name === 'nfh_notify_hook_runs_total')).toEqual([
       { name: 'nfh_notify_hook_runs_total', labels: { hook: 'down', outcome: 'timeout' }, value: 1 },
     ]);
-    const state = JSON.parse(readFileSync(path.join(tmp.dir, 'state.json'), 'utf8')) as Snapshot;
+    const stateFile = path.join(tmp.dir, 'state.json');
+    const state = await waitUntil(
+      () => (existsSync(stateFile) ? (JSON.parse(readFileSync(stateFile, 'utf8')) as Snapshot) : undefined),
+      (s) => s?.backends[0]?.state === 'down',
+    );
     const since = samples.find((s) => s.name === 'nfh_backend_state_since_seconds' && s.labels.backend === 'a');
-    expect(since?.value).toBe(Date.parse(state.backends[0]!.since) / 1000);
+    expect(since?.value).toBe(Date.parse(state!.backends[0]!.since) / 1000);
   });
 
   it('a hook still running at stop is killed with the daemon, which exits 0', async () => {

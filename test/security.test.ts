@@ -182,7 +182,7 @@ services:
       const listening = await daemon.waitForLine((l) => l.event === 'http_listening');
       await daemon.waitForLine((l) => l.event === 'transition' && l.backend === 'down');
       await waitUntil(
-        () => readFileSync(stateFile, 'utf8'),
+        () => (existsSync(stateFile) ? readFileSync(stateFile, 'utf8') : ''),
         (text) => text.includes('"down"'),
       );
       const base = `http://127.0.0.1:${String(listening.port)}`;
