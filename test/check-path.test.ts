@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSmtpServer } from '../src/demo/smtp-server.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
-import { caContextsBuilt } from '../src/probes/tls-options.js';
+import { caContextsBuilt, prepareCaFiles } from '../src/probes/tls-options.js';
 import { makePki, type TestPki } from './support/certs.js';
 import { cli } from './support/cli.js';
 import { smtpFarmYaml } from './support/config.js';
@@ -64,6 +64,16 @@ describe('40 TLS checks naming one CA file, started together', () => {
     } finally {
       await smtp.stop();
     }
+  });
+
+  it('prepared ahead (at start or reload), no check builds a store', async () => {
+    const ca = freshCaFile('prepared-ca.pem');
+    await prepareCaFiles([ca, ca, undefined]);
+    const before = caContextsBuilt();
+    const tls = checkSchema.parse({ type: 'tls', ca, servername: 'localhost' });
+    const target = { service: 's', backend: 'b', address: '127.0.0.1', port: server.port };
+    expect(await runCheck(tls, target, 1500)).toMatchObject({ up: true });
+    expect(caContextsBuilt()).toBe(before);
   });
 
   it('a missing CA file: down naming the file, and tried again once it exists', async () => {

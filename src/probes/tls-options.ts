@@ -84,6 +84,15 @@ async function secureContextFor(ca: string | undefined): Promise<tls.SecureConte
   }
 }
 
+/**
+ * Builds the trusted stores of these CA files ahead of the checks (at start or reload),
+ * so that no check's latency includes building one. A file that cannot be read is left
+ * to the checks, which say so in their detail.
+ */
+export async function prepareCaFiles(files: Iterable<string | undefined>): Promise<void> {
+  await Promise.all([...new Set(files)].map((ca) => secureContextFor(ca).catch(() => undefined)));
+}
+
 /** Options for tls.connect / https.request: we judge the certificate ourselves, for a detail in words. */
 export async function connectOptions(target: ProbeTarget, options: TlsOptions): Promise<tls.ConnectionOptions> {
   const secureContext = await secureContextFor(options.ca);
