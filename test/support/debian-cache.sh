@@ -38,7 +38,7 @@ cached_build() {
   tmp=$(mktemp -d "$CACHE/.build-XXXXXX")
   # shellcheck disable=SC2064 # expand $tmp now: it is local
   trap "rm -rf --one-file-system '$tmp'" EXIT
-  "$build" "$tmp/out" "$tmp"
+  "$build" "$tmp/out" "$tmp" >&2 # stdout is the path alone
   # A parallel run may have renamed its copy into place first: keep that one.
   mv -T "$tmp/out" "$out" 2>/dev/null || [ -e "$out/$marker" ] || return 1
   echo "$out"
