@@ -286,7 +286,9 @@ describe('xt_condition on a real kernel (Debian 12 in QEMU)', () => {
     });
 
     it('mail1 down: every new connection reaches be2', () => {
-      expect(step('recipe-failover')).toMatchObject({
+      const s = step('recipe-failover');
+      expect(s.transition).toMatch(/^backend mail1 is down: 2 consecutive failures: connect ECONNREFUSED/);
+      expect(s).toMatchObject({
         conditions: { mail1up: '1', mail2up: '0' },
         answers: { be2: 20 },
         failures: [],

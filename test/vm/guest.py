@@ -414,24 +414,19 @@ def daemon_split():
     return connect(20)
 
 
-def daemon_failover():
-    at = daemon.mark()
-    start = time.monotonic()
-    backends["be2"].stop()
-    down = daemon.wait_for("mail2 down", event("transition", backend="mail2", state="down"), at)
-    wait_cond("mail2up", "1")
-    return {"fileMs": round((time.monotonic() - start) * 1000), "transition": down.get("msg"),
-            "conditions": cond_list(), **connect(20)}
-
-
-def daemon_recovery():
-    at = daemon.mark()
-    start = time.monotonic()
-    backends["be2"].start()
-    up = daemon.wait_for("mail2 up", event("transition", backend="mail2", state="up"), at)
-    wait_cond("mail2up", "0")
-    return {"fileMs": round((time.monotonic() - start) * 1000), "transition": up.get("msg"),
-            "conditions": cond_list(), **connect(20)}
+def flip(n, server, down):
+    """Stops (down) or starts backend N's server, waits for the daemon's transition and
+    the file it writes, then counts 20 new connections."""
+    def run():
+        backend, state, value = f"mail{n}", "down" if down else "up", "1" if down else "0"
+        at = daemon.mark()
+        start = time.monotonic()
+        (backends[server].stop if down else backends[server].start)()
+        line = daemon.wait_for(f"{backend} {state}", event("transition", backend=backend, state=state), at)
+        wait_cond(f"{backend}up", value)
+        return {"fileMs": round((time.monotonic() - start) * 1000), "transition": line.get("msg"),
+                "conditions": cond_list(), **connect(20), "saved": saved_rules()}
+    return run
 
 
 def daemon_drift():
@@ -545,22 +540,6 @@ def recipe_split():
     return {**connect(40), "saved": saved_rules()}
 
 
-def recipe_failover():
-    at = daemon.mark()
-    backends["be1"].stop()
-    daemon.wait_for("mail1 down", event("transition", backend="mail1", state="down"), at)
-    wait_cond("mail1up", "1")
-    return {"conditions": cond_list(), **connect(20)}
-
-
-def recipe_recovery():
-    at = daemon.mark()
-    backends["be1"].start()
-    daemon.wait_for("mail1 up", event("transition", backend="mail1", state="up"), at)
-    wait_cond("mail1up", "0")
-    return {"conditions": cond_list(), **connect(20), "saved": saved_rules()}
-
-
 def main():
     emit("boot", uptime=float(open("/proc/uptime").read().split()[0]))
     step("setup", setup)
@@ -569,8 +548,8 @@ def main():
     step("rules-4-web2-down", rules("rules-4.v4", 40, {"web2": 1}))
     step("daemon-start", daemon_start)
     step("daemon-split", daemon_split)
-    step("daemon-failover", daemon_failover)
-    step("daemon-recovery", daemon_recovery)
+    step("daemon-failover", flip(2, "be2", down=True))
+    step("daemon-recovery", flip(2, "be2", down=False))
     step("daemon-drift", daemon_drift)
     step("daemon-reload", daemon_reload)
     step("daemon-stop", daemon_stop)
@@ -578,8 +557,8 @@ def main():
     step("unprivileged-denied", unprivileged(False))
     step("unprivileged-allowed", unprivileged(True))
     step("recipe-split", recipe_split)
-    step("recipe-failover", recipe_failover)
-    step("recipe-recovery", recipe_recovery)
+    step("recipe-failover", flip(1, "be1", down=True))
+    step("recipe-recovery", flip(1, "be1", down=False))
     step("recipe-stop", daemon_stop)
     emit("done", ok=True)
 

@@ -1,4 +1,4 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, chmodSync, constants, cpSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,11 +20,39 @@ export interface Exec {
   stderr: string;
 }
 
-export function execBounded(file: string, args: string[], timeout: number): Promise<Exec> {
+/**
+ * Runs a command in a process group of its own; after timeoutMs the whole group gets
+ * SIGTERM (so debootstrap unmounts and the build script's EXIT trap removes its
+ * temporary tree), then SIGKILL 15 s later if anything is still there.
+ */
+export function execBounded(file: string, args: string[], timeoutMs: number): Promise<Exec> {
   return new Promise((resolve) => {
-    execFile(file, args, { timeout, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr: stderr || (err && !stdout ? err.message : stderr) });
+    const child = spawn(file, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr = (stderr + c).slice(-20_000)));
+    const group = (signal: NodeJS.Signals) => {
+      try {
+        process.kill(-child.pid!, signal);
+      } catch {
+        // the group is gone
+      }
+    };
+    let killer: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => {
+      stderr += `\n[test] ${path.basename(file)} ${args.join(' ')}: stopped after ${timeoutMs} ms`;
+      group('SIGTERM');
+      killer = setTimeout(() => group('SIGKILL'), 15_000);
+    }, timeoutMs);
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      resolve({ code: 127, stdout, stderr: err.message });
+    });
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      clearTimeout(killer);
+      resolve({ code: code ?? 1, stdout, stderr });
     });
   });
 }
