@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN } from './support/daemon.js';
 import { cleanupNetns, tempFolder } from './support/netns.js';
-import { bootVm, type GuestStep, killVm, runDisk, sizeMb, type VmRun, vmImage } from './vm/vm.js';
+import { bootVm, type GuestStep, type Image, killVm, runDisk, sizeMb, type VmRun, vmImage } from './vm/vm.js';
 
 /*
  * The recipe on a kernel that has xt_condition: this machine's kernel has neither the
@@ -106,6 +106,7 @@ function render(name: string): string {
 }
 
 let run: VmRun;
+let image: Image;
 
 /** One guest step's data; a failed or missing step fails with the guest's own words and console. */
 function step(name: string): GuestStep {
@@ -120,7 +121,7 @@ function step(name: string): GuestStep {
 beforeAll(
   async () => {
     const t0 = performance.now();
-    const image = await vmImage(BUILD_TIMEOUT);
+    image = await vmImage(BUILD_TIMEOUT);
     const t1 = performance.now();
     const disk = await runDisk(dir, {
       ...configs,
@@ -136,7 +137,8 @@ beforeAll(
       .map((s) => `${s.step} ${((s.ms as number) / 1000).toFixed(1)}s${s.ok ? '' : ' FAILED'}`);
     console.log(
       [
-        `vm: image ${image.dir} (kernel ${image.kernel}) ready in ${((t1 - t0) / 1000).toFixed(1)}s`,
+        `vm: image ${image.dir} (kernel ${image.kernel}) ${image.buildLog ? 'built' : 'from the cache'} in ${((t1 - t0) / 1000).toFixed(1)}s`,
+        ...(image.buildLog ? [image.buildLog] : []),
         `vm: run disk ${sizeMb(disk)} MB made in ${((t2 - t1) / 1000).toFixed(1)}s`,
         `vm: QEMU (${run.accel}) ${(run.ms / 1000).toFixed(1)}s, ${run.exit}; guest script started ${boot ? `${boot.uptime}s after the kernel` : 'never'}`,
         `vm: steps: ${steps.join(', ')}`,
@@ -154,8 +156,8 @@ afterAll(() => {
 describe('xt_condition on a real kernel (Debian 12 in QEMU)', () => {
   it('boots the image with xt_condition built by DKMS for its own kernel', () => {
     const s = step('setup');
-    expect(s.kernel).toMatch(/-amd64$/);
-    expect(String(s.module)).toMatch(/\/xt_condition\.ko$/);
+    expect(s.kernel).toBe(image.kernel);
+    expect(s.module).toBe(`/lib/modules/${image.kernel}/updates/dkms/xt_condition.ko`);
     expect(s.moduleParameters).toEqual({
       condition_gid_perms: '0',
       condition_list_perms: '420',

@@ -61,6 +61,8 @@ export interface Image {
   dir: string;
   kernel: string;
   versions: string;
+  /** image.sh's own timing lines when it built the image now; empty when it came from the cache. */
+  buildLog: string;
 }
 
 /** Builds the image once (about 5 minutes), or finds it in the cache. */
@@ -72,6 +74,7 @@ export async function vmImage(timeoutMs: number): Promise<Image> {
     dir,
     kernel: readFileSync(path.join(dir, 'kernel'), 'utf8').trim(),
     versions: readFileSync(path.join(dir, 'versions.txt'), 'utf8').trim(),
+    buildLog: r.stderr.trim(),
   };
 }
 
@@ -210,8 +213,8 @@ export function bootVm(image: Image, disk: string, dir: string, timeoutMs: numbe
           keep(`\n[test] unreadable result line: ${text.slice(0, 200)}\n`);
         }
       }
-      // NFH_VM_KEEP=DIR keeps the guest's results and console (docs/recipe-vm.md quotes a run).
-      const keepDir = process.env.NFH_VM_KEEP;
+      // NF_HEALTHD_VM_KEEP=DIR keeps the guest's results and console (docs/recipe-vm.md quotes a run).
+      const keepDir = process.env.NF_HEALTHD_VM_KEEP;
       if (keepDir) {
         mkdirSync(keepDir, { recursive: true });
         cpSync(results, path.join(keepDir, 'results.jsonl'));
