@@ -327,7 +327,8 @@ class Daemon:
         with self.changed:
             return len(self.lines)
 
-    def wait_for(self, what, match, since=0, timeout=60.0):
+    def wait_for(self, what, match, since=0, timeout=180.0):
+        # Wide: node alone takes 11 s to start under emulation on a quiet machine, 45 s on a busy one.
         deadline = time.monotonic() + timeout
         with self.changed:
             while True:
