@@ -5,14 +5,28 @@ import { z } from 'zod';
 import { conditionName } from '../config/names.js';
 import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
 
-export const conditionWriterSchema = z.strictObject({
-  type: z.literal('condition'),
-  dir: z.string().startsWith('/', 'expected an absolute path').default('/proc/net/nf_condition'),
-  /** The recipe's rules say `! --condition`, so 0 means up there. */
-  upValue: z.union([z.literal(0), z.literal(1)]).default(0),
-  /** Create missing files: right for a plain folder, wrong under /proc where the kernel owns them. Default: not under /proc. */
-  create: z.boolean().optional(),
-});
+export const conditionWriterSchema = z
+  .strictObject({
+    type: z.literal('condition'),
+    dir: z
+      .string()
+      .startsWith('/', 'expected an absolute path')
+      .default('/proc/net/nf_condition')
+      .describe('The folder of the condition files (one per backend, named by its `condition`).'),
+    /** The recipe's rules say `! --condition`, so 0 means up there. */
+    upValue: z
+      .union([z.literal(0), z.literal(1)])
+      .default(0)
+      .describe("The value that means up: `0` for rules that test `! --condition`, as the recipe's do."),
+    /** Create missing files: right for a plain folder, wrong under /proc where the kernel owns them. Default: not under /proc. */
+    create: z
+      .boolean()
+      .optional()
+      .describe(
+        'Create missing files; default: yes, except under `/proc`, where the kernel makes them when a rule names them.',
+      ),
+  })
+  .describe('xt_condition (xtables-addons): writes `0`/`1` to one file per backend.');
 export type ConditionWriterConfig = z.infer<typeof conditionWriterSchema>;
 
 function fileFor(dir: string, name: string): string {

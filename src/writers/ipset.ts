@@ -10,17 +10,26 @@ export const binaryPath = z
   .string()
   .regex(/^(\/[A-Za-z0-9_./+-]+|[A-Za-z0-9_.+-]+)$/, 'expected a program name or an absolute path');
 
-export const ipsetWriterSchema = z.strictObject({
-  type: z.literal('ipset'),
-  /** Set of backend B is PREFIX + B (shortened with a hash past 31 characters), as `nf-healthd rules` names it. */
-  setPrefix: z
-    .string()
-    .regex(/^[A-Za-z0-9_.:-]{1,16}$/, 'expected 1 to 16 letters, digits, "_", ".", ":" or "-"')
-    .default(IPSET_DEFAULT_PREFIX),
-  ipsetPath: binaryPath.default('ipset'),
-  /** How long one ipset command may take (default 5s). */
-  commandTimeout: duration.optional(),
-});
+export const ipsetWriterSchema = z
+  .strictObject({
+    type: z.literal('ipset'),
+    /** Set of backend B is PREFIX + B (shortened with a hash past 31 characters), as `nf-healthd rules` names it. */
+    setPrefix: z
+      .string()
+      .regex(/^[A-Za-z0-9_.:-]{1,16}$/, 'expected 1 to 16 letters, digits, "_", ".", ":" or "-"')
+      .default(IPSET_DEFAULT_PREFIX)
+      .describe(
+        "Backend B's set is PREFIX + B (shortened to a stable name ending in a hash past 31 characters), as `nf-healthd rules` names it.",
+      ),
+    ipsetPath: binaryPath
+      .default('ipset')
+      .describe('The ipset program: a name looked up in PATH, or an absolute path.'),
+    /** How long one ipset command may take (default 5s). */
+    commandTimeout: duration
+      .optional()
+      .describe('How long one ipset command may take before it is killed; default 5s.'),
+  })
+  .describe('ipset: a backend is up while its `hash:ip` set holds the service VIP.');
 export type IpsetWriterConfig = z.infer<typeof ipsetWriterSchema>;
 
 const MAX_LISTING = 16 * 1024 * 1024;

@@ -9,16 +9,23 @@ const identifier = z
   .string()
   .regex(nftIdentifierPattern, 'expected an nft name: a letter or "_", then letters, digits, "_", "." or "-"');
 
-export const nftWriterSchema = z.strictObject({
-  type: z.literal('nft'),
-  table: identifier.default(NFT_DEFAULTS.table),
-  family: z.enum(['inet', 'ip', 'ip6']).default(NFT_DEFAULTS.family),
-  /** The set of live marks, as `nf-healthd rules --format nft` declares it. */
-  set: identifier.default(NFT_DEFAULTS.set),
-  nftPath: binaryPath.default('nft'),
-  /** How long one nft command may take (default 5s). */
-  commandTimeout: duration.optional(),
-});
+export const nftWriterSchema = z
+  .strictObject({
+    type: z.literal('nft'),
+    table: identifier.default(NFT_DEFAULTS.table).describe('The nft table the rules and the set live in.'),
+    family: z
+      .enum(['inet', 'ip', 'ip6'])
+      .default(NFT_DEFAULTS.family)
+      .describe("The table's family (`inet` serves IPv4 and IPv6)."),
+    /** The set of live marks, as `nf-healthd rules --format nft` declares it. */
+    set: identifier
+      .default(NFT_DEFAULTS.set)
+      .describe("The set of live backends' marks, as `nf-healthd rules --format nft` declares it."),
+    nftPath: binaryPath.default('nft').describe('The nft program: a name looked up in PATH, or an absolute path.'),
+    /** How long one nft command may take (default 5s). */
+    commandTimeout: duration.optional().describe('How long one nft command may take before it is killed; default 5s.'),
+  })
+  .describe('nftables: a backend is up while its mark is in one set.');
 export type NftWriterConfig = z.infer<typeof nftWriterSchema>;
 
 const MAX_LISTING = 4 * 1024 * 1024;
