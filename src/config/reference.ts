@@ -359,7 +359,8 @@ export function manKeyList(): string {
     out.push('', `### ${section.heading.replace(/`/g, '')}`, '');
     if (section.intro) out.push(section.intro, '');
     for (const key of section.keys) {
-      const facts = [typeText(key), key.default && `default ${key.default}`].filter(Boolean).join('; ');
+      const given = key.default === 'required' ? 'required' : key.default && `default ${key.default}`;
+      const facts = [typeText(key), given].filter(Boolean).join('; ');
       out.push(`* \`${key.key}\` (${facts}): ${fullDescription(key)}`);
     }
   }
