@@ -6,7 +6,8 @@
 set -euo pipefail
 CACHE=${NFH_ROOTFS_CACHE:-/var/cache/nf-healthd-test}
 MIRROR=${NFH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=systemd,systemd-sysv,dbus,procps
+# man-db: systemd-analyze verify runs man for the unit's Documentation=man:... pages.
+PACKAGES=systemd,systemd-sysv,dbus,procps,man-db
 hash=$(sha256sum "$0" | cut -c1-16)
 root="$CACHE/rootfs-$hash"
 if [ -x "$root/usr/lib/systemd/systemd" ]; then echo "$root"; exit 0; fi
