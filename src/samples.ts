@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import type { DaemonPlugin } from './run.js';
+import type { DaemonPlugin } from './observer.js';
 
 /**
  * Opt-in timing samples for the benchmark (`NF_HEALTHD_SAMPLES=FILE`): per wall-clock

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { IPSET_LINE_PREFIX } from '../src/rules/iptables-ipset.js';
+import { IPSET_LINE_PREFIX } from '../src/kernel/rules/iptables-ipset.js';
 import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
 
 // The whole system on a real kernel: a client, a balancer holding the VIP with

@@ -8,8 +8,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config/load.js';
-import { resolveBackends } from '../src/config/resolve.js';
+import { parsePlan } from '../src/plan/load.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { checkLabel, runCheck } from '../src/probes/run.js';
 import { makePki, type TestPki } from './support/certs.js';
@@ -416,11 +415,11 @@ services:
 `;
 
   it('resolves backend and service lists; check and checks together is an error', () => {
-    const specs = resolveBackends(parseConfig(yaml(25, 465)));
+    const specs = parsePlan(yaml(25, 465)).backends;
     expect(specs.map((s) => checkLabel(s.checks))).toEqual(['smtp+tls', 'tcp+tls', 'tcp']);
     expect(specs[2]!.check).toEqual({ type: 'tcp' });
     expect(() =>
-      parseConfig(
+      parsePlan(
         `services:\n  - name: s\n    port: 1\n    check: {type: tcp}\n    checks: [{type: tcp}]\n    backends: [{name: b, address: 127.0.0.1}]\n`,
       ),
     ).toThrow(/services\[0\]\.checks: set either check or checks, not both/);

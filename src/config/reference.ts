@@ -1,10 +1,10 @@
 import { z } from 'zod';
 import { checkSchema } from '../probes/registry.js';
-import { binaryPath } from '../writers/ipset.js';
 import { duration, formatDuration } from './duration.js';
 import { address, conditionName, ipAddress, objectName, port } from './names.js';
 import { listenAddress } from './operations.js';
 import { configSchema, TIMING_DEFAULTS } from './schema.js';
+import { binaryPath } from './writers.js';
 
 /**
  * The configuration reference, generated from the zod schemas and their `.describe()`

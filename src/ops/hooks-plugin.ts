@@ -11,10 +11,9 @@
 import { execFile } from 'node:child_process';
 import pLimit from 'p-limit';
 import type { NotifyConfig } from '../config/operations.js';
-import type { BackendStatus } from '../daemon.js';
 import type { BackendState } from '../health/hysteresis.js';
 import type { Logger } from '../log.js';
-import type { DaemonPlugin } from '../run.js';
+import type { BackendStatus, DaemonPlugin } from '../observer.js';
 import { metricsFor } from './metrics.js';
 
 export interface Notification {

@@ -3,10 +3,10 @@
  * `nf-healthd status` all share this one shape.
  */
 import path from 'node:path';
-import type { BackendSpec } from '../config/resolve.js';
-import type { BackendStatus, Daemon } from '../daemon.js';
 import { type DampingState, isHeld } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
+import type { BackendStatus, Daemon } from '../observer.js';
+import type { BackendPlan } from '../plan/compile.js';
 import { checkLabel } from '../probes/run.js';
 
 export const SNAPSHOT_VERSION = 1;
@@ -47,7 +47,7 @@ export interface Snapshot {
 }
 
 /** address, port, check and writer target: what "the backend is unchanged" means across restarts. */
-export function fingerprint(spec: BackendSpec): string {
+export function fingerprint(spec: BackendPlan): string {
   return JSON.stringify([spec.address, spec.port, spec.checks, spec.target.key]);
 }
 

@@ -4,10 +4,11 @@
  * running or its state is stale (said in words on stderr).
  */
 import { formatDuration } from '../config/duration.js';
-import { ConfigError, loadConfig } from '../config/load.js';
+import { ConfigError } from '../config/load.js';
 import { STATE_FILE_DEFAULT } from '../config/operations.js';
 import type { Config } from '../config/schema.js';
 import { formatTable } from '../format.js';
+import { loadConfig } from '../plan/load.js';
 import { type BackendSnapshot, type Snapshot, writePeriodOf } from './snapshot.js';
 import { readStateFile } from './state-file.js';
 

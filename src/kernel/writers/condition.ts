@@ -1,39 +1,8 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { z } from 'zod';
-import { conditionName } from '../config/names.js';
-import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
-
-export const conditionWriterSchema = z
-  .strictObject({
-    type: z.literal('condition'),
-    dir: z
-      .string()
-      .startsWith('/', 'expected an absolute path')
-      .default('/proc/net/nf_condition')
-      .describe('The folder of the condition files (one per backend, named by its `condition`).'),
-    /** The recipe's rules say `! --condition`, so 0 means up there. */
-    upValue: z
-      .union([z.literal(0), z.literal(1)])
-      .default(0)
-      .describe("The value that means up: `0` for rules that test `! --condition`, as the recipe's do."),
-    /** Create missing files: right for a plain folder, wrong under /proc where the kernel owns them. Default: not under /proc. */
-    create: z
-      .boolean()
-      .optional()
-      .describe(
-        'Create missing files; default: yes, except under `/proc`, where the kernel makes them when a rule names them.',
-      ),
-  })
-  .describe('xt_condition (xtables-addons): writes `0`/`1` to one file per backend.');
-export type ConditionWriterConfig = z.infer<typeof conditionWriterSchema>;
-
-function fileFor(dir: string, name: string): string {
-  // Names are validated by the config schema; check again right before they become a path.
-  if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
-  return path.join(dir, name);
-}
+import type { ConditionWriterConfig } from '../../config/writers.js';
+import { conditionPath } from '../../plan/kernel-names.js';
+import { asErrno, type ReadOutcome, type Writer } from './types.js';
 
 /**
  * xt_condition's files: open, write, close every time (a descriptor held across a
@@ -47,7 +16,7 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
   const files = new Map<string, string>();
   const fileOf = (name: string): string => {
     let file = files.get(name);
-    if (file === undefined) files.set(name, (file = fileFor(options.dir, name)));
+    if (file === undefined) files.set(name, (file = conditionPath(options.dir, name)));
     return file;
   };
   return {
@@ -104,13 +73,3 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
     },
   };
 }
-
-export const conditionWriter = defineWriter({
-  type: 'condition',
-  schema: conditionWriterSchema,
-  create: createConditionWriter,
-  target(options, _service, backend): WriterTarget {
-    const key = backend.condition ?? backend.name;
-    return { key, label: path.join(options.dir, key) };
-  },
-});
