@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pLimit from 'p-limit';
 import { ConfigError } from './config/load.js';
+import { EXIT } from './exit-codes.js';
 import { formatTable, hostPort } from './format.js';
 import { printRules } from './kernel/rules/command.js';
 import { runStatus } from './ops/status-command.js';
@@ -10,7 +11,6 @@ import { loadPlan } from './plan/load.js';
 import { checkLabel, runCheck } from './probes/run.js';
 import { runDaemon } from './run-daemon.js';
 
-export const EXIT = { ok: 0, down: 2, usage: 64, config: 78 } as const;
 export const DEFAULT_CONFIG = '/etc/nf-healthd/config.yaml';
 
 export function version(): string {

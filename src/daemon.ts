@@ -54,7 +54,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       try {
         (o[key] as ((...a: unknown[]) => void) | undefined)?.(...args);
       } catch (err) {
-        log.error({ err }, `observer ${key} failed`);
+        log.error({ event: 'observer_failed', err }, `observer ${key} failed`);
       }
     }
   };
@@ -82,7 +82,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const checkOnce = options.runCheck ?? runCheck;
   const scheduler = createScheduler({
     random,
-    onError: (job, err) => log.error({ err, backend: job.id }, 'check job failed'),
+    onError: (job, err) => log.error({ event: 'check_job_failed', err, backend: job.id }, 'check job failed'),
   });
   let progressAt = performance.now();
 

@@ -90,6 +90,29 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
 
   const outcome = (key: string, up: boolean, o: SyncOutcome) => options.onOutcome?.(key, up, o);
 
+  /** One writer call, timed: `busySince` while it runs, one log line if it runs past `stallAfterMs` and one when it ends. */
+  const timed = async <T>(call: () => Promise<T>): Promise<T> => {
+    const since = performance.now();
+    busySince = since;
+    let stalled = false;
+    const stallTimer = setTimeout(() => {
+      stalled = true;
+      log.error(
+        { event: 'writer_stalled', afterMs: options.stallAfterMs },
+        `the kernel writer has been busy for ${options.stallAfterMs} ms: checks go on, changes wait for it`,
+      );
+    }, options.stallAfterMs);
+    stallTimer.unref();
+    try {
+      return await call();
+    } finally {
+      clearTimeout(stallTimer);
+      busySince = undefined;
+      const busyMs = Math.round(performance.now() - since);
+      if (stalled) log.info({ event: 'writer_resumed', busyMs }, `the kernel writer answered again after ${busyMs} ms`);
+    }
+  };
+
   const failed = (target: WriterTarget, up: boolean, error: NodeJS.ErrnoException) => {
     const sig = `${error.code ?? error.message}`;
     if (failing.get(target.key) !== sig) {
@@ -116,7 +139,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const alreadyThere = async (batch: { target: WriterTarget; up: boolean }[]) => {
     const unknown = batch.filter((w) => !known.has(w.target.key) && !drifted.has(w.target.key));
     if (unknown.length === 0) return batch;
-    const read = await writer.read(unknown.map((w) => w.target));
+    const read = await timed(() => writer.read(unknown.map((w) => w.target)));
     return batch.filter((w) => {
       const r = read.get(w.target.key);
       if (known.has(w.target.key) || drifted.has(w.target.key) || !r || 'error' in r || r.up !== w.up) return true;
@@ -133,7 +156,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     if (wantedNow.length === 0) return;
     const batch = await alreadyThere(wantedNow);
     if (batch.length === 0) return;
-    const errors = await writer.write(batch.map((w) => ({ target: w.target, up: w.up })));
+    const errors = await timed(() => writer.write(batch.map((w) => ({ target: w.target, up: w.up }))));
     let anyFailed = false;
     for (const w of batch) {
       const current = wanted.get(w.target.key);
@@ -170,7 +193,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const readBack = async () => {
     const all = [...wanted.values()];
     if (all.length === 0) return;
-    const read = await writer.read(all.map((w) => w.target));
+    const read = await timed(() => writer.read(all.map((w) => w.target)));
     for (const w of all) {
       // Changed meanwhile, or failing already: the write decides.
       if (wanted.get(w.target.key) !== w || dirty.has(w.target.key) || retrying.has(w.target.key)) continue;
@@ -202,17 +225,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   };
 
   const turn = async () => {
-    busySince = performance.now();
     const mark = requested;
-    let stalledAt: number | undefined;
-    const stallTimer = setTimeout(() => {
-      stalledAt = performance.now();
-      log.error(
-        { event: 'writer_stalled', afterMs: options.stallAfterMs },
-        `the kernel writer has been busy for ${options.stallAfterMs} ms: checks go on, changes wait for it`,
-      );
-    }, options.stallAfterMs);
-    stallTimer.unref();
     try {
       if (dirty.size > 0) await write();
       if (readBackDue) {
@@ -227,13 +240,6 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       lastError = String(err);
       scheduleRetry();
     } finally {
-      clearTimeout(stallTimer);
-      if (stalledAt !== undefined && busySince !== undefined)
-        log.info(
-          { event: 'writer_resumed', busyMs: Math.round(performance.now() - busySince) },
-          `the kernel writer answered again after ${Math.round(performance.now() - busySince)} ms`,
-        );
-      busySince = undefined;
       attempts = Math.max(attempts, mark);
       for (let i = waiters.length - 1; i >= 0; i--) {
         if (waiters[i]!.mark <= attempts) waiters.splice(i, 1)[0]!.resolve();
@@ -341,14 +347,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       while (busy) await busy;
       for (const key of retrying) dirty.add(key);
       retrying.clear();
-      if (dirty.size > 0) {
-        busySince = performance.now();
-        try {
-          await write();
-        } finally {
-          busySince = undefined;
-        }
-      }
+      if (dirty.size > 0) await write();
       stopped = true;
       clearTimeout(retryTimer);
       await writer.close?.();
