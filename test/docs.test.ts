@@ -1,21 +1,17 @@
-import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { configurationSections, generatedDocs, undocumentedKeys } from '../src/config/reference.js';
-import { tempDir } from './support/daemon.js';
 
 /*
- * The docs: the configuration reference and the man pages' key list are what the zod
- * schemas generate (regenerate with `npm run docs`), every key is described, the man pages
- * render with the real man-db, and every link in README.md and docs/ reaches a file and
- * heading that exist.
+ * The docs (fast, no packages; in `npm run test:unit`): the configuration reference and the
+ * man page's key list are what the zod schemas generate (regenerate with `npm run docs`),
+ * every key is described, and every link in README.md and docs/ reaches a file and heading
+ * that exist. test/man.test.ts renders the man pages.
  */
 
 const ROOT = path.join(import.meta.dirname, '..');
 const read = (file: string) => readFileSync(path.join(ROOT, file), 'utf8');
-const run = promisify(execFile);
 
 describe('generated configuration reference', () => {
   it('is what `npm run docs` writes (docs/configuration.md, nf-healthd.yaml(5))', () => {
@@ -43,58 +39,6 @@ describe('generated configuration reference', () => {
       expect.arrayContaining(['tcp', 'smtp', 'http', 'https', 'tls', 'expect', 'exec', 'redis', 'lmtp']),
     );
     expect(heading('`writer` type `nft`').keys.map((k) => k.key)).toContain('commandTimeout');
-  });
-});
-
-describe('man pages', () => {
-  const out = tempDir('nfh-man-');
-  afterAll(() => out.cleanup());
-
-  async function render(page: string): Promise<string> {
-    const { stdout, stderr } = await run('man', ['-l', path.join(out.dir, page)], {
-      env: { ...process.env, MANWIDTH: '100', MAN_KEEP_FORMATTING: '', LC_ALL: 'C.UTF-8', MANPAGER: 'cat' },
-    });
-    expect(stderr, `man -l ${page} warned`).toBe('');
-    return stdout;
-  }
-
-  it('build with `npm run man` and render with man -l', { timeout: 60_000 }, async () => {
-    await run(process.execPath, [path.join(ROOT, 'scripts/man.mjs'), out.dir]);
-    expect(readdirSync(out.dir).sort()).toEqual(['nf-healthd.8', 'nf-healthd.yaml.5']);
-
-    const eight = await render('nf-healthd.8');
-    expect(eight).toMatch(/^NF-HEALTHD\(8\)/);
-    for (const section of [
-      'NAME',
-      'SYNOPSIS',
-      'DESCRIPTION',
-      'COMMANDS',
-      'OPTIONS',
-      'SIGNALS',
-      'EXIT STATUS',
-      'FILES',
-      'ENVIRONMENT',
-      'SEE ALSO',
-    ]) {
-      expect(eight).toMatch(new RegExp(`^${section}$`, 'm'));
-    }
-    for (const word of ['SIGHUP', 'SIGUSR1', '/run/nf-healthd/state.json', 'NOTIFY_SOCKET', '--format F']) {
-      expect(eight).toContain(word);
-    }
-    for (const code of ['0', '1', '2', '3', '64', '78']) expect(eight).toMatch(new RegExp(`^ +• ${code}:`, 'm'));
-
-    const five = await render('nf-healthd.yaml.5');
-    expect(five).toMatch(/^NF-HEALTHD\.YAML\(5\)/);
-    for (const section of ['NAME', 'SYNOPSIS', 'DESCRIPTION', 'EXAMPLE', 'KEYS', 'HOOK ENVIRONMENT', 'SEE ALSO']) {
-      expect(five).toMatch(new RegExp(`^${section}$`, 'm'));
-    }
-    // Every key of every section is in the page (the generated part survived the conversion).
-    const text = five.replace(/‐\n\s*/g, '').replace(/\s+/g, ' ');
-    for (const section of configurationSections()) {
-      for (const key of section.keys) expect(text).toContain(`• ${key.key} (${key.type.replace(/`/g, '')}`);
-    }
-    expect(text).not.toContain('<!--');
-    expect(text).not.toMatch(/&\w+;|&#\d+;/);
   });
 });
 
