@@ -126,11 +126,14 @@ async function probeAll(io: Io, plan: Plan, json: boolean): Promise<number> {
   const rows = await Promise.all(
     specs.map(async (spec) => {
       const result = await limit(() => runCheck(spec.checks, spec.probe, spec.timeout));
+      // Where the checks went: a check with its own `port` probes that one, not the traffic port.
+      const [port, ...more] = new Set(spec.probes.map((p) => p.port));
       return {
         service: spec.service,
         backend: spec.name,
         address: spec.address,
-        port: spec.port,
+        port: port!,
+        ...(more.length > 0 ? { ports: [port!, ...more] } : {}),
         type: checkLabel(spec.checks),
         ...result,
       };
@@ -144,7 +147,7 @@ async function probeAll(io: Io, plan: Plan, json: boolean): Promise<number> {
       ...rows.map((r) => [
         r.service,
         r.backend,
-        hostPort(r.address, r.port),
+        hostPort(r.address, r.port) + (r.ports ? `,${r.ports.slice(1).join(',')}` : ''),
         r.type,
         r.up ? 'up' : 'DOWN',
         `${Math.round(r.latencyMs)}ms`,

@@ -19,6 +19,7 @@ function loggedEvents(): Set<string> {
   const names = new Set<string>();
   for (const { text } of files) {
     for (const m of text.matchAll(/event: '([a-z_]+)'/g)) names.add(m[1]!);
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the source text of a template literal
     if (text.includes('event: `damping_${e.type}`')) {
       const damping = readFileSync('src/health/damping.ts', 'utf8');
       for (const m of damping.matchAll(/\{ type: '([a-z]+)'/g)) names.add(`damping_${m[1]}`);

@@ -32,7 +32,9 @@ function get(port: number, urlPath: string): Promise<{ status: number; body: str
 /** Lag percentile over every second of the samples file, from the histogram buckets. */
 function lagPercentile(samples: SamplesFile, p: number): { ms: number; count: number } {
   const totals = new Array<number>(samples.histogram.buckets).fill(0);
-  for (const counts of Object.values(samples.lag)) counts.forEach((n, i) => (totals[i]! += n));
+  for (const counts of Object.values(samples.lag)) {
+    for (const [i, n] of counts.entries()) totals[i]! += n;
+  }
   const count = totals.reduce((a, b) => a + b, 0);
   let seen = 0;
   for (let i = 0; i < totals.length; i++) {

@@ -74,12 +74,20 @@ export const serviceSchema = z.strictObject({
     .optional()
     .describe('The service address the rules match (needed by `rules`, and by the ipset writer, whose sets hold it).'),
   port: port.describe("The service port, and the backends' port unless they set their own."),
-  protocol: z.enum(['tcp']).default('tcp').describe('The transport the rules balance.'),
+  /** `udp`: the rules match UDP; such a service needs an explicit check (a UDP port cannot be connect-checked). */
+  protocol: z
+    .enum(['tcp', 'udp'])
+    .default('tcp')
+    .describe(
+      'The transport the rules balance. A `udp` service needs an explicit check: a UDP port cannot be connect-checked.',
+    ),
   inInterface: interfaceName.optional().describe('The rules match only packets coming in on this interface.'),
-  /** Default `tcp` unless `checks` is set. */
+  /** Default `tcp` unless `checks` is set (a `udp` service has no default). */
   check: checkSchema
     .optional()
-    .describe("The check for the service's backends; default `{type: tcp}` unless `checks` is set."),
+    .describe(
+      "The check for the service's backends; default `{type: tcp}` unless `checks` is set (a `udp` service has no default).",
+    ),
   /** Several checks instead of `check`: up only when every one passes. */
   checks: z
     .array(checkSchema)
