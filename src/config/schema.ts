@@ -44,7 +44,11 @@ export const backendSchema = z.strictObject({
   address: address.describe(
     'IPv4 address, IPv6 address or host name the check connects to (and, for `rules`, the DNAT target: an address).',
   ),
-  port: port.optional().describe("Port the check (and the DNAT) goes to; default: the service's `port`."),
+  port: port
+    .optional()
+    .describe(
+      "The traffic port: where the DNAT goes, and the checks unless one sets its own `port`; default: the service's `port`.",
+    ),
   condition: conditionName
     .optional()
     .describe(
