@@ -158,7 +158,9 @@ beforeAll(async () => {
     60_000,
   );
 
-  // Install as the README says, plus the test drop-in.
+  // Install as docs/operating.md says, plus the man pages (`npm run man`) and the test drop-in.
+  const man = await run(process.execPath, [path.join(ROOT, 'scripts/man.mjs'), path.join(tmp.dir, 'man')]);
+  if (man.code !== 0) throw new Error(`scripts/man.mjs: ${man.stderr}`);
   writeConfig(
     config([
       { name: 'mail1', port: s1.port },
@@ -180,6 +182,9 @@ Environment=NF_HEALTHD_TEST_WEDGE=loop
     ['cp', '/opt/nf-healthd/systemd/nf-healthd.sysusers', '/etc/sysusers.d/nf-healthd.conf'],
     ['systemd-sysusers'],
     ['cp', '/opt/nf-healthd/systemd/nf-healthd.service', '/etc/systemd/system/nf-healthd.service'],
+    ['mkdir', '-p', '/usr/local/share/man/man8', '/usr/local/share/man/man5'],
+    ['cp', '/srv/nfh/man/nf-healthd.8', '/usr/local/share/man/man8/'],
+    ['cp', '/srv/nfh/man/nf-healthd.yaml.5', '/usr/local/share/man/man5/'],
     ['ln', '-s', '/srv/nfh/config.yaml', '/etc/nf-healthd/config.yaml'],
     ['cp', '/srv/nfh/test.conf', '/etc/systemd/system/nf-healthd.service.d/test.conf'],
     ['chown', 'nf-healthd:nf-healthd', '/srv/nfh/cond'],

@@ -6,7 +6,8 @@ source "$(dirname "$0")/../support/debian-cache.sh"
 
 build() {
   local root=$1 work=$2
-  debootstrap_minbase "$root" systemd,systemd-sysv,dbus,procps "$work/log"
+  # man-db: systemd-analyze verify runs man for the unit's Documentation=man:... pages.
+  debootstrap_minbase "$root" systemd,systemd-sysv,dbus,procps,man-db "$work/log"
   # The test reads the journal and the unit state only; no getty, no network setup in there.
   chroot "$root" systemctl mask console-getty.service getty@tty1.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
   echo nfh-test >"$root/etc/hostname"
