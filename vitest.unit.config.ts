@@ -13,6 +13,7 @@ export default defineConfig({
       'test/config.test.ts',
       'test/daemon.test.ts',
       'test/damping.test.ts',
+      'test/docs.test.ts',
       'test/events.test.ts',
       'test/golden.test.ts',
       'test/hysteresis.test.ts',
