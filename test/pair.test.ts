@@ -117,7 +117,6 @@ function keepalivedConfig(b: Balancer): string {
     BACK_GW: `${BACK_GW}/24`,
     ROUTER_ID: '51',
     TRACK_FILE: b.trackFile,
-    DAEMON_CMDLINE: `nf-healthd.js.run.-c.${b.config}`,
   };
   let text = readFileSync(path.join(ROOT, 'config/keepalived-pair.conf'), 'utf8');
   for (const [name, value] of Object.entries(defs)) {
@@ -125,7 +124,9 @@ function keepalivedConfig(b: Balancer): string {
     expect(text).toMatch(line);
     text = text.replace(line, `$${name}=${value}`);
   }
-  return text;
+  // The daemon's command line in the vrrp_script (keepalived expands no $NAME inside quotes).
+  expect(text).toContain('-c./etc/nf-healthd/config.yaml"');
+  return text.replace('-c./etc/nf-healthd/config.yaml"', `-c.${b.config}"`);
 }
 
 /** config/conntrackd-pair.conf with this lab's sync addresses and paths. */
