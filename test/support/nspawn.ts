@@ -1,0 +1,159 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { waitUntil } from './daemon.js';
+
+/*
+ * A real systemd 252 to test against: the Debian 12 minbase rootfs of
+ * test/systemd/rootfs.sh (debootstrap, cached) booted with systemd-nspawn, read-only
+ * with writes to a tmpfs overlay, sharing the host's network (so servers on 127.0.0.1
+ * are reachable), in a cgroup of its own that test/systemd/nspawn.sh removes afterwards.
+ */
+
+const SCRIPTS = fileURLToPath(new URL('../systemd/', import.meta.url));
+
+export interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs argv (no shell) with a hard timeout; never rejects. */
+export function run(file: string, args: string[], timeout = 60_000, env?: NodeJS.ProcessEnv): Promise<Result> {
+  return new Promise((resolve) => {
+    execFile(file, args, { timeout, maxBuffer: 16 * 1024 * 1024, env }, (err, stdout, stderr) => {
+      const code = err
+        ? typeof (err as { code?: unknown }).code === 'number'
+          ? (err as { code: number }).code
+          : 1
+        : 0;
+      resolve({ code, stdout, stderr: stderr || (err && !stdout ? String(err.message) : stderr) });
+    });
+  });
+}
+
+export interface Container {
+  readonly name: string;
+  /** A command inside the container (all its namespaces). */
+  inside(...args: string[]): Promise<Result>;
+  /** Like inside(), but rejects unless it exits 0. */
+  must(...args: string[]): Promise<string>;
+  systemctl(...args: string[]): Promise<Result>;
+  /** `systemctl show UNIT -p ...` as an object. */
+  show(unit: string, ...props: string[]): Promise<Record<string, string>>;
+  /** `journalctl -u UNIT -o cat` plus args: the text of the unit's journal. */
+  journal(unit: string, ...args: string[]): Promise<string>;
+  /** Polls an async read until accept() holds, every 100 ms (each read is a command in the container). */
+  eventually<T>(read: () => Promise<T>, accept: (v: T) => boolean, ms?: number): Promise<T>;
+  /** Powers the container off (SIGKILL after 20 s) and removes its cgroup; rejects if that fails. */
+  shutdown(): Promise<void>;
+}
+
+/** The container's PID 1 as the host sees it: a descendant of nspawn that is PID 1 in its own namespace. */
+function findPid1(nspawnPid: number): number | undefined {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let status: string;
+    try {
+      status = readFileSync(`/proc/${entry}/status`, 'utf8');
+    } catch {
+      continue;
+    }
+    const nspid = /^NSpid:\s+(.*)$/m.exec(status)?.[1]?.split(/\s+/);
+    if (!nspid || nspid.length < 2 || nspid[nspid.length - 1] !== '1') continue;
+    let pid = Number(entry);
+    for (let depth = 0; depth < 6 && pid > 1; depth++) {
+      const ppid = Number(/^PPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+      if (ppid === nspawnPid) return Number(entry);
+      pid = ppid;
+    }
+  }
+  return undefined;
+}
+
+/** The cached rootfs (built on first use, minutes). */
+export async function rootfs(): Promise<string> {
+  const r = await run('bash', [path.join(SCRIPTS, 'rootfs.sh')], 600_000);
+  if (r.code !== 0) throw new Error(`rootfs.sh failed: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/**
+ * Boots the rootfs with extra systemd-nspawn options (binds) and waits until its
+ * systemd runs ("degraded" is fine: units unrelated to ours).
+ */
+export async function bootContainer(options: string[]): Promise<Container> {
+  const root = await rootfs();
+  const name = `nfh-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  let bootLog = '';
+  const nspawn: ChildProcess = spawn(
+    'bash',
+    [path.join(SCRIPTS, 'nspawn.sh'), 'run', name, '-D', root, '--volatile=overlay', '--console=pipe', ...options],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const keep = (c: string) => {
+    bootLog = (bootLog + c).slice(-20_000);
+  };
+  nspawn.stdout!.setEncoding('utf8').on('data', keep);
+  nspawn.stderr!.setEncoding('utf8').on('data', keep);
+  const exited = new Promise<void>((resolve) => nspawn.once('exit', () => resolve()));
+
+  const shutdown = async () => {
+    if (nspawn.exitCode === null && nspawn.signalCode === null) {
+      nspawn.kill('SIGTERM'); // nspawn turns it into an orderly poweroff of the container
+      const timer = setTimeout(() => nspawn.kill('SIGKILL'), 20_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    const cleanup = await run('bash', [path.join(SCRIPTS, 'nspawn.sh'), 'cleanup', name]);
+    if (cleanup.code !== 0) throw new Error(`nspawn.sh cleanup ${name}: ${cleanup.stderr}`);
+  };
+
+  let pid1 = 0;
+  const inside = (...args: string[]) => run('nsenter', ['-t', String(pid1), '-a', ...args], 120_000);
+  const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000) =>
+    waitUntil(read, accept, ms, 100);
+  const container: Container = {
+    name,
+    inside,
+    async must(...args) {
+      const r = await inside(...args);
+      if (r.code !== 0) throw new Error(`${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
+      return r.stdout;
+    },
+    systemctl: (...args) => inside('systemctl', ...args),
+    async show(unit, ...props) {
+      const r = await inside('systemctl', 'show', unit, ...props.flatMap((p) => ['-p', p]));
+      return Object.fromEntries(
+        r.stdout
+          .trim()
+          .split('\n')
+          .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+      );
+    },
+    journal: async (unit, ...args) =>
+      (await inside('journalctl', '-u', unit, '-o', 'cat', '--no-pager', ...args)).stdout,
+    eventually,
+    shutdown,
+  };
+
+  try {
+    pid1 = await waitUntil(
+      () => findPid1(nspawn.pid!) ?? 0,
+      (p) => p > 0 || nspawn.exitCode !== null,
+      30_000,
+      50,
+    );
+    if (!pid1) throw new Error(`the container did not boot: ${bootLog}`);
+    await eventually(
+      async () => (await inside('systemctl', 'is-system-running')).stdout.trim(),
+      (s) => s === 'running' || s === 'degraded',
+      60_000,
+    );
+  } catch (err) {
+    await shutdown().catch(() => undefined);
+    throw err;
+  }
+  return container;
+}
