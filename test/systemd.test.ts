@@ -131,18 +131,7 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
     );
     expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
     expect(warnings.stdout).not.toContain('nf-healthd ready');
-    const all = await eventually(
-      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'json', '--no-pager', '_COMM=node'),
-      (r) => r.stdout.includes('mail2 is down'),
-    );
-    const priorities = new Map(
-      all.stdout
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string })
-        .filter((e) => e.MESSAGE.startsWith('{'))
-        .map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
-    );
+    const priorities = await box!.priorities('nf-healthd', 'mail2 is down');
     expect(priorities.get('transition')).toBe('4');
     expect(priorities.get('ready')).toBe('6');
     expect(priorities.get('starting')).toBe('6');

@@ -44,6 +44,8 @@ export interface Container {
   show(unit: string, ...props: string[]): Promise<Record<string, string>>;
   /** `journalctl -u UNIT -o cat` plus args: the text of the unit's journal. */
   journal(unit: string, ...args: string[]): Promise<string>;
+  /** The PRIORITY of each `event` in the unit's JSON log lines, once a message containing `until` is there. */
+  priorities(unit: string, until: string): Promise<Map<string | undefined, string>>;
   /** Polls an async read until accept() holds, every 100 ms (each read is a command in the container). */
   eventually<T>(read: () => Promise<T>, accept: (v: T) => boolean, ms?: number): Promise<T>;
   /** Powers the container off (SIGKILL after 20 s) and removes its cgroup; rejects if that fails. */
@@ -134,6 +136,20 @@ export async function bootContainer(options: string[]): Promise<Container> {
     },
     journal: async (unit, ...args) =>
       (await inside('journalctl', '-u', unit, '-o', 'cat', '--no-pager', ...args)).stdout,
+    async priorities(unit, until) {
+      const all = await eventually(
+        () => inside('journalctl', '-u', unit, '-o', 'json', '--no-pager', '_COMM=node'),
+        (r) => r.stdout.includes(until),
+      );
+      return new Map(
+        all.stdout
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string })
+          .filter((e) => e.MESSAGE.startsWith('{'))
+          .map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
+      );
+    },
     eventually,
     shutdown,
   };
