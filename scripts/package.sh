@@ -57,7 +57,7 @@ chmod 0755 "$stage/usr/libexec/nf-healthd/node"
 # --- the application: compiled JavaScript (no source maps: the sources are not shipped),
 # bin/, production dependencies
 npx tsc -p tsconfig.json --outDir "$app/dist" --sourceMap false
-install -m 0755 bin/nf-healthd.js "$app/bin/"
+install -m 0644 bin/nf-healthd.js "$app/bin/"
 install -m 0644 package.json package-lock.json "$app/"
 if [ -n "${NFH_DEB_VERSION:-}" ]; then
   node -e 'const f=process.argv[1],p=JSON.parse(require("fs").readFileSync(f));p.version=process.argv[2];require("fs").writeFileSync(f,JSON.stringify(p,null,2)+"\n")' \
@@ -113,10 +113,13 @@ printf 'nf-healthd (%s) unstable; urgency=medium\n\n  * %s\n\n -- %s  %s\n' \
 # Files npm unpacked keep their modes (some are 0755 without being programs); dirs 0755.
 find "$stage" -type d -exec chmod 0755 {} +
 find "$app" -type f -exec chmod 0644 {} +
-# ...but scripts with a #! line stay runnable (lintian: script-not-executable), and the
-# node ones run on the package's runtime (lintian: missing-dep-for-interpreter).
-find "$app" -type f -exec sh -c 'for f; do [ "$(head -c2 "$f")" = "#!" ] && chmod 0755 "$f"; done; true' sh {} +
-find "$app" -type f -perm -0100 -exec sed -i '1s|^#!/usr/bin/env node$|#!/usr/libexec/nf-healthd/node|' {} +
+# Shell scripts with a #! line stay runnable. The node ones stay 0644: /usr/bin/nf-healthd runs
+# the CLI on the package's runtime, and a "#!/usr/bin/env node" that could run would need a
+# nodejs dependency (lintian: missing-dep-for-interpreter, wrong-path-for-interpreter). Our
+# own entry point loses its #! line; the dependencies' command-line tools keep theirs
+# (lintian: script-not-executable, docs/install.md).
+sed -i '1{/^#!/d}' "$app/bin/nf-healthd.js"
+find "$app" -type f -exec sh -c 'for f; do case "$(head -n1 "$f")" in "#!"*node*) ;; "#!"*) chmod 0755 "$f" ;; esac; done' sh {} +
 
 # --- control: dependencies of the runtime binary, as dpkg-shlibdeps finds them
 mkdir -p "$work/shlibs/debian"

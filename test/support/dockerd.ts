@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { waitUntil } from './daemon.js';
-import { type Result, run } from './nspawn.js';
+import { type Result, run } from './exec.js';
 
 /*
  * A private Docker engine for one test file: Debian's dockerd (docker.io) with its own

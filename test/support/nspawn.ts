@@ -1,8 +1,9 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { waitUntil } from './daemon.js';
+import { type Result, run } from './exec.js';
 
 /*
  * A real systemd 252 to test against: the Debian 12 minbase rootfs of
@@ -12,26 +13,6 @@ import { waitUntil } from './daemon.js';
  */
 
 const SCRIPTS = fileURLToPath(new URL('../systemd/', import.meta.url));
-
-export interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs argv (no shell) with a hard timeout; never rejects. */
-export function run(file: string, args: string[], timeout = 60_000, env?: NodeJS.ProcessEnv): Promise<Result> {
-  return new Promise((resolve) => {
-    execFile(file, args, { timeout, maxBuffer: 16 * 1024 * 1024, env }, (err, stdout, stderr) => {
-      const code = err
-        ? typeof (err as { code?: unknown }).code === 'number'
-          ? (err as { code: number }).code
-          : 1
-        : 0;
-      resolve({ code, stdout, stderr: stderr || (err && !stdout ? String(err.message) : stderr) });
-    });
-  });
-}
 
 export interface Container {
   readonly name: string;
