@@ -56,14 +56,14 @@ chmod 0755 "$stage/usr/libexec/nf-healthd/node"
 
 # --- the application: compiled JavaScript (no source maps: the sources are not shipped),
 # bin/, production dependencies
-npx tsc -p tsconfig.json --outDir "$app/dist" --sourceMap false
+npx tsc -p tsconfig.json --outDir "$app/dist" --sourceMap false >&2
 install -m 0644 bin/nf-healthd.js "$app/bin/"
 install -m 0644 package.json package-lock.json "$app/"
 if [ -n "${NFH_DEB_VERSION:-}" ]; then
   node -e 'const f=process.argv[1],p=JSON.parse(require("fs").readFileSync(f));p.version=process.argv[2];require("fs").writeFileSync(f,JSON.stringify(p,null,2)+"\n")' \
     "$app/package.json" "$version"
 fi
-(cd "$app" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error)
+(cd "$app" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error) >&2 # stdout: the .deb's path only
 # No .bin/: nothing in the package runs the dependencies' command-line tools. Nor their
 # tests, docs sites, editor, lint and VCS files (lintian: package-contains-npm-ignore-file...).
 rm -rf "$app/node_modules/.package-lock.json" "$app/node_modules/.bin"
@@ -99,7 +99,7 @@ chmod 0644 "$stage/etc/nf-healthd/config.yaml"
 install -m 0644 config/example.yaml "$doc/examples/config.yaml"
 
 # --- man pages (npm run man), docs
-npm run --silent man
+npm run --silent man >&2
 gzip -9n <dist/man/nf-healthd.8 >"$stage/usr/share/man/man8/nf-healthd.8.gz"
 gzip -9n <dist/man/nf-healthd.yaml.5 >"$stage/usr/share/man/man5/nf-healthd.yaml.5.gz"
 install -m 0644 "$PKG/debian/copyright" "$doc/copyright"
@@ -119,7 +119,8 @@ find "$app" -type f -exec chmod 0644 {} +
 # own entry point loses its #! line; the dependencies' command-line tools keep theirs
 # (lintian: script-not-executable, docs/install.md).
 sed -i '1{/^#!/d}' "$app/bin/nf-healthd.js"
-find "$app" -type f -exec sh -c 'for f; do case "$(head -n1 "$f")" in "#!"*node*) ;; "#!"*) chmod 0755 "$f" ;; esac; done' sh {} +
+find "$app" -type f -print0 | xargs -0 awk 'FNR == 1 && /^#!/ && !/node/ { print FILENAME } { nextfile }' |
+  while IFS= read -r script; do chmod 0755 "$script"; done
 
 # --- control: dependencies of the runtime binary, as dpkg-shlibdeps finds them
 mkdir -p "$work/shlibs/debian"

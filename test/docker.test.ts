@@ -35,27 +35,20 @@ let smtp: SmtpServer;
 let buildSeconds = 0;
 const backends: ChildProcess[] = [];
 
-/** `docker run` the image the way docs/install.md does, with the config folder read-only. */
+/** The `docker run` options docs/install.md gives: one capability, read-only, the config folder read-only. */
+const hardened = () => [
+  '--cap-drop',
+  'ALL',
+  '--cap-add',
+  'NET_ADMIN',
+  '--security-opt',
+  'no-new-privileges',
+  '--read-only',
+  '-v',
+  `${tmp.dir}/etc:/etc/nf-healthd:ro`,
+];
 const runImage = (extra: string[], args: string[], timeout = 60_000) =>
-  engine!.docker(
-    [
-      'run',
-      '--rm',
-      '--cap-drop',
-      'ALL',
-      '--cap-add',
-      'NET_ADMIN',
-      '--security-opt',
-      'no-new-privileges',
-      '--read-only',
-      '-v',
-      `${tmp.dir}/etc:/etc/nf-healthd:ro`,
-      ...extra,
-      IMAGE,
-      ...args,
-    ],
-    timeout,
-  );
+  engine!.docker(['run', '--rm', ...hardened(), ...extra, IMAGE, ...args], timeout);
 
 function writeConfig(text: string): void {
   writeFileSync(path.join(tmp.dir, 'etc', 'config.yaml'), text);
@@ -224,17 +217,9 @@ describe('the Dockerfile, built and run by a private dockerd', () => {
       name,
       '--network',
       `container:${holder}`,
-      '--cap-drop',
-      'ALL',
-      '--cap-add',
-      'NET_ADMIN',
-      '--security-opt',
-      'no-new-privileges',
-      '--read-only',
+      ...hardened(),
       '--tmpfs',
       '/run/nf-healthd',
-      '-v',
-      `${tmp.dir}/etc:/etc/nf-healthd:ro`,
       '--stop-timeout',
       '10',
       IMAGE,

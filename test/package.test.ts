@@ -1,12 +1,11 @@
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
-import { smtpFarmYaml } from './support/config.js';
-import { tempDir, waitUntil } from './support/daemon.js';
+import type { SmtpServer } from '../src/demo/smtp-server.js';
+import { waitUntil } from './support/daemon.js';
 import { type Result, run } from './support/exec.js';
-import { bootContainer, type Container } from './support/nspawn.js';
+import { bootContainer, type Container, type ServiceHost, serviceHost } from './support/nspawn.js';
 
 /*
  * The Debian package (`npm run package`, scripts/package.sh) installed the way an admin
@@ -30,7 +29,7 @@ const ACCEPTED_LINTIAN = [
   'W: nf-healthd: script-not-executable [usr/lib/nf-healthd/node_modules/yaml/bin.mjs]',
 ];
 
-let tmp: ReturnType<typeof tempDir>;
+let host: ServiceHost;
 let box: Container | undefined;
 let s1: SmtpServer;
 let s2: SmtpServer;
@@ -41,11 +40,11 @@ async function build(version: string, compression: string): Promise<string> {
   const r = await run('bash', [path.join(ROOT, 'scripts/package.sh')], 600_000, {
     ...process.env,
     NFH_DEB_VERSION: version,
-    NFH_DEB_OUT: path.join(tmp.dir, 'debs'),
+    NFH_DEB_OUT: path.join(host.dir, 'debs'),
     NFH_DEB_COMPRESSION: compression,
   });
   if (r.code !== 0) throw new Error(`package.sh ${version} failed (${r.code}): ${r.stderr}`);
-  return r.stdout.trim();
+  return r.stdout.trim().split('\n').pop()!; // the .deb's path
 }
 
 const inside = (...args: string[]) => box!.inside(...args);
@@ -65,39 +64,21 @@ const apt = (...args: string[]) =>
     ...args,
   );
 const debInside = (file: string) => `/srv/nfh/debs/${path.basename(file)}`;
-const cond = (key: string) => {
-  try {
-    return readFileSync(path.join(tmp.dir, 'cond', key), 'utf8');
-  } catch {
-    return undefined;
-  }
-};
+const cond = (key: string) => host.cond(key);
 
 /** The admin edits /etc/nf-healthd/config.yaml (cp keeps the file's owner and mode). */
 async function configure(backends: { name: string; port: number }[] | string): Promise<void> {
-  const text =
-    typeof backends === 'string'
-      ? backends
-      : smtpFarmYaml({
-          timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1',
-          conditionDir: '/srv/nfh/cond',
-          backends,
-        });
-  writeFileSync(path.join(tmp.dir, 'config.yaml'), text);
+  const text = typeof backends === 'string' ? backends : host.config(backends);
+  writeFileSync(path.join(host.dir, 'config.yaml'), text);
   await box!.must('cp', '/srv/nfh/config.yaml', '/etc/nf-healthd/config.yaml');
 }
 
 beforeAll(async () => {
-  tmp = tempDir('nfh-package-');
-  chmodSync(tmp.dir, 0o755); // the service user reaches the condition folder through it
-  mkdirSync(path.join(tmp.dir, 'cond'));
-  s1 = createSmtpServer();
-  s2 = createSmtpServer();
-  await s1.start();
-  await s2.start();
+  host = await serviceHost('nfh-package-');
+  ({ s1, s2 } = host);
   const [first] = await Promise.all([
     build(VERSION, 'gzip'),
-    bootContainer([`--bind=${tmp.dir}:/srv/nfh`]).then((b) => {
+    bootContainer([host.bind]).then((b) => {
       box = b;
     }),
   ]);
@@ -112,9 +93,7 @@ afterAll(async () => {
   try {
     await box?.shutdown();
   } finally {
-    await s1?.stop();
-    await s2?.stop();
-    tmp?.cleanup();
+    await host?.close();
   }
 }, 120_000);
 
@@ -139,7 +118,7 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
     await box!.must('test', '-s', '/usr/share/man/man5/nf-healthd.yaml.5.gz');
     // The first install started nothing, so nothing touched the condition folder.
     expect(cond('mail1')).toBeUndefined();
-  });
+  }, 180_000);
 
   it('as installed (every service commented out) it refuses to start, with the reason in the journal', async () => {
     const check = await inside('nf-healthd', 'check');
@@ -156,12 +135,12 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
     );
     expect(log).toMatch(/\/etc\/nf-healthd\/config\.yaml:\d+:\d+: services: at least one service is needed/);
     await box!.must('systemctl', 'reset-failed', 'nf-healthd');
-  });
+  }, 60_000);
 
   it('configured with loopback backends: systemctl start, status shows the sd_notify status, journal priorities', async () => {
     await box!.must('mkdir', '-p', '/etc/systemd/system/nf-healthd.service.d');
     writeFileSync(
-      path.join(tmp.dir, 'test.conf'),
+      path.join(host.dir, 'test.conf'),
       '# test/package.test.ts only\n[Service]\nReadWritePaths=/srv/nfh/cond\n',
     );
     await box!.must('cp', '/srv/nfh/test.conf', '/etc/systemd/system/nf-healthd.service.d/test.conf');
@@ -187,7 +166,7 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
     expect(priorities.get('ready')).toBe('6');
     const errors = await inside('journalctl', '-p', 'err', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '_COMM=node');
     expect(errors.stdout.trim()).toBe('');
-  });
+  }, 120_000);
 
   it('systemctl reload applies a change; a broken config fails the reload and the daemon keeps running', async () => {
     const before = await show('MainPID');
@@ -207,7 +186,7 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
       (v) => v.StatusText!.startsWith('2/3 up'),
     );
 
-    const good = readFileSync(path.join(tmp.dir, 'config.yaml'), 'utf8');
+    const good = readFileSync(path.join(host.dir, 'config.yaml'), 'utf8');
     await configure('services:\n  - name: mail\n    port: 25\n    backends: []\n');
     const r = await box!.systemctl('reload', 'nf-healthd');
     expect(r.code).not.toBe(0);
@@ -224,7 +203,7 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
       '/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend',
     );
     await configure(good);
-  });
+  }, 60_000);
 
   it('lintian: no errors; the warnings are the ones docs/install.md accepts', async () => {
     const r = await lintian!;
@@ -270,7 +249,7 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
     expect((await inside('test', '-e', '/usr/lib/nf-healthd')).code).toBe(1);
     const log = await box!.journal('nf-healthd', '-n', '5');
     expect(log).toContain('stopping on SIGTERM');
-  });
+  }, 180_000);
 
   it('apt-get purge removes the config, its folder, the user and the group', async () => {
     const r = await apt('purge', 'nf-healthd');
@@ -279,5 +258,5 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
     expect((await inside('getent', 'passwd', 'nf-healthd')).code).toBe(2);
     expect((await inside('getent', 'group', 'nf-healthd')).code).toBe(2);
     expect((await inside('dpkg-query', '-W', 'nf-healthd')).code).toBe(1);
-  });
+  }, 180_000);
 });

@@ -1,11 +1,10 @@
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
-import { smtpFarmYaml } from './support/config.js';
-import { tempDir, waitUntil } from './support/daemon.js';
-import { bootContainer, type Container } from './support/nspawn.js';
+import type { SmtpServer } from '../src/demo/smtp-server.js';
+import { waitUntil } from './support/daemon.js';
+import { bootContainer, type Container, type ServiceHost, serviceHost } from './support/nspawn.js';
 
 /*
  * The unit under a real systemd 252 (test/support/nspawn.ts: Debian 12 booted with
@@ -19,7 +18,7 @@ import { bootContainer, type Container } from './support/nspawn.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-let tmp: ReturnType<typeof tempDir>;
+let host: ServiceHost;
 let box: Container | undefined;
 let s1: SmtpServer;
 let s2: SmtpServer;
@@ -27,38 +26,19 @@ let s2: SmtpServer;
 const inside = (...args: string[]) => box!.inside(...args);
 const systemctl = (...args: string[]) => box!.systemctl(...args);
 const show = (...props: string[]) => box!.show('nf-healthd', ...props);
-const cond = (key: string) => {
-  try {
-    return readFileSync(path.join(tmp.dir, 'cond', key), 'utf8');
-  } catch {
-    return undefined;
-  }
-};
-
-function config(backends: { name: string; port: number }[]): string {
-  return smtpFarmYaml({
-    timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1',
-    conditionDir: '/srv/nfh/cond',
-    backends,
-  });
-}
+const cond = (key: string) => host.cond(key);
+const config = (backends: { name: string; port: number }[]) => host.config(backends);
 const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000) =>
   box!.eventually(read, accept, ms);
-const writeConfig = (text: string) => writeFileSync(path.join(tmp.dir, 'config.yaml'), text);
+const writeConfig = (text: string) => writeFileSync(path.join(host.dir, 'config.yaml'), text);
 
 beforeAll(async () => {
-  tmp = tempDir('nfh-systemd-');
-  chmodSync(tmp.dir, 0o755); // the service user reads config.yaml through it
-  mkdirSync(path.join(tmp.dir, 'cond'));
-  s1 = createSmtpServer();
-  s2 = createSmtpServer();
-  await s1.start();
-  await s2.start();
-
+  host = await serviceHost('nfh-systemd-');
+  ({ s1, s2 } = host);
   box = await bootContainer([
     `--bind-ro=${ROOT.replace(/\/$/, '')}:/usr/lib/nf-healthd`,
     `--bind-ro=${process.execPath}:/usr/libexec/nf-healthd/node`,
-    `--bind=${tmp.dir}:/srv/nfh`,
+    host.bind,
   ]);
 
   // Install by hand what the package installs, plus the test drop-in.
@@ -69,7 +49,7 @@ beforeAll(async () => {
     ]),
   );
   writeFileSync(
-    path.join(tmp.dir, 'test.conf'),
+    path.join(host.dir, 'test.conf'),
     `# test/systemd.test.ts only
 [Service]
 ReadWritePaths=/srv/nfh/cond
@@ -95,9 +75,7 @@ afterAll(async () => {
   try {
     await box?.shutdown();
   } finally {
-    await s1?.stop();
-    await s2?.stop();
-    tmp?.cleanup();
+    await host?.close();
   }
 }, 60_000);
 

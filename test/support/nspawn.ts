@@ -1,8 +1,10 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { waitUntil } from './daemon.js';
+import { createSmtpServer, type SmtpServer } from '../../src/demo/smtp-server.js';
+import { smtpFarmYaml } from './config.js';
+import { tempDir, waitUntil } from './daemon.js';
 import { type Result, run } from './exec.js';
 
 /*
@@ -153,4 +155,56 @@ export async function bootContainer(options: string[]): Promise<Container> {
     throw err;
   }
   return container;
+}
+
+/**
+ * The host side of a container test: a folder to bind at /srv/nfh (its cond/ stands in
+ * for /proc/net/nf_condition, no xt_condition module here) and two SMTP greeters on
+ * 127.0.0.1, which the container reaches through the shared network.
+ */
+export interface ServiceHost {
+  readonly dir: string;
+  readonly s1: SmtpServer;
+  readonly s2: SmtpServer;
+  /** The bind option for systemd-nspawn. */
+  readonly bind: string;
+  /** A condition file's content, undefined while it does not exist. */
+  cond(key: string): string | undefined;
+  /** A fast-checking config for these backends, writing /srv/nfh/cond. */
+  config(backends: { name: string; port: number }[]): string;
+  close(): Promise<void>;
+}
+
+export async function serviceHost(prefix: string): Promise<ServiceHost> {
+  const tmp = tempDir(prefix);
+  chmodSync(tmp.dir, 0o755); // the service user reaches config and condition folder through it
+  mkdirSync(path.join(tmp.dir, 'cond'));
+  const s1 = createSmtpServer();
+  const s2 = createSmtpServer();
+  await s1.start();
+  await s2.start();
+  return {
+    dir: tmp.dir,
+    s1,
+    s2,
+    bind: `--bind=${tmp.dir}:/srv/nfh`,
+    cond(key) {
+      try {
+        return readFileSync(path.join(tmp.dir, 'cond', key), 'utf8');
+      } catch {
+        return undefined;
+      }
+    },
+    config: (backends) =>
+      smtpFarmYaml({
+        timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1',
+        conditionDir: '/srv/nfh/cond',
+        backends,
+      }),
+    async close() {
+      await s1.stop();
+      await s2.stop();
+      tmp.cleanup();
+    },
+  };
 }
