@@ -118,13 +118,13 @@ describe('the Dockerfile, built and run by a private dockerd', () => {
     expect(size).toBeLessThan(1e9);
     const entry = (await engine!.must(['image', 'inspect', '--format', '{{json .Config.Entrypoint}}', IMAGE])).trim();
     expect(JSON.parse(entry)).toEqual(['node', '/opt/nf-healthd/bin/nf-healthd.js']);
-  });
+  }, 60_000);
 
   it('--version', async () => {
     const r = await runImage([], ['--version']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe(VERSION);
-  });
+  }, 60_000);
 
   it('probe against a loopback backend: exit 0 up, 2 down, 78 for a broken config', async () => {
     const closed = await closedPort();
@@ -145,7 +145,7 @@ describe('the Dockerfile, built and run by a private dockerd', () => {
     const broken = await runImage(['--network', 'host'], ['probe']);
     expect(broken.code).toBe(78);
     expect(broken.stderr).toContain('/etc/nf-healthd/config.yaml');
-  });
+  }, 180_000);
 
   it('run drives an nft set in a network namespace, and docker stop ends it within the stop timeout', async () => {
     // The namespace: a holder container's (--network none: loopback only).
@@ -242,5 +242,5 @@ describe('the Dockerfile, built and run by a private dockerd', () => {
     const logs = await engine!.must(['logs', name]);
     expect(logs).toContain('backend mail2 is down');
     expect(logs).toContain('stopping on SIGTERM');
-  }, 120_000);
+  }, 180_000);
 });

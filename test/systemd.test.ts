@@ -185,9 +185,7 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
   }, 40_000);
 
   it('systemctl stop is clean', async () => {
-    const cursor = /-- cursor: (.*)/.exec(
-      (await inside('journalctl', '-u', 'nf-healthd', '-n', '0', '--show-cursor', '--no-pager')).stdout,
-    )![1]!;
+    const cursor = await box!.cursor();
     const r = await systemctl('stop', 'nf-healthd');
     expect(r.code, r.stderr).toBe(0);
     expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({

@@ -27,6 +27,8 @@ export interface Container {
   show(unit: string, ...props: string[]): Promise<Record<string, string>>;
   /** `journalctl -u UNIT -o cat` plus args: the text of the unit's journal. */
   journal(unit: string, ...args: string[]): Promise<string>;
+  /** The journal's current cursor, for --after-cursor. */
+  cursor(): Promise<string>;
   /** The PRIORITY of each `event` in the unit's JSON log lines, once a message containing `until` is there. */
   priorities(unit: string, until: string): Promise<Map<string | undefined, string>>;
   /** Polls an async read until accept() holds, every 100 ms (each read is a command in the container). */
@@ -119,9 +121,16 @@ export async function bootContainer(options: string[]): Promise<Container> {
     },
     journal: async (unit, ...args) =>
       (await inside('journalctl', '-u', unit, '-o', 'cat', '--no-pager', ...args)).stdout,
+    async cursor() {
+      const r = await inside('journalctl', '-n', '0', '--show-cursor', '--no-pager');
+      const cursor = /-- cursor: (.*)/.exec(r.stdout)?.[1];
+      if (!cursor) throw new Error(`no journal cursor: ${r.stdout}${r.stderr}`);
+      return cursor;
+    },
     async priorities(unit, until) {
       const all = await eventually(
-        () => inside('journalctl', '-u', unit, '-o', 'json', '--no-pager', '_COMM=node'),
+        // All of the unit's lines: the process name is "node" or, on newer Node.js, "node-MainThread".
+        () => inside('journalctl', '-u', unit, '-o', 'json', '--no-pager'),
         (r) => r.stdout.includes(until),
       );
       return new Map(
