@@ -167,7 +167,7 @@ describe('the Debian package in a real Debian 12 with systemd 252', () => {
     const priorities = await box!.priorities('nf-healthd', 'mail2 is down');
     expect(priorities.get('transition')).toBe('4');
     expect(priorities.get('ready')).toBe('6');
-    expect(await box!.journal('nf-healthd', '-p', 'err', `--after-cursor=${cursor}`)).toBe('');
+    expect(await box!.journal('nf-healthd', '-q', '-p', 'err', `--after-cursor=${cursor}`)).toBe('');
   }, 120_000);
 
   it('systemctl reload applies a change; a broken config fails the reload and the daemon keeps running', async () => {
