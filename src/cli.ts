@@ -1,16 +1,16 @@
 import { readFileSync } from 'node:fs';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pLimit from 'p-limit';
-import { ConfigError, loadConfig } from './config/load.js';
-import { backendCount, probeTarget, resolveBackends } from './config/resolve.js';
-import type { Config } from './config/schema.js';
+import { ConfigError } from './config/load.js';
+import { EXIT } from './exit-codes.js';
 import { formatTable, hostPort } from './format.js';
+import { printRules } from './kernel/rules/command.js';
 import { runStatus } from './ops/status-command.js';
+import type { Plan } from './plan/compile.js';
+import { loadPlan } from './plan/load.js';
 import { checkLabel, runCheck } from './probes/run.js';
-import { printRules } from './rules/command.js';
-import { runDaemon } from './run.js';
+import { runDaemon } from './run-daemon.js';
 
-export const EXIT = { ok: 0, down: 2, usage: 64, config: 78 } as const;
 export const DEFAULT_CONFIG = '/etc/nf-healthd/config.yaml';
 
 export function version(): string {
@@ -61,10 +61,10 @@ function usage(io: Io, message: string): number {
   return EXIT.usage;
 }
 
-/** Loads the config or prints every problem; undefined on error. */
-function load(io: Io, file: string): Config | undefined {
+/** Loads the config into a Plan or prints every problem; undefined on error. */
+function load(io: Io, file: string): Plan | undefined {
   try {
-    return loadConfig(file);
+    return loadPlan(file);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     io.err(`${err.message}\n`);
@@ -93,45 +93,47 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   if (rest.length > 0) return usage(io, `unexpected argument '${rest[0]}'`);
   switch (command) {
     case 'check': {
-      const config = load(io, values.config);
-      if (!config) return EXIT.config;
-      const n = backendCount(config);
-      io.out(`${values.config}: OK (${config.services.length} services, ${n} backends)\n`);
+      const plan = load(io, values.config);
+      if (!plan) return EXIT.config;
+      io.out(`${values.config}: OK (${plan.services.length} services, ${plan.backends.length} backends)\n`);
       return EXIT.ok;
     }
     case 'probe': {
-      const config = load(io, values.config);
-      if (!config) return EXIT.config;
-      return probeAll(io, config, values.json);
+      const plan = load(io, values.config);
+      if (!plan) return EXIT.config;
+      return probeAll(io, plan, values.json);
     }
     case 'rules': {
-      const config = load(io, values.config);
-      if (!config) return EXIT.config;
-      return printRules(io, config, values.config, values.format);
+      const plan = load(io, values.config);
+      if (!plan) return EXIT.config;
+      return printRules(io, plan, values.format);
     }
     case 'status':
       return runStatus(io, values.config, values.json);
     case 'run': {
-      const config = load(io, values.config);
-      if (!config) return EXIT.config;
-      return runDaemon(values.config, config);
+      const plan = load(io, values.config);
+      if (!plan) return EXIT.config;
+      return runDaemon(values.config, plan);
     }
     default:
       return usage(io, `unknown command '${command}'`);
   }
 }
 
-async function probeAll(io: Io, config: Config, json: boolean): Promise<number> {
-  const limit = pLimit(config.concurrency);
-  const specs = resolveBackends(config);
+async function probeAll(io: Io, plan: Plan, json: boolean): Promise<number> {
+  const limit = pLimit(plan.config.concurrency);
+  const specs = plan.backends;
   const rows = await Promise.all(
     specs.map(async (spec) => {
-      const result = await limit(() => runCheck(spec.checks, probeTarget(spec), spec.timeout));
+      const result = await limit(() => runCheck(spec.checks, spec.probe, spec.timeout));
+      // Where the checks went: a check with its own `port` probes that one, not the traffic port.
+      const [port, ...more] = new Set(spec.probes.map((p) => p.port));
       return {
         service: spec.service,
         backend: spec.name,
         address: spec.address,
-        port: spec.port,
+        port: port!,
+        ...(more.length > 0 ? { ports: [port!, ...more] } : {}),
         type: checkLabel(spec.checks),
         ...result,
       };
@@ -145,7 +147,7 @@ async function probeAll(io: Io, config: Config, json: boolean): Promise<number> 
       ...rows.map((r) => [
         r.service,
         r.backend,
-        hostPort(r.address, r.port),
+        hostPort(r.address, r.port) + (r.ports ? `,${r.ports.slice(1).join(',')}` : ''),
         r.type,
         r.up ? 'up' : 'DOWN',
         `${Math.round(r.latencyMs)}ms`,

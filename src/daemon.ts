@@ -1,80 +1,37 @@
 import pLimit, { type LimitFunction } from 'p-limit';
-import { ConfigError, formatProblem, loadConfig } from './config/load.js';
-import { type BackendSpec, probeTarget, resolveBackends } from './config/resolve.js';
-import type { Config } from './config/schema.js';
-import { type DampingState, damp } from './health/damping.js';
-import { type BackendState, type Health, initialHealth, isSettling, observe } from './health/hysteresis.js';
+import { ConfigError, formatProblem } from './config/load.js';
+import type { WriterConfig } from './config/writers.js';
+import { damp } from './health/damping.js';
+import { type BackendState, initialHealth, isSettling, observe } from './health/hysteresis.js';
+import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
 import { nextCheckDelay } from './health/pace.js';
-import { createScheduler, type Scheduler } from './health/scheduler.js';
+import { createScheduler } from './health/scheduler.js';
+import { createKernelLoop, type KernelLoop } from './kernel/loop.js';
+import { createWriter } from './kernel/writers/registry.js';
+import type { Writer } from './kernel/writers/types.js';
 import type { Logger } from './log.js';
+import type { BackendStatus, Daemon, DaemonObserver, ResumedStatus } from './observer.js';
+import type { BackendPlan, Plan } from './plan/compile.js';
+import { diffPlans, readBackPeriod } from './plan/diff.js';
+import { loadPlan } from './plan/load.js';
 import { runCheck } from './probes/run.js';
-import type { ProbeResult } from './probes/types.js';
-import { createReconciler, type Reconciler, type SyncOutcome, type SyncReason } from './writers/reconciler.js';
-import { createWriter } from './writers/registry.js';
-import type { Writer } from './writers/types.js';
+import { prepareCaFiles } from './probes/tls-options.js';
 
-/** Everything the daemon knows about one backend right now. */
-export interface BackendStatus {
-  spec: BackendSpec;
-  health: Health;
-  /** Epoch ms of the latest state change (or of start). */
-  since: number;
-  /** Why the state is what it is, in words. */
-  reason: string;
-  last?: ProbeResult & { at: number };
-  /** What the writer last made the kernel hold, and whether it was confirmed. */
-  written?: { up: boolean; confirmed: boolean; at: number };
-  /** Flap damping: recent changes and the hold, when `damping` is configured. */
-  damping?: DampingState;
-}
-
-/** What a restart may resume for one backend (from the state file). */
-export type ResumedStatus = Pick<BackendStatus, 'health' | 'since' | 'reason' | 'last' | 'damping'>;
-
-/** Plain callbacks for the parts that watch the daemon (notify, metrics, state file, hooks). */
-export interface DaemonObserver {
-  onCheck?(backend: BackendStatus, result: ProbeResult): void;
-  onTransition?(backend: BackendStatus, from: BackendState, to: BackendState): void;
-  /** The first round of checks has been applied to the writer. */
-  onReady?(): void;
-  onReloading?(): void;
-  /** After a reload was applied (ok) or rejected (the errors). */
-  onReloaded?(ok: boolean, problems: string[]): void;
-  onStopping?(): void;
-  /** Checks and writes have finished: the last word (final state file, closing listeners). */
-  onStopped?(): void;
-  onSync?(backend: BackendStatus, outcome: SyncOutcome): void;
-}
+export type { BackendStatus, Daemon, DaemonObserver, ResumedStatus };
 
 export interface DaemonOptions {
   configPath: string;
   log: Logger;
   /** Used instead of reading configPath at start (tests, the demo). */
-  config?: Config;
+  plan?: Plan;
   observers?: DaemonObserver[];
   /** Replaces the writer from the config (tests of failure paths). */
-  writerFactory?: (config: Config) => Writer;
+  writerFactory?: (writer: WriterConfig) => Writer;
   random?: () => number;
   /** At start: the saved status of an unchanged backend, to resume instead of initialState. */
-  restore?: (spec: BackendSpec) => ResumedStatus | undefined;
+  restore?: (spec: BackendPlan) => ResumedStatus | undefined;
   /** Runs one check; the real probes by default (scheduling tests pass a scripted one). */
   runCheck?: typeof runCheck;
-}
-
-export interface Daemon {
-  /** Resolves once the first round of checks has been applied to the writer. */
-  start(): Promise<void>;
-  /** Re-reads the config file; false (old config kept) when it is invalid. */
-  reload(): Promise<boolean>;
-  stop(): Promise<void>;
-  backends(): BackendStatus[];
-  config(): Config;
-  /** performance.now() of the latest completed check, for watchdogs. */
-  lastProgressAt(): number;
-  scheduler(): Scheduler;
-  addObserver(observer: DaemonObserver): void;
-  /** Checks holding a concurrency slot now, and checks waiting for one. */
-  checksInFlight(): { active: number; pending: number };
 }
 
 export function summarize(backends: readonly BackendStatus[]): string {
@@ -92,49 +49,67 @@ export function summarize(backends: readonly BackendStatus[]): string {
 export function createDaemon(options: DaemonOptions): Daemon {
   const { log } = options;
   const observers = [...(options.observers ?? [])];
-  const notify = <K extends keyof DaemonObserver>(key: K, ...args: Parameters<NonNullable<DaemonObserver[K]>>) => {
+  /** Fans a callback out to every observer; one that throws is logged and the rest still run. */
+  const emit = <K extends keyof DaemonObserver>(key: K, ...args: Parameters<NonNullable<DaemonObserver[K]>>) => {
     for (const o of observers) {
       try {
         (o[key] as ((...a: unknown[]) => void) | undefined)?.(...args);
       } catch (err) {
-        log.error({ err }, `observer ${key} failed`);
+        log.error({ event: 'observer_failed', err }, `observer ${key} failed`);
       }
     }
   };
-  let config = options.config ?? loadConfig(options.configPath);
-  const makeWriter = options.writerFactory ?? ((c: Config) => createWriter(c.writer));
-  let writer = makeWriter(config);
-  const reconciler: Reconciler = createReconciler(writer, log);
+  let plan = options.plan ?? loadPlan(options.configPath);
+  const makeWriter = options.writerFactory ?? createWriter;
+  const runtimes = new Map<string, BackendStatus>();
+  /** Kernel key -> backend, for the writer loop's outcomes. */
+  const byKey = new Map<string, BackendStatus>();
+  const kernel: KernelLoop = createKernelLoop({
+    writer: makeWriter(plan.writer),
+    log,
+    readBackMs: readBackPeriod(plan),
+    stallAfterMs: writerTimeout(plan.writer) + WRITER_SLACK_MS,
+    onOutcome(key, up, outcome) {
+      const b = byKey.get(key);
+      if (!b) return;
+      if (outcome.confirmed) b.written = { up, confirmed: true, at: Date.now() };
+      else if (b.written) b.written.confirmed = false;
+      emit('onSync', b, outcome);
+    },
+  });
   const shutdown = new AbortController();
-  const limit: LimitFunction = pLimit(config.concurrency);
+  const limit: LimitFunction = pLimit(plan.config.concurrency);
   const random = options.random ?? Math.random;
   const checkOnce = options.runCheck ?? runCheck;
   const scheduler = createScheduler({
     random,
-    onError: (job, err) => log.error({ err, backend: job.id }, 'check job failed'),
+    onError: (job, err) => log.error({ event: 'check_job_failed', err, backend: job.id }, 'check job failed'),
   });
-  const runtimes = new Map<string, BackendStatus>();
   let progressAt = performance.now();
 
-  const sync = async (b: BackendStatus, reason: SyncReason) => {
-    const up = b.health.state === 'up';
-    const outcome = await reconciler.sync(b.spec.target, up, reason);
-    if (outcome.confirmed || outcome.wrote) b.written = { up, confirmed: outcome.confirmed, at: Date.now() };
-    else if (b.written) b.written.confirmed = false;
-    notify('onSync', b, outcome);
-    return outcome;
+  /** Hands the backend's wanted state to the writer loop; never waits for the kernel. */
+  const want = (b: BackendStatus) => kernel.want(b.spec.target, b.health.state === 'up');
+
+  const track = (b: BackendStatus) => {
+    runtimes.set(b.spec.id, b);
+    byKey.set(b.spec.target.key, b);
+  };
+  const untrack = (b: BackendStatus) => {
+    runtimes.delete(b.spec.id);
+    if (byKey.get(b.spec.target.key) === b) byKey.delete(b.spec.target.key);
   };
 
   const check = async (b: BackendStatus) => {
     const spec = b.spec;
-    const result = await limit(() => checkOnce(spec.checks, probeTarget(spec), spec.timeout, shutdown.signal));
+    const result = await limit(() => checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal));
     if (shutdown.signal.aborted || runtimes.get(spec.id) !== b) return; // aborted checks are no verdict
     progressAt = performance.now();
     const now = Date.now();
     b.last = { ...result, at: now };
-    const damped = damp(observe(b.health, result.up, spec), b.damping, config.damping, now);
+    const damping = plan.config.damping;
+    const damped = damp(observe(b.health, result.up, spec), b.damping, damping, now);
     const seen = damped.observation;
-    b.damping = config.damping ? damped.damping : undefined; // turned off by a reload: no hold lingers
+    b.damping = damping ? damped.damping : undefined; // turned off by a reload: no hold lingers
     b.health = seen.health;
     let holdReason: string | undefined;
     let heldFor: number | undefined;
@@ -156,7 +131,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
           `backend ${spec.name} passes its checks but is held down: ${e.reason}`,
         );
     }
-    notify('onCheck', b, result);
+    emit('onCheck', b, result);
     if (seen.transition) {
       const { from, to } = seen.transition;
       b.since = now;
@@ -177,7 +152,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       };
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
-      notify('onTransition', b, from, to);
+      emit('onTransition', b, from, to);
     } else if (log.isLevelEnabled('debug')) {
       // The check path: no log object is built unless someone reads debug.
       log.debug(
@@ -185,7 +160,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         'check',
       );
     }
-    await sync(b, seen.transition ? 'change' : 'check');
+    want(b);
   };
 
   const schedule = (b: BackendStatus, firstDelay: number) => {
@@ -201,11 +176,12 @@ export function createDaemon(options: DaemonOptions): Daemon {
   };
 
   /** Builds runtimes for new backends, adopting the kernel's values when asked to. */
-  const newRuntimes = async (specs: BackendSpec[], atStart = false): Promise<BackendStatus[]> => {
-    let kernel = new Map<string, BackendState | undefined>();
-    if (config.initialState === 'kernel' && specs.length > 0) {
-      const read = await writer.read(specs.map((s) => s.target));
-      kernel = new Map(
+  const newRuntimes = async (specs: readonly BackendPlan[], atStart = false): Promise<BackendStatus[]> => {
+    const initialState = plan.config.initialState;
+    let adopted = new Map<string, BackendState | undefined>();
+    if (initialState === 'kernel' && specs.length > 0) {
+      const read = await kernel.read(specs.map((s) => s.target));
+      adopted = new Map(
         specs.map((s) => {
           const r = read.get(s.target.key);
           return [s.id, r && !('error' in r) && r.up !== undefined ? (r.up ? 'up' : 'down') : undefined];
@@ -215,12 +191,12 @@ export function createDaemon(options: DaemonOptions): Daemon {
     return specs.map((spec) => {
       const resumed = atStart ? options.restore?.(spec) : undefined;
       if (resumed) return { spec, ...resumed };
-      const adopted = kernel.get(spec.id);
-      const state: BackendState = config.initialState === 'kernel' ? (adopted ?? 'up') : config.initialState;
+      const found = adopted.get(spec.id);
+      const state: BackendState = initialState === 'kernel' ? (found ?? 'up') : initialState;
       const reason =
-        config.initialState !== 'kernel'
+        initialState !== 'kernel'
           ? `initial state ${state}`
-          : adopted
+          : found
             ? `adopted ${state} from ${spec.target.label}`
             : `${spec.target.label} unreadable or unset: assumed up`;
       return { spec, health: initialHealth(state), since: Date.now(), reason };
@@ -229,14 +205,19 @@ export function createDaemon(options: DaemonOptions): Daemon {
 
   const daemon: Daemon = {
     async start() {
-      const fresh = await newRuntimes(resolveBackends(config), true);
-      for (const b of fresh) runtimes.set(b.spec.id, b);
-      await Promise.all(fresh.map((b) => sync(b, 'start')));
+      await prepareCaFiles(plan.caFiles);
+      const fresh = await newRuntimes(plan.backends, true);
+      for (const b of fresh) {
+        track(b);
+        want(b);
+      }
       await Promise.all(fresh.map((b) => check(b)));
+      if (shutdown.signal.aborted) return;
+      await kernel.settled();
       if (shutdown.signal.aborted) return;
       const summary = summarize(fresh);
       log.info({ event: 'ready', backends: fresh.length, summary }, `nf-healthd ready: ${summary}`);
-      notify('onReady');
+      emit('onReady');
       for (const b of fresh) {
         // Spread the settled ones over one interval; a backend that is changing state goes on at fastInterval.
         schedule(b, isSettling(b.health) ? b.spec.fastInterval : random() * b.spec.interval);
@@ -244,78 +225,78 @@ export function createDaemon(options: DaemonOptions): Daemon {
     },
 
     async reload() {
-      notify('onReloading');
-      let next: Config;
+      emit('onReloading');
+      let next: Plan;
       try {
-        next = loadConfig(options.configPath);
+        next = loadPlan(options.configPath);
       } catch (err) {
         const problems = err instanceof ConfigError ? err.problems.map(formatProblem) : [String(err)];
         for (const p of problems)
           log.error({ event: 'reload_rejected' }, `config rejected, keeping the running one: ${p}`);
-        notify('onReloaded', false, problems);
+        emit('onReloaded', false, problems);
         return false;
       }
-      const writerChanged = JSON.stringify(next.writer) !== JSON.stringify(config.writer);
-      config = next;
-      if (writerChanged) {
-        await reconciler.idle();
-        await writer.close?.();
-        writer = makeWriter(config);
-        reconciler.setWriter(writer);
-      }
-      if (limit.concurrency !== config.concurrency) limit.concurrency = config.concurrency;
-      const specs = resolveBackends(config);
-      const wanted = new Set(specs.map((s) => s.id));
-      let removed = 0;
-      for (const [id, b] of runtimes) {
-        if (wanted.has(id)) continue;
-        removed++;
-        runtimes.delete(id);
-        reconciler.forget(b.spec.target.key);
-        await scheduler.remove(id);
+      await prepareCaFiles(next.caFiles);
+      const diff = diffPlans(plan, next);
+      plan = next;
+      if (diff.writerChanged) await kernel.setWriter(makeWriter(plan.writer));
+      kernel.setReadBack(readBackPeriod(plan));
+      if (limit.concurrency !== plan.config.concurrency) limit.concurrency = plan.config.concurrency;
+      for (const spec of diff.removed) {
+        const b = runtimes.get(spec.id);
+        if (!b) continue;
+        untrack(b);
+        kernel.forget(b.spec.target.key);
+        await scheduler.remove(spec.id);
         log.info(
           { event: 'backend_removed', backend: b.spec.name, service: b.spec.service, target: b.spec.target.label },
           `backend ${b.spec.name} removed from the config: no longer checked; ${b.spec.target.label} is left as it is`,
         );
       }
-      const added = specs.filter((s) => !runtimes.has(s.id));
-      for (const spec of specs) {
-        const b = runtimes.get(spec.id);
+      for (const { after, moved } of diff.kept) {
+        const b = runtimes.get(after.id);
         if (!b) continue;
-        const moved = b.spec.target.key !== spec.target.key || writerChanged;
-        b.spec = spec; // the job reads b.spec on every run: new timing and check apply from the next run
-        if (moved) void sync(b, 'start');
+        if (moved) {
+          untrack(b);
+          if (!diff.writerChanged) kernel.forget(b.spec.target.key);
+        }
+        b.spec = after; // the job reads b.spec on every run: new timing and check apply from the next run
+        if (moved) {
+          track(b);
+          want(b);
+        }
       }
-      for (const b of await newRuntimes(added)) {
-        runtimes.set(b.spec.id, b);
+      for (const b of await newRuntimes(diff.added)) {
+        track(b);
         log.info(
           { event: 'backend_added', backend: b.spec.name, service: b.spec.service, state: b.health.state },
           `backend ${b.spec.name} added, starting ${b.health.state}`,
         );
-        await sync(b, 'start');
+        want(b);
         schedule(b, 0);
       }
       log.info(
-        { event: 'reloaded', backends: runtimes.size, added: added.length, removed },
-        `configuration reloaded: ${runtimes.size} backends (${added.length} added, ${removed} removed)`,
+        { event: 'reloaded', backends: runtimes.size, added: diff.added.length, removed: diff.removed.length },
+        `configuration reloaded: ${runtimes.size} backends (${diff.added.length} added, ${diff.removed.length} removed)`,
       );
-      notify('onReloaded', true, []);
+      emit('onReloaded', true, []);
       return true;
     },
 
     async stop() {
-      notify('onStopping');
+      emit('onStopping');
       shutdown.abort();
       await scheduler.stop();
-      await reconciler.idle();
-      await writer.close?.();
-      notify('onStopped');
+      await kernel.stop();
+      emit('onStopped');
     },
 
     backends: () => [...runtimes.values()],
-    config: () => config,
+    plan: () => plan,
+    config: () => plan.config,
     lastProgressAt: () => progressAt,
     scheduler: () => scheduler,
+    writerHealth: () => kernel.health(),
     addObserver: (o) => observers.push(o),
     checksInFlight: () => ({ active: limit.activeCount, pending: limit.pendingCount }),
   };

@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import type { DaemonPlugin } from './run.js';
+import type { DaemonPlugin } from './observer.js';
 
 /**
  * Opt-in timing samples for the benchmark (`NF_HEALTHD_SAMPLES=FILE`): per wall-clock
@@ -69,7 +69,7 @@ export const samplesPlugin: DaemonPlugin = ({ daemon, log }) => {
       try {
         writeFileSync(file, JSON.stringify(out));
       } catch (err) {
-        log.error({ err, file }, `cannot write timing samples to ${file}`);
+        log.error({ event: 'samples_failed', err, file }, `cannot write timing samples to ${file}`);
       }
     },
   };

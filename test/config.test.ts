@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { formatDuration, parseDuration } from '../src/config/duration.js';
-import { ConfigError, loadConfig, parseConfig } from '../src/config/load.js';
-import { resolveBackends } from '../src/config/resolve.js';
+import { ConfigError } from '../src/config/load.js';
+import { loadConfig, loadPlan, parseConfig, parsePlan } from '../src/plan/load.js';
 
 const EXAMPLE = new URL('../config/example.yaml', import.meta.url).pathname;
 
@@ -45,9 +45,10 @@ describe('durations', () => {
 
 describe('config', () => {
   it('accepts the recipe example as written', () => {
-    const config = loadConfig(EXAMPLE);
+    const plan = loadPlan(EXAMPLE);
+    const config = plan.config;
     expect(config.writer).toEqual({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 });
-    const backends = resolveBackends(config);
+    const backends = plan.backends;
     expect(backends.map((b) => [b.id, b.address, b.port, b.check.type, b.target.label])).toEqual([
       ['mail/mail1', '192.168.0.1', 25, 'smtp', '/proc/net/nf_condition/mail1up'],
       ['mail/mail2', '192.168.0.2', 25, 'smtp', '/proc/net/nf_condition/mail2up'],
@@ -56,7 +57,7 @@ describe('config', () => {
   });
 
   it('applies defaults, then service values, then backend values', () => {
-    const config = parseConfig(`defaults: {interval: 4s, rise: 5}
+    const plan = parsePlan(`defaults: {interval: 4s, rise: 5}
 services:
   - name: web
     port: 80
@@ -68,7 +69,7 @@ services:
       - {name: web2, address: "2001:db8::2", check: {type: tcp}}
       - {name: web3, address: backend3.example.org}
 `);
-    const [a, b, c] = resolveBackends(config);
+    const [a, b, c] = plan.backends;
     expect(a).toMatchObject({
       interval: 1000,
       rise: 5,
@@ -121,7 +122,8 @@ services:
   });
 
   it.each([
-    ['rise below 1', 'defaults: {fall: 0}\n', /defaults\.fall: .*>=1/],
+    ['rise below 1', 'defaults: {rise: 0}\n', /defaults\.rise: .*>=1/],
+    ['fall below 1', 'defaults: {fall: 0}\n', /defaults\.fall: .*>=1/],
     [
       'a timeout far longer than the interval',
       'defaults: {interval: 1s, timeout: 5s}\n',

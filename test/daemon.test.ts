@@ -1,9 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { parseConfig } from '../src/config/load.js';
 import { createDaemon, type Daemon, summarize } from '../src/daemon.js';
+import type { ReadOutcome, Writer } from '../src/kernel/writers/types.js';
 import { createLogger } from '../src/log.js';
+import { parsePlan } from '../src/plan/load.js';
 import type { ProbeResult } from '../src/probes/types.js';
-import type { ReadOutcome, Writer } from '../src/writers/types.js';
 
 /*
  * Scheduling and hysteresis wiring under fake timers. The probe and the writer are
@@ -97,7 +97,7 @@ function setup(script: (backend: string, n: number) => boolean | Promise<ProbeRe
   });
   daemon = createDaemon({
     configPath: 'test.yaml',
-    config: parseConfig(CONFIG),
+    plan: parsePlan(CONFIG),
     log,
     random,
     writerFactory: () => mem.writer,
@@ -221,7 +221,7 @@ ${[...Array(10)].map((_, i) => `      - {name: web${i}, address: 127.0.0.1}`).jo
 `;
     daemon = createDaemon({
       configPath: 'x',
-      config: parseConfig(many),
+      plan: parsePlan(many),
       log: createLogger({ level: 'error', format: 'json', destination: { write: () => undefined } }),
       writerFactory: () => mem.writer,
       runCheck: () =>

@@ -1,16 +1,17 @@
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig } from '../src/config/load.js';
+import { ConfigError } from '../src/config/load.js';
 import { parseListen } from '../src/config/operations.js';
-import { resolveBackends } from '../src/config/resolve.js';
+import { assessLiveness, type Watched } from '../src/health/liveness.js';
+import type { WriterHealth } from '../src/kernel/loop.js';
 import { createLogger } from '../src/log.js';
-import { createNotifier, runHook } from '../src/ops/hooks-plugin.js';
-import { healthOf } from '../src/ops/http-plugin.js';
+import { createHookRunner, runHook } from '../src/ops/hooks-plugin.js';
 import { restoreFrom } from '../src/ops/restore.js';
 import { fingerprint, type Snapshot } from '../src/ops/snapshot.js';
 import { readStateFile, writeStateFile } from '../src/ops/state-file.js';
 import { staleness, statusTable } from '../src/ops/status-command.js';
+import { parseConfig, parsePlan } from '../src/plan/load.js';
 import { tempDir } from './support/daemon.js';
 
 const BASE = `writer: {type: condition, dir: /tmp/x}
@@ -47,28 +48,32 @@ describe('operating config keys', () => {
   });
 
   it('has safe defaults: state file in /run, 5m stateMaxAge, no listener, no hooks, no damping', () => {
-    const c = parseConfig(BASE);
-    expect(c.stateFile).toBe('/run/nf-healthd/state.json');
-    expect(c.stateMaxAge).toBe(300_000);
-    expect(c.http).toBeUndefined();
-    expect(c.notify).toBeUndefined();
-    expect(c.damping).toBeUndefined();
-    expect(resolveBackends(c)[0]!.downInterval).toBe(2000); // = interval
+    const c = parsePlan(BASE);
+    expect(c.config.stateFile).toBe('/run/nf-healthd/state.json');
+    expect(c.config.stateMaxAge).toBe(300_000);
+    expect(c.config.http).toBeUndefined();
+    expect(c.config.notify).toBeUndefined();
+    expect(c.config.damping).toBeUndefined();
+    expect(c.backends[0]!.downInterval).toBe(2000); // = interval
   });
 
   it('parses every key, with a bare port as loopback and defaults filled in', () => {
-    const c = parseConfig(`${BASE}stateFile: /var/lib/nfh/state.json
+    const c = parsePlan(`${BASE}stateFile: /var/lib/nfh/state.json
 stateMaxAge: 10m
 http: {listen: 9100}
 notify: {down: [/usr/local/bin/page, --team, net]}
 damping: {hold: 1m}
 defaults: {interval: 2s, downInterval: 30s}
 `);
-    expect(c.http?.listen).toEqual({ host: '127.0.0.1', port: 9100 });
-    expect(c.notify).toEqual({ down: ['/usr/local/bin/page', '--team', 'net'], timeout: 10_000, maxConcurrent: 4 });
-    expect(c.damping).toEqual({ window: 60_000, changes: 4, hold: 60_000, maxHold: 600_000, decay: 300_000 });
-    expect(c.stateMaxAge).toBe(600_000);
-    expect(resolveBackends(c)[0]!.downInterval).toBe(30_000);
+    expect(c.config.http?.listen).toEqual({ host: '127.0.0.1', port: 9100 });
+    expect(c.config.notify).toEqual({
+      down: ['/usr/local/bin/page', '--team', 'net'],
+      timeout: 10_000,
+      maxConcurrent: 4,
+    });
+    expect(c.config.damping).toEqual({ window: 60_000, changes: 4, hold: 60_000, maxHold: 600_000, decay: 300_000 });
+    expect(c.config.stateMaxAge).toBe(600_000);
+    expect(c.backends[0]!.downInterval).toBe(30_000);
   });
 
   it('rejects bad values with their line', () => {
@@ -98,8 +103,7 @@ beforeEach(() => {
 afterEach(() => tmp.cleanup());
 
 function snapshotOf(partial: Partial<Snapshot> = {}): Snapshot {
-  const c = parseConfig(BASE);
-  const spec = resolveBackends(c)[0]!;
+  const spec = parsePlan(BASE).backends[0]!;
   return {
     version: 1,
     pid: 4242,
@@ -147,8 +151,7 @@ describe('state file', () => {
   });
 
   it('resumes an unchanged backend from a recent file only', () => {
-    const c = parseConfig(BASE);
-    const spec = resolveBackends(c)[0]!;
+    const spec = parsePlan(BASE).backends[0]!;
     const now = Date.parse('2026-11-26T03:01:00.000Z');
     const fresh = restoreFrom(snapshotOf(), 300_000, now);
     expect(fresh.usable).toBe(true);
@@ -218,7 +221,7 @@ describe('notify hooks (real processes)', () => {
     );
     chmodSync(hook, 0o755);
     const counted: string[] = [];
-    const notifier = createNotifier({
+    const hooks = createHookRunner({
       config: () => ({ change: [hook, logFile], timeout: 5000, maxConcurrent: 1 }),
       log,
       count: (h, o) => counted.push(`${h}:${o}`),
@@ -226,11 +229,11 @@ describe('notify hooks (real processes)', () => {
     const at = { service: 'mail', address: '192.0.2.1', port: 25, target: '/tmp/x', reason: 'test', since: 0 };
     const flips = (backend: string, n: number) => {
       for (let i = 0; i < n; i++)
-        notifier.notify({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
+        hooks.run({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
     };
     flips('x', 5); // down up down up down
     flips('y', 3); // down up down
-    await notifier.idle();
+    await hooks.idle();
     expect(readFileSync(logFile, 'utf8').trim().split('\n')).toEqual([
       'start x down up 1',
       'end x',
@@ -244,32 +247,52 @@ describe('notify hooks (real processes)', () => {
     ]);
     expect(counted.filter((c) => c === 'change:coalesced')).toHaveLength(4);
     expect(counted.filter((c) => c === 'change:ok')).toHaveLength(4);
-    notifier.stop();
+    hooks.stop();
   });
 });
 
-describe('/healthz verdict', () => {
-  // healthOf reads four daemon accessors; a plain object with those values stands in
-  // for a daemon whose scheduler is stuck, which a real one cannot be made to be on demand.
+describe('liveness: /healthz and the watchdog', () => {
+  // assessLiveness reads a few daemon accessors; a plain object with those values stands in
+  // for a daemon whose scheduler or writer is stuck, which a real one cannot be made to be
+  // on demand (test/writer-stall.test.ts drives a real daemon with a hanging nft).
   const spec = { interval: 2000, downInterval: 10_000, timeout: 1500 };
-  const daemonAt = (progressAt: number) =>
+  const idleWriter: WriterHealth = { busySince: undefined, failingSince: undefined, lastError: undefined, pending: 0 };
+  const daemonAt = (progressAt: number, writer: Partial<WriterHealth> = {}) =>
     ({
       backends: () => [{ spec }],
       lastProgressAt: () => progressAt,
       scheduler: () => ({ lastRunAt: () => progressAt }),
-    }) as unknown as Parameters<typeof healthOf>[0];
+      writerHealth: () => ({ ...idleWriter, ...writer }),
+      config: () => ({ writer: { type: 'nft', commandTimeout: 2000 } }),
+    }) as unknown as Watched;
 
-  it('is 503 before the first round and when no check completed for twice the longest period', () => {
-    expect(healthOf(daemonAt(0), false, 1000)).toEqual({
-      ok: false,
+  it('is starting before the first round, checks-stalled when no check completed for twice the longest period', () => {
+    expect(assessLiveness(daemonAt(0), false, 1000)).toEqual({
+      state: 'starting',
       detail: 'starting: the first round of checks is not done',
     });
-    expect(healthOf(daemonAt(0), true, 1500)).toEqual({ ok: true, detail: 'ok: latest check 1.5s ago' });
+    expect(assessLiveness(daemonAt(0), true, 1500)).toEqual({ state: 'ok', detail: 'ok: latest check 1.5s ago' });
     // longest period: downInterval 10s + timeout 1.5s -> limit 2 x 11.5s + 1s = 24s
-    expect(healthOf(daemonAt(0), true, 24_000)).toMatchObject({ ok: true });
-    expect(healthOf(daemonAt(0), true, 24_001)).toEqual({
-      ok: false,
+    expect(assessLiveness(daemonAt(0), true, 24_000)).toMatchObject({ state: 'ok' });
+    expect(assessLiveness(daemonAt(0), true, 24_001)).toEqual({
+      state: 'checks-stalled',
       detail: 'no check has completed for 24.0s (limit 24.0s): the scheduler is stuck',
+    });
+  });
+
+  it('is writer-stalled when one write runs past the command timeout, or writes keep failing', () => {
+    // commandTimeout 2s + 1s slack
+    expect(assessLiveness(daemonAt(10_000, { busySince: 7000 }), true, 10_000)).toMatchObject({ state: 'ok' });
+    expect(assessLiveness(daemonAt(10_000, { busySince: 6999 }), true, 10_000)).toEqual({
+      state: 'writer-stalled',
+      detail: 'writer stalled: one kernel write has been running for 3.0s (timeout 2.0s); checks go on',
+    });
+    const failing = { failingSince: 1000, lastError: 'nft set inet nfh up element 0x101: ETIMEDOUT' };
+    expect(assessLiveness(daemonAt(6000, failing), true, 6000)).toMatchObject({ state: 'ok' });
+    expect(assessLiveness(daemonAt(6001, failing), true, 6001)).toEqual({
+      state: 'writer-stalled',
+      detail:
+        'writer stalled: kernel writes failing for 5.0s (nft set inet nfh up element 0x101: ETIMEDOUT); checks go on',
     });
   });
 });

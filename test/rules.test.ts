@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli.js';
-import { parseConfig } from '../src/config/load.js';
-import { RulesError, renderRules } from '../src/rules/command.js';
-import { IPSET_LINE_PREFIX } from '../src/rules/iptables-ipset.js';
-import { ipsetName, weightedSlots } from '../src/rules/plan.js';
+import { RulesError, renderRules } from '../src/kernel/rules/command.js';
+import { IPSET_LINE_PREFIX } from '../src/kernel/rules/iptables-ipset.js';
+import { ipsetName, weightedSlots } from '../src/plan/kernel-names.js';
+import { parsePlan } from '../src/plan/load.js';
 import { cleanupNetns, createNetns, type Netns } from './support/netns.js';
 
 const base = (writer = '', extra = '') => `
@@ -42,7 +42,7 @@ services:
 `;
 
 function render(yaml: string, format: Parameters<typeof renderRules>[1]): string {
-  return renderRules(parseConfig(yaml), format, 'test.yaml');
+  return renderRules(parsePlan(yaml, 'test.yaml'), format);
 }
 
 function problems(yaml: string, format: Parameters<typeof renderRules>[1]): string[] {

@@ -1,13 +1,13 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../src/config/load.js';
-import { resolveBackends } from '../src/config/resolve.js';
-import { renderRules } from '../src/rules/command.js';
-import { runCommand } from '../src/writers/command.js';
-import { createIpsetWriter, ipsetWriterSchema } from '../src/writers/ipset.js';
-import { createNftWriter, nftWriterSchema, parseNftSetJson } from '../src/writers/nft.js';
-import type { Writer, WriterTarget } from '../src/writers/types.js';
+import { ipsetWriterSchema, nftWriterSchema } from '../src/config/writers.js';
+import { renderRules } from '../src/kernel/rules/command.js';
+import { runCommand } from '../src/kernel/writers/command.js';
+import { createIpsetWriter } from '../src/kernel/writers/ipset.js';
+import { createNftWriter, parseNftSetJson } from '../src/kernel/writers/nft.js';
+import type { Writer, WriterTarget } from '../src/kernel/writers/types.js';
+import { parsePlan } from '../src/plan/load.js';
 import { cleanupNetns, createNetns, type Netns, tempFolder } from './support/netns.js';
 
 // The writers against real ipset and nftables sets in a namespace of our own. The
@@ -52,8 +52,8 @@ async function states(writer: Writer, targets: WriterTarget[]): Promise<(boolean
 
 describe('ipset writer', () => {
   it('agrees with the rules, flips membership in one restore per batch, repairs a flush, explains errors', async () => {
-    const config = parseConfig(yaml('{ type: ipset }'));
-    const targets = resolveBackends(config).map((b) => b.target);
+    const config = parsePlan(yaml('{ type: ipset }'));
+    const targets = config.backends.map((b) => b.target);
     expect(targets.map((t) => t.key)).toEqual(['nfh-mail1 10.0.0.1', 'nfh-mail2 10.0.0.1', 'nfh-mail3 10.0.0.1']);
     const log = path.join(dir, 'ipset.calls');
     const options = ipsetWriterSchema.parse({ type: 'ipset', ipsetPath: ns.wrapper(dir, '/usr/sbin/ipset', log) });
@@ -65,7 +65,7 @@ describe('ipset writer', () => {
     expect(error.code).toBe('ENOENT');
     expect(writer.hint(error, targets[0]!)).toContain('load the rules first');
 
-    await ns.run(['ipset', 'restore', '-exist'], renderRules(config, 'ipset', 'test'));
+    await ns.run(['ipset', 'restore', '-exist'], renderRules(config, 'ipset'));
     expect(await states(writer, targets)).toEqual([true, true, true]);
 
     writeFileSync(log, '');
@@ -127,18 +127,18 @@ describe('as an unprivileged user', () => {
   };
 
   it('both writers work with CAP_NET_ADMIN alone', async () => {
-    const ipsetConfig = parseConfig(yaml('{ type: ipset, setPrefix: cap- }'));
-    await ns.run(['ipset', 'restore', '-exist'], renderRules(ipsetConfig, 'ipset', 'test'));
-    const ipsetTargets = resolveBackends(ipsetConfig).map((b) => b.target);
+    const ipsetConfig = parsePlan(yaml('{ type: ipset, setPrefix: cap- }'));
+    await ns.run(['ipset', 'restore', '-exist'], renderRules(ipsetConfig, 'ipset'));
+    const ipsetTargets = ipsetConfig.backends.map((b) => b.target);
     const ipset = createIpsetWriter(
       ipsetWriterSchema.parse({ type: 'ipset', setPrefix: 'cap-', ipsetPath: asNobody('/usr/sbin/ipset', true) }),
     );
     expect((await ipset.write([{ target: ipsetTargets[1]!, up: false }])).size).toBe(0);
     expect(await states(ipset, ipsetTargets)).toEqual([true, false, true]);
 
-    const nftConfig = parseConfig(yaml('{ type: nft, table: captest }'));
-    await ns.run(['nft', '-f', '-'], renderRules(nftConfig, 'nft', 'test'));
-    const nftTargets = resolveBackends(nftConfig).map((b) => b.target);
+    const nftConfig = parsePlan(yaml('{ type: nft, table: captest }'));
+    await ns.run(['nft', '-f', '-'], renderRules(nftConfig, 'nft'));
+    const nftTargets = nftConfig.backends.map((b) => b.target);
     const nft = createNftWriter(
       nftWriterSchema.parse({ type: 'nft', table: 'captest', nftPath: asNobody('/usr/sbin/nft', true) }),
     );
@@ -147,15 +147,15 @@ describe('as an unprivileged user', () => {
   });
 
   it('without it both writers report EPERM and say which capability is missing', async () => {
-    const ipsetConfig = parseConfig(yaml('{ type: ipset }'));
-    const ipsetTarget = resolveBackends(ipsetConfig)[0]!.target;
+    const ipsetConfig = parsePlan(yaml('{ type: ipset }'));
+    const ipsetTarget = ipsetConfig.backends[0]!.target;
     const ipset = createIpsetWriter(ipsetWriterSchema.parse({ type: 'ipset', ipsetPath: asNobody('/usr/sbin/ipset') }));
     const ipsetError = (await ipset.write([{ target: ipsetTarget, up: true }])).get(ipsetTarget.key)!;
     expect(ipsetError.code).toBe('EPERM');
     expect(ipset.hint(ipsetError, ipsetTarget)).toContain('CAP_NET_ADMIN');
 
-    const nftConfig = parseConfig(yaml('{ type: nft }'));
-    const nftTarget = resolveBackends(nftConfig)[0]!.target;
+    const nftConfig = parsePlan(yaml('{ type: nft }'));
+    const nftTarget = nftConfig.backends[0]!.target;
     const nft = createNftWriter(nftWriterSchema.parse({ type: 'nft', nftPath: asNobody('/usr/sbin/nft') }));
     const read = (await nft.read([nftTarget])).get(nftTarget.key) as { error: NodeJS.ErrnoException };
     expect(read.error.code).toBe('EPERM');
@@ -165,8 +165,8 @@ describe('as an unprivileged user', () => {
 
 describe('nft writer', () => {
   it('agrees with the rules, adds and removes idempotently in one transaction, sees a table reload', async () => {
-    const config = parseConfig(yaml('{ type: nft }'));
-    const targets = resolveBackends(config).map((b) => b.target);
+    const config = parsePlan(yaml('{ type: nft }'));
+    const targets = config.backends.map((b) => b.target);
     expect(targets.map((t) => t.key)).toEqual(['0x101', '0x102', '0x103']);
     expect(targets[0]!.label).toBe('nft set inet nfh up element 0x101');
     const log = path.join(dir, 'nft.calls');
@@ -177,7 +177,7 @@ describe('nft writer', () => {
     expect(missing.error.code).toBe('ENOENT');
     expect(writer.hint(missing.error, targets[0]!)).toContain('load the rules first');
 
-    const rules = renderRules(config, 'nft', 'test');
+    const rules = renderRules(config, 'nft');
     await ns.run(['nft', '-f', '-'], rules);
     expect(await states(writer, targets)).toEqual([true, true, true]);
 

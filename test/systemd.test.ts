@@ -32,6 +32,16 @@ const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 1
   box!.eventually(read, accept, ms);
 const writeConfig = (text: string) => writeFileSync(path.join(host.dir, 'config.yaml'), text);
 
+/** Runs one step of a scenario; a failure names the step. */
+async function step(title: string, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    if (err instanceof Error) err.message = `step "${title}": ${err.message}`;
+    throw err;
+  }
+}
+
 beforeAll(async () => {
   host = await serviceHost('nfh-systemd-');
   ({ s1, s2 } = host);
@@ -86,122 +96,125 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
     expect(r.code, r.stderr).toBe(0);
   });
 
-  it('systemctl start returns once the condition folder holds the first round', async () => {
-    await s2.stop(); // mail2 goes down in the first round (fall 1)
-    expect(cond('mail1')).toBeUndefined();
-    const r = await systemctl('start', 'nf-healthd');
-    expect(r.code, r.stderr).toBe(0);
-    // Read right after start returned: READY=1 came after the writes.
-    expect(cond('mail1')).toBe('0\n');
-    expect(cond('mail2')).toBe('1\n');
-    const state = await show('ActiveState', 'SubState', 'StatusText', 'User');
-    expect(state.ActiveState).toBe('active');
-    expect(state.StatusText).toMatch(/^1\/2 up; mail2 down since \d\d:\d\d:\d\d: connect ECONNREFUSED$/);
-    // The sandbox takes nothing it needs (state file, notify, condition folder): no errors.
-    const errors = await inside('journalctl', '-p', 'err', '-u', 'nf-healthd', '-o', 'cat', '--no-pager');
-    expect(errors.stdout.trim()).toBe('');
-  });
-
-  it('logs at journald priorities: the down transition shows under journalctl -p warning, info lines do not', async () => {
-    const warnings = await eventually(
-      () => inside('journalctl', '-p', 'warning', '-u', 'nf-healthd', '-o', 'cat', '--no-pager'),
-      (r) => r.stdout.includes('mail2 is down'),
-    );
-    expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
-    expect(warnings.stdout).not.toContain('nf-healthd ready');
-    const priorities = await box!.priorities('nf-healthd', 'mail2 is down');
-    expect(priorities.get('transition')).toBe('4');
-    expect(priorities.get('ready')).toBe('6');
-    expect(priorities.get('starting')).toBe('6');
-  });
-
-  it('systemctl reload applies a changed config', async () => {
-    const before = await show('MainPID');
-    writeConfig(
-      config([
-        { name: 'mail1', port: s1.port },
-        { name: 'mail2', port: s2.port },
-        { name: 'mail3', port: s1.port },
-      ]),
-    );
-    const r = await systemctl('reload', 'nf-healthd');
-    expect(r.code, r.stderr).toBe(0);
-    // systemd 252 ends the reload job when `kill -HUP` exits: wait for the effect.
-    await waitUntil(
-      () => cond('mail3'),
-      (v) => v === '0\n',
-      10_000,
-    );
-    const status = await eventually(
-      () => show('MainPID', 'StatusText'),
-      (v) => v.StatusText!.startsWith('2/3 up'),
-    );
-    expect(status.MainPID).toBe(before.MainPID);
-    expect(status.StatusText).toMatch(/^2\/3 up; mail2 down since/);
-  });
-
-  it('systemctl reload with a broken config is refused and the service keeps running', async () => {
-    const before = await show('MainPID');
-    writeConfig('services:\n  - name: mail\n    port: 25\n    backends: []\n');
-    const r = await systemctl('reload', 'nf-healthd');
-    expect(r.code).not.toBe(0);
-    const after = await show('MainPID', 'ActiveState', 'SubState');
-    expect(after).toMatchObject({ MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
-    const log = await eventually(
-      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '20'),
-      (r) => r.stdout.includes('config.yaml:4:15'),
-    );
-    expect(log.stdout).toContain(
-      '/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend',
-    );
-    writeConfig(
-      config([
-        { name: 'mail1', port: s1.port },
-        { name: 'mail2', port: s2.port },
-        { name: 'mail3', port: s1.port },
-      ]),
-    );
-  });
-
-  it('a wedged daemon is killed by the watchdog and restarted', async () => {
-    const before = await show('MainPID', 'NRestarts');
-    const r = await systemctl('kill', '--kill-who=main', '-s', 'SIGUSR2', 'nf-healthd'); // test-only: blocks the event loop
-    expect(r.code, r.stderr).toBe(0);
-    const after = await eventually(
-      () => show('MainPID', 'NRestarts', 'ActiveState'),
-      (v) => v.NRestarts !== before.NRestarts && v.ActiveState === 'active',
-      20_000,
-    );
-    expect(after.ActiveState).toBe('active');
-    expect(Number(after.NRestarts)).toBe(Number(before.NRestarts) + 1);
-    expect(after.MainPID).not.toBe(before.MainPID);
-    const log = await eventually(
-      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'),
-      (r) => r.stdout.includes('Watchdog timeout'),
-    );
-    expect(log.stdout).toContain('Watchdog timeout (limit 3s)!');
-    expect(log.stdout).toContain("Failed with result 'watchdog'");
-    expect(cond('mail1')).toBe('0\n');
-  }, 40_000);
-
-  it('systemctl stop is clean', async () => {
-    const cursor = await box!.cursor();
-    const r = await systemctl('stop', 'nf-healthd');
-    expect(r.code, r.stderr).toBe(0);
-    expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({
-      ActiveState: 'inactive',
-      SubState: 'dead',
-      Result: 'success',
+  // One scenario in steps, in this order: each step starts from the state the one
+  // before left (service started, config reloaded, ...). A failing step names itself
+  // and the rest do not run, rather than failing for the wrong reason.
+  it('start, journal priorities, reload, refused reload, watchdog restart, clean stop', async () => {
+    await step('systemctl start returns once the condition folder holds the first round', async () => {
+      await s2.stop(); // mail2 goes down in the first round (fall 1)
+      expect(cond('mail1')).toBeUndefined();
+      const r = await systemctl('start', 'nf-healthd');
+      expect(r.code, r.stderr).toBe(0);
+      // Read right after start returned: READY=1 came after the writes.
+      expect(cond('mail1')).toBe('0\n');
+      expect(cond('mail2')).toBe('1\n');
+      const state = await show('ActiveState', 'SubState', 'StatusText', 'User');
+      expect(state.ActiveState).toBe('active');
+      expect(state.StatusText).toMatch(/^1\/2 up; mail2 down since \d\d:\d\d:\d\d: connect ECONNREFUSED$/);
+      // The sandbox takes nothing it needs (state file, notify, condition folder): no errors.
+      const errors = await inside('journalctl', '-p', 'err', '-u', 'nf-healthd', '-o', 'cat', '--no-pager');
+      expect(errors.stdout.trim()).toBe('');
     });
-    const log = (
-      await eventually(
-        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', `--after-cursor=${cursor}`),
-        (r) => r.stdout.includes('Deactivated'),
-      )
-    ).stdout;
-    // It stopped by itself on SIGTERM: no timeout, no SIGKILL, exit status 0.
-    expect(log).toContain('stopping on SIGTERM');
-    expect(log).toContain('nf-healthd.service: Deactivated successfully.');
-    expect(log).not.toMatch(/timed out|Killing|SIGKILL|status=/);
-  });
+    await step(
+      'logs at journald priorities: the down transition shows under journalctl -p warning, info lines do not',
+      async () => {
+        const warnings = await eventually(
+          () => inside('journalctl', '-p', 'warning', '-u', 'nf-healthd', '-o', 'cat', '--no-pager'),
+          (r) => r.stdout.includes('mail2 is down'),
+        );
+        expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
+        expect(warnings.stdout).not.toContain('nf-healthd ready');
+        const priorities = await box!.priorities('nf-healthd', 'mail2 is down');
+        expect(priorities.get('transition')).toBe('4');
+        expect(priorities.get('ready')).toBe('6');
+        expect(priorities.get('starting')).toBe('6');
+      },
+    );
+    await step('systemctl reload applies a changed config', async () => {
+      const before = await show('MainPID');
+      writeConfig(
+        config([
+          { name: 'mail1', port: s1.port },
+          { name: 'mail2', port: s2.port },
+          { name: 'mail3', port: s1.port },
+        ]),
+      );
+      const r = await systemctl('reload', 'nf-healthd');
+      expect(r.code, r.stderr).toBe(0);
+      // systemd 252 ends the reload job when `kill -HUP` exits: wait for the effect.
+      await waitUntil(
+        () => cond('mail3'),
+        (v) => v === '0\n',
+        10_000,
+      );
+      const status = await eventually(
+        () => show('MainPID', 'StatusText'),
+        (v) => v.StatusText!.startsWith('2/3 up'),
+      );
+      expect(status.MainPID).toBe(before.MainPID);
+      expect(status.StatusText).toMatch(/^2\/3 up; mail2 down since/);
+    });
+    await step('systemctl reload with a broken config is refused and the service keeps running', async () => {
+      const before = await show('MainPID');
+      writeConfig('services:\n  - name: mail\n    port: 25\n    backends: []\n');
+      const r = await systemctl('reload', 'nf-healthd');
+      expect(r.code).not.toBe(0);
+      const after = await show('MainPID', 'ActiveState', 'SubState');
+      expect(after).toMatchObject({ MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
+      const log = await eventually(
+        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '20'),
+        (r) => r.stdout.includes('config.yaml:4:15'),
+      );
+      expect(log.stdout).toContain(
+        '/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend',
+      );
+      writeConfig(
+        config([
+          { name: 'mail1', port: s1.port },
+          { name: 'mail2', port: s2.port },
+          { name: 'mail3', port: s1.port },
+        ]),
+      );
+    });
+    await step('a wedged daemon is killed by the watchdog and restarted', async () => {
+      const before = await show('MainPID', 'NRestarts');
+      const r = await systemctl('kill', '--kill-who=main', '-s', 'SIGUSR2', 'nf-healthd'); // test-only: blocks the event loop
+      expect(r.code, r.stderr).toBe(0);
+      const after = await eventually(
+        () => show('MainPID', 'NRestarts', 'ActiveState'),
+        (v) => v.NRestarts !== before.NRestarts && v.ActiveState === 'active',
+        20_000,
+      );
+      expect(after.ActiveState).toBe('active');
+      expect(Number(after.NRestarts)).toBe(Number(before.NRestarts) + 1);
+      expect(after.MainPID).not.toBe(before.MainPID);
+      const log = await eventually(
+        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'),
+        (r) => r.stdout.includes('Watchdog timeout'),
+      );
+      expect(log.stdout).toContain('Watchdog timeout (limit 3s)!');
+      expect(log.stdout).toContain("Failed with result 'watchdog'");
+      expect(cond('mail1')).toBe('0\n');
+    });
+    await step('systemctl stop is clean', async () => {
+      const cursor = await box!.cursor();
+      const r = await systemctl('stop', 'nf-healthd');
+      expect(r.code, r.stderr).toBe(0);
+      expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({
+        ActiveState: 'inactive',
+        SubState: 'dead',
+        Result: 'success',
+      });
+      const log = (
+        await eventually(
+          () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', `--after-cursor=${cursor}`),
+          (r) => r.stdout.includes('Deactivated'),
+        )
+      ).stdout;
+      // It stopped by itself on SIGTERM: no timeout, no SIGKILL, exit status 0.
+      expect(log).toContain('stopping on SIGTERM');
+      expect(log).toContain('nf-healthd.service: Deactivated successfully.');
+      expect(log).not.toMatch(/timed out|Killing|SIGKILL|status=/);
+    });
+  }, 180_000);
 });

@@ -29,37 +29,72 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : i === 0 ? String(k) : `.${String(k)}`)).join('');
 }
 
-/** Reads and validates a config file; throws ConfigError listing every problem at once. */
-export function loadConfig(file: string): Config {
+/** A cross-object rule's finding, located by key path like a schema issue. */
+export interface PathProblem {
+  path: readonly (string | number)[];
+  message: string;
+}
+
+/** What reading a config file gave: the validated Config (when the schema passed), and a way to place problems. */
+export interface ConfigDocument {
+  file: string;
+  /** The YAML as plain data, for rules that must also run when the schema fails. */
+  raw: unknown;
+  config: Config | undefined;
+  problems: ConfigProblem[];
+  /** FILE:LINE:COLUMN for a problem found after the schema (by the Plan). */
+  place(problem: PathProblem): ConfigProblem;
+}
+
+/** Reads a config file; a file that cannot be read is one problem at 1:1. */
+export function readConfigFile(file: string): ConfigDocument {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new ConfigError([
-      { file, line: 1, column: 1, path: '', message: `cannot read the file: ${e.code ?? e.message}` },
-    ]);
+    const problem = { file, line: 1, column: 1, path: '', message: `cannot read the file: ${e.code ?? e.message}` };
+    return { file, raw: undefined, config: undefined, problems: [problem], place: () => problem };
   }
-  return parseConfig(text, file);
+  return readConfigText(text, file);
 }
 
-export function parseConfig(text: string, file = '<config>'): Config {
+/** Parses YAML and validates it against the schema, collecting every problem with its position. */
+export function readConfigText(text: string, file = '<config>'): ConfigDocument {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, uniqueKeys: true, prettyErrors: false });
   const at = (offset: number) => {
     const { line, col } = lineCounter.linePos(offset);
     return { line, column: col };
   };
+  const place = (p: PathProblem) =>
+    locate(doc, { code: 'custom', path: [...p.path], message: p.message } as Issue, file, at)[0]!;
   if (doc.errors.length > 0) {
-    throw new ConfigError(
-      doc.errors.map((e) => ({ file, ...at(e.pos[0]), path: '', message: `YAML: ${e.message.split('\n')[0]}` })),
-    );
+    const problems = doc.errors.map((e) => ({
+      file,
+      ...at(e.pos[0]),
+      path: '',
+      message: `YAML: ${e.message.split('\n')[0]}`,
+    }));
+    return { file, raw: undefined, config: undefined, problems, place };
   }
-  const result = configSchema.safeParse(doc.toJS({ maxAliasCount: 100 }) ?? {});
-  if (result.success) return result.data;
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    // The yaml library refuses alias expansion past maxAliasCount (a "billion laughs" file).
+    const problem = { file, line: 1, column: 1, path: '', message: `YAML: ${(err as Error).message}` };
+    return { file, raw: undefined, config: undefined, problems: [problem], place };
+  }
+  const result = configSchema.safeParse(raw);
+  if (result.success) return { file, raw, config: result.data, problems: [], place };
   const problems = result.error.issues.flatMap((issue) => locate(doc, issue, file, at));
-  problems.sort((a, b) => a.line - b.line || a.column - b.column);
-  throw new ConfigError(problems);
+  return { file, raw, config: undefined, problems, place };
+}
+
+/** Problems in file order. */
+export function sortProblems(problems: ConfigProblem[]): ConfigProblem[] {
+  return problems.sort((a, b) => a.line - b.line || a.column - b.column);
 }
 
 type Issue = z.core.$ZodIssue;

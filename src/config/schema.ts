@@ -1,9 +1,9 @@
 import { z } from 'zod';
 import { checkSchema } from '../probes/registry.js';
-import { writerSchema } from '../writers/registry.js';
-import { duration, formatDuration } from './duration.js';
+import { duration } from './duration.js';
 import { address, conditionName, ipAddress, objectName, port } from './names.js';
 import { operationsKeys } from './operations.js';
+import { writerSchema } from './writers.js';
 
 export { address, conditionName, ipAddress, objectName, port };
 
@@ -39,9 +39,10 @@ export const serviceSchema = z.strictObject({
   name: objectName,
   vip: ipAddress.optional(),
   port,
-  protocol: z.enum(['tcp']).default('tcp'),
+  /** `udp`: the rules match UDP; such a service needs an explicit check (a UDP port cannot be connect-checked). */
+  protocol: z.enum(['tcp', 'udp']).default('tcp'),
   inInterface: interfaceName.optional(),
-  /** Default `tcp` unless `checks` is set. */
+  /** Default `tcp` unless `checks` is set (a `udp` service has no default). */
   check: checkSchema.optional(),
   /** Several checks instead of `check`: up only when every one passes. */
   checks: z.array(checkSchema).min(1).max(16).optional(),
@@ -54,130 +55,16 @@ export const logSchema = z.strictObject({
   format: z.enum(['auto', 'json', 'journal', 'pretty']).default('auto'),
 });
 
-export const configSchema = z
-  .strictObject({
-    defaults: z.strictObject(timing).default({}),
-    initialState: z.enum(['up', 'down', 'kernel']).default('up'),
-    /** Checks in flight at once, across all backends. */
-    concurrency: z.number().int().min(1).max(65_536).default(1000),
-    writer: writerSchema.default({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 }),
-    log: logSchema.default({ level: 'info', format: 'auto' }),
-    services: z.array(serviceSchema).min(1, 'at least one service is needed'),
-    ...operationsKeys,
-  })
-  // Duplicate names are reported even when other keys are wrong: every error at once.
-  .superRefine((config, ctx) => uniqueNames(config, ctx), { when: () => true })
-  .superRefine((config, ctx) => {
-    const both = 'set either check or checks, not both';
-    config.services.forEach((service, si) => {
-      const at = ['services', si];
-      if (service.check && service.checks) ctx.addIssue({ code: 'custom', path: [...at, 'checks'], message: both });
-      if (config.writer.type === 'ipset' && service.vip === undefined) {
-        ctx.addIssue({
-          code: 'custom',
-          path: [...at, 'name'],
-          message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up',
-        });
-      }
-      service.backends.forEach((backend, bi) => {
-        const bat = [...at, 'backends', bi];
-        if (backend.check && backend.checks) ctx.addIssue({ code: 'custom', path: [...bat, 'checks'], message: both });
-        if (
-          backend.condition === undefined &&
-          config.writer.type === 'condition' &&
-          !conditionName.safeParse(backend.name).success
-        ) {
-          ctx.addIssue({
-            code: 'custom',
-            path: [...bat, 'name'],
-            message: 'this name cannot serve as a condition name (at most 30 characters): set "condition"',
-          });
-        }
-        const t = effectiveTiming(config.defaults, service, backend);
-        const whereSet = (key: keyof typeof timing) =>
-          backend[key] !== undefined
-            ? [...bat, key]
-            : service[key] !== undefined
-              ? [...at, key]
-              : config.defaults[key] !== undefined
-                ? ['defaults', key]
-                : bat;
-        // Checks of one backend never overlap, so a timeout somewhat past the interval only
-        // stretches the period (the recipe's own example has 3s against 2s); far past it, the
-        // schedule is fiction.
-        if (t.timeout > 2 * t.interval) {
-          ctx.addIssue({
-            code: 'custom',
-            path: whereSet('timeout'),
-            message: `timeout ${formatDuration(t.timeout)} is longer than twice the interval (${formatDuration(t.interval)}) of backend ${backend.name}: checks would fall behind their schedule`,
-          });
-        }
-        if (t.downInterval < t.interval) {
-          ctx.addIssue({
-            code: 'custom',
-            path: whereSet('downInterval'),
-            message: `downInterval ${formatDuration(t.downInterval)} is shorter than interval ${formatDuration(t.interval)} for backend ${backend.name}: it is meant to check long-dead backends less often`,
-          });
-        }
-        if (t.fastInterval > t.interval) {
-          ctx.addIssue({
-            code: 'custom',
-            path: whereSet('fastInterval'),
-            message: `fastInterval ${formatDuration(t.fastInterval)} is longer than interval ${formatDuration(t.interval)} for backend ${backend.name}`,
-          });
-        }
-      });
-    });
-  });
-
-type Ctx = { addIssue(issue: { code: 'custom'; path: (string | number)[]; message: string }): void };
-
-/** Runs on data that may be invalid elsewhere, so it trusts nothing about its shape. */
-function uniqueNames(raw: unknown, ctx: Ctx): void {
-  const config = raw as { services?: unknown; writer?: { type?: unknown } };
-  if (!Array.isArray(config?.services)) return;
-  const byCondition = config.writer?.type === undefined || config.writer.type === 'condition';
-  const services = new Map<string, string>();
-  const backends = new Map<string, string>();
-  const conditions = new Map<string, string>();
-  config.services.forEach((service: { name?: unknown; backends?: unknown }, si) => {
-    if (typeof service?.name === 'string') {
-      const other = services.get(service.name);
-      if (other)
-        ctx.addIssue({
-          code: 'custom',
-          path: ['services', si, 'name'],
-          message: `duplicate service name "${service.name}" (also ${other})`,
-        });
-      else services.set(service.name, `services[${si}]`);
-    }
-    if (!Array.isArray(service?.backends)) return;
-    service.backends.forEach((backend: { name?: unknown; condition?: unknown }, bi) => {
-      const here = `services[${si}].backends[${bi}]`;
-      const path = ['services', si, 'backends', bi];
-      if (typeof backend?.name === 'string') {
-        const other = backends.get(backend.name);
-        if (other)
-          ctx.addIssue({
-            code: 'custom',
-            path: [...path, 'name'],
-            message: `duplicate backend name "${backend.name}" (also ${other})`,
-          });
-        else backends.set(backend.name, here);
-      }
-      const condition = typeof backend?.condition === 'string' ? backend.condition : backend?.name;
-      if (!byCondition || typeof condition !== 'string') return;
-      const owner = conditions.get(condition);
-      if (owner && owner !== backends.get(String(backend.name))) {
-        ctx.addIssue({
-          code: 'custom',
-          path: [...path, typeof backend.condition === 'string' ? 'condition' : 'name'],
-          message: `condition "${condition}" is already driven by ${owner}`,
-        });
-      } else if (!owner) conditions.set(condition, here);
-    });
-  });
-}
+export const configSchema = z.strictObject({
+  defaults: z.strictObject(timing).default({}),
+  initialState: z.enum(['up', 'down', 'kernel']).default('up'),
+  /** Checks in flight at once, across all backends. */
+  concurrency: z.number().int().min(1).max(65_536).default(1000),
+  writer: writerSchema.default({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 }),
+  log: logSchema.default({ level: 'info', format: 'auto' }),
+  services: z.array(serviceSchema).min(1, 'at least one service is needed'),
+  ...operationsKeys,
+});
 
 export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.infer<typeof configSchema>;

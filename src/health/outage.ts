@@ -1,5 +1,5 @@
 import { hostPort } from '../format.js';
-import type { DaemonPlugin } from '../run.js';
+import type { DaemonPlugin } from '../observer.js';
 
 /**
  * Says when a whole service has no live backend (and when it has one again): the

@@ -5,7 +5,7 @@
  * held down by flap damping is checked at interval: its successes only count once
  * the hold ends.
  */
-import type { Daemon } from '../daemon.js';
+import type { Daemon } from '../observer.js';
 import { type Health, isSettling } from './hysteresis.js';
 
 export interface Pacing {

@@ -3,7 +3,7 @@
  * file), for an operator who has the journal but not the host's files.
  */
 import { summarize } from '../daemon.js';
-import type { DaemonPlugin } from '../run.js';
+import type { DaemonPlugin } from '../observer.js';
 import { snapshot } from './snapshot.js';
 import { writePeriod } from './state-plugin.js';
 

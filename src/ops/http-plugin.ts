@@ -1,44 +1,19 @@
 /**
  * The optional HTTP listener (`http.listen`, loopback when only a port is given):
  * `/metrics` (Prometheus), `/status` (the state as JSON), `/healthz` (200 while the
- * scheduler makes progress). GET and HEAD only; nothing else is served. A reload
+ * checks and the writer loop make progress: src/health/liveness.ts). GET and HEAD only; nothing else is served. A reload
  * that changes `http.listen` moves the listener.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ListenAddress } from '../config/operations.js';
-import type { Daemon, DaemonObserver } from '../daemon.js';
 import { hostPort } from '../format.js';
-import { longestCheckGap, msSinceProgress } from '../health/pace.js';
+import { assessLiveness } from '../health/liveness.js';
 import type { Logger } from '../log.js';
-import type { DaemonPlugin } from '../run.js';
+import type { Daemon, DaemonObserver, DaemonPlugin } from '../observer.js';
 import { metricsFor } from './metrics.js';
 import { snapshot } from './snapshot.js';
 import { writePeriod } from './state-plugin.js';
-
-export interface Health {
-  ok: boolean;
-  detail: string;
-}
-
-/**
- * Healthy while checks keep completing: the latest one is no older than twice the
- * longest period a backend can wait (downInterval, timeout included), plus a second.
- */
-export function healthOf(daemon: Daemon, ready: boolean, now = performance.now()): Health {
-  if (!ready) return { ok: false, detail: 'starting: the first round of checks is not done' };
-  const backends = daemon.backends();
-  if (backends.length === 0) return { ok: true, detail: 'no backends configured' };
-  const longest = longestCheckGap(backends);
-  const age = msSinceProgress(daemon, now);
-  const limit = 2 * longest + 1000;
-  if (age > limit)
-    return {
-      ok: false,
-      detail: `no check has completed for ${(age / 1000).toFixed(1)}s (limit ${(limit / 1000).toFixed(1)}s): the scheduler is stuck`,
-    };
-  return { ok: true, detail: `ok: latest check ${(age / 1000).toFixed(1)}s ago` };
-}
 
 function send(res: http.ServerResponse, status: number, type: string, body: string, head: boolean) {
   res.writeHead(status, {
@@ -78,8 +53,8 @@ export function createHttpHandler(daemon: Daemon, options: { configPath: string;
           head,
         );
       case '/healthz': {
-        const h = healthOf(daemon, options.ready());
-        return send(res, h.ok ? 200 : 503, 'text/plain; charset=utf-8', `${h.detail}\n`, head);
+        const h = assessLiveness(daemon, options.ready());
+        return send(res, h.state === 'ok' ? 200 : 503, 'text/plain; charset=utf-8', `${h.detail}\n`, head);
       }
       default:
         return send(res, 404, 'text/plain; charset=utf-8', 'not found: try /metrics, /status or /healthz\n', head);

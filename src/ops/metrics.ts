@@ -5,8 +5,8 @@
  * string. Series of backends removed by a reload are dropped.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type { Daemon, DaemonObserver } from '../daemon.js';
 import { isHeld } from '../health/damping.js';
+import type { Daemon, DaemonObserver } from '../observer.js';
 import { checkLabel } from '../probes/run.js';
 
 export interface Metrics {

@@ -1,5 +1,5 @@
 /** The operating parts (issue 6), in the order they are wired around the daemon. */
-import type { DaemonPlugin } from '../run.js';
+import type { DaemonPlugin } from '../observer.js';
 import { stateDumpPlugin } from './dump-plugin.js';
 import { hooksPlugin } from './hooks-plugin.js';
 import { httpPlugin } from './http-plugin.js';

@@ -4,14 +4,13 @@
  * healthy daemon writes nothing to the kernel); the others start at initialState.
  */
 import { formatDuration } from '../config/duration.js';
-import { type BackendSpec, resolveBackends } from '../config/resolve.js';
-import type { Config } from '../config/schema.js';
-import type { ResumedStatus } from '../daemon.js';
 import type { Logger } from '../log.js';
+import type { ResumedStatus } from '../observer.js';
+import type { BackendPlan, Plan } from '../plan/compile.js';
 import { type BackendSnapshot, fingerprint, type Snapshot } from './snapshot.js';
 import { readStateFile } from './state-file.js';
 
-export type Restore = (spec: BackendSpec) => ResumedStatus | undefined;
+export type Restore = (spec: BackendPlan) => ResumedStatus | undefined;
 
 export function restoreFrom(
   state: Snapshot,
@@ -43,7 +42,8 @@ export function restoreFrom(
 }
 
 /** Reads the state file once, logs what it will do, and returns the daemon's `restore` option. */
-export async function loadRestore(config: Config, log: Logger, now = Date.now()): Promise<Restore | undefined> {
+export async function loadRestore(plan: Plan, log: Logger, now = Date.now()): Promise<Restore | undefined> {
+  const config = plan.config;
   const file = config.stateFile;
   const read = await readStateFile(file);
   if (!read.ok) {
@@ -75,7 +75,7 @@ export async function loadRestore(config: Config, log: Logger, now = Date.now())
       );
     return r;
   };
-  const specs = resolveBackends(config);
+  const specs = plan.backends;
   const matching = specs.filter((spec) => restore(spec) !== undefined).length;
   log.info(
     { event: 'state_file_read', file, ageMs, resumed: matching, backends: specs.length },

@@ -3,8 +3,7 @@
  * transitions is one write) and at least once per interval; a final write marked
  * `stoppedAt` when the daemon stops. One write at a time, never blocking checks.
  */
-import type { Daemon } from '../daemon.js';
-import type { DaemonPlugin } from '../run.js';
+import type { Daemon, DaemonPlugin } from '../observer.js';
 import { snapshot } from './snapshot.js';
 import { writeStateFile } from './state-file.js';
 

@@ -1,10 +1,11 @@
 import { z } from 'zod';
 import { DEFAULT_BOUNDS } from './connection.js';
 import { type Conversation, converse, type Step } from './conversation.js';
+import { oncePer } from './memo.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
-const regex = z
+export const regex = z
   .string()
   .min(1)
   .refine((source) => {
@@ -69,20 +70,13 @@ export function expectSteps(options: ExpectOptions): Step[] {
 }
 
 /** The conversation of each check config, built (and its patterns compiled) once, not on every check. */
-const conversations = new WeakMap<ExpectOptions, Conversation>();
-
-function conversationOf(options: ExpectOptions): Conversation {
-  let conversation = conversations.get(options);
-  if (conversation === undefined) {
-    conversation = {
-      steps: expectSteps(options),
-      bounds: { maxTotalBytes: options.maxBytes },
-      ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
-    };
-    conversations.set(options, conversation);
-  }
-  return conversation;
-}
+const conversationOf = oncePer(
+  (options: ExpectOptions): Conversation => ({
+    steps: expectSteps(options),
+    bounds: { maxTotalBytes: options.maxBytes },
+    ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
+  }),
+);
 
 /**
  * The generic send/expect check (HAProxy's tcp-check): its steps run on the same

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { z } from 'zod';
 import { abortedDuring, countRead, describeSocketError } from './connection.js';
 import { shorten } from './conversation.js';
+import { describeTlsFailure } from './tls-options.js';
 import { CheckFailed, defineProbe, type ProbeTarget, type ProbeVerdict } from './types.js';
 
 const statusRange = z.union([
@@ -99,7 +100,7 @@ export function httpExchange(
       if (signal.aborted) return finish(abortedDuring(signal, phase));
       const code = (err as NodeJS.ErrnoException).code;
       if (code?.startsWith('HPE_')) return finish(new CheckFailed(`malformed HTTP response (${code})`));
-      finish(new CheckFailed(describeSocketError(err, phase)));
+      finish(new CheckFailed(phase === 'TLS handshake' ? describeTlsFailure(err) : describeSocketError(err, phase)));
     });
     req.on('response', (res) => {
       const status = res.statusCode ?? 0;

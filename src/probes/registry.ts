@@ -1,32 +1,44 @@
 import { z } from 'zod';
+import { port } from '../config/names.js';
+import { dnsProbe } from './dns.js';
 import { execProbe } from './exec.js';
 import { expectProbe } from './expect.js';
 import { httpProbe } from './http.js';
 import { httpsProbe } from './https.js';
 import { ftpProbe, imapProbe, lmtpProbe, pop3Probe, redisProbe, sshProbe } from './presets.js';
 import { smtpProbe } from './smtp.js';
+import { checkTarget } from './target.js';
 import { tcpProbe } from './tcp.js';
 import { tlsProbe } from './tls.js';
 import type { ProbeTarget, ProbeVerdict } from './types.js';
+import { udpProbe } from './udp.js';
+
+/** Keys every check has, whatever its type. */
+const common = {
+  /** Probe this port instead of the backend's traffic port (HAProxy's `port`, keepalived's `connect_port`). */
+  port: port.optional(),
+};
 
 /**
- * Every check type the daemon knows, picked by `type`. Adding a check is one file
- * exporting a ProbeDefinition plus one line in each list below.
+ * Every check type the daemon knows, picked by `type`, each with the common keys. Adding a
+ * check is one file exporting a ProbeDefinition plus one line in each list below.
  */
 export const checkSchema = z.discriminatedUnion('type', [
-  tcpProbe.schema,
-  smtpProbe.schema,
-  httpProbe.schema,
-  tlsProbe.schema,
-  httpsProbe.schema,
-  expectProbe.schema,
-  execProbe.schema,
-  pop3Probe.schema,
-  imapProbe.schema,
-  ftpProbe.schema,
-  sshProbe.schema,
-  redisProbe.schema,
-  lmtpProbe.schema,
+  tcpProbe.schema.extend(common),
+  smtpProbe.schema.extend(common),
+  httpProbe.schema.extend(common),
+  tlsProbe.schema.extend(common),
+  httpsProbe.schema.extend(common),
+  expectProbe.schema.extend(common),
+  execProbe.schema.extend(common),
+  pop3Probe.schema.extend(common),
+  imapProbe.schema.extend(common),
+  ftpProbe.schema.extend(common),
+  sshProbe.schema.extend(common),
+  redisProbe.schema.extend(common),
+  lmtpProbe.schema.extend(common),
+  dnsProbe.schema.extend(common),
+  udpProbe.schema.extend(common),
 ]);
 export type CheckConfig = z.infer<typeof checkSchema>;
 export type CheckType = CheckConfig['type'];
@@ -53,11 +65,13 @@ const runners: Runners = {
   ssh: sshProbe.run,
   redis: redisProbe.run,
   lmtp: lmtpProbe.run,
+  dns: dnsProbe.run,
+  udp: udpProbe.run,
 };
 
 export const checkTypes = Object.keys(runners) as CheckType[];
 
 export function runCheckType(check: CheckConfig, target: ProbeTarget, signal: AbortSignal): Promise<ProbeVerdict> {
   const run = runners[check.type] as (t: ProbeTarget, o: CheckConfig, s: AbortSignal) => Promise<ProbeVerdict>;
-  return run(target, check, signal);
+  return run(checkTarget(target, check), check, signal);
 }

@@ -63,16 +63,16 @@ export function createNotifier(options: NotifierOptions): Notifier | undefined {
             const words = String(stderr).trim() || how;
             // SIGTERM: the service manager is stopping the unit and swept its cgroup; nothing to report.
             if (err.signal === 'SIGTERM')
-              log.debug({ event: 'notify_stopped', args }, `systemd-notify ${args.join(' ')} stopped by SIGTERM`);
+              log.debug({ event: 'sd_notify_stopped', args }, `systemd-notify ${args.join(' ')} stopped by SIGTERM`);
             else if (!failing)
               log.warn(
-                { event: 'notify_failed', args, code: err.code, signal: err.signal, stderr: String(stderr).trim() },
+                { event: 'sd_notify_failed', args, code: err.code, signal: err.signal, stderr: String(stderr).trim() },
                 `systemd-notify ${args.join(' ')} failed: ${words}`,
               );
             failing ||= err.signal !== 'SIGTERM';
           } else if (failing) {
             failing = false;
-            log.info({ event: 'notify_recovered' }, 'systemd-notify works again');
+            log.info({ event: 'sd_notify_recovered' }, 'systemd-notify works again');
           }
           resolve();
         },

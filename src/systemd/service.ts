@@ -1,5 +1,5 @@
 import { type Daemon, type DaemonObserver, summarize } from '../daemon.js';
-import { longestCheckGap, msSinceProgress } from '../health/pace.js';
+import { assessLiveness } from '../health/liveness.js';
 import type { Logger } from '../log.js';
 import { createNotifier, monotonicUsec, type Notifier, watchdogPeriodMs } from './notify.js';
 import { installTestWedge } from './test-wedge.js';
@@ -13,8 +13,8 @@ export interface SystemdContext {
 }
 
 const STATUS_MIN_GAP_MS = 1000;
-/** Slack on top of the slowest backend's period + timeout before the scheduler counts as stalled. */
-const PROGRESS_SLACK_MS = 1000;
+/** Without a watchdog, how often the writer's state is looked at for STATUS=. */
+const WRITER_WATCH_MS = 1000;
 
 /**
  * The daemon as a systemd service: READY=1 once the first round is applied, STATUS=
@@ -34,7 +34,11 @@ export function systemdPlugin(context: SystemdContext): DaemonObserver | undefin
   let sentAt = 0;
   let dirty = false;
   let timer: NodeJS.Timeout | undefined;
-  const status = () => summarize(daemon.backends());
+  let writerProblem: string | undefined;
+  const status = () => {
+    const summary = summarize(daemon.backends());
+    return writerProblem ? `${summary}; ${writerProblem}` : summary;
+  };
   const sendStatus = (fields: Record<string, string | number>, text: string) => {
     sentStatus = text;
     sentAt = performance.now();
@@ -56,7 +60,10 @@ export function systemdPlugin(context: SystemdContext): DaemonObserver | undefin
     timer ??= setTimeout(flush, Math.max(0, sentAt + STATUS_MIN_GAP_MS - performance.now()));
   };
 
-  const stopWatchdog = startWatchdog(daemon, log, env, notifier);
+  const stopWatchdog = startWatchdog(daemon, log, env, notifier, (problem) => {
+    writerProblem = problem;
+    markDirty();
+  });
 
   return {
     onReady() {
@@ -88,19 +95,32 @@ export function systemdPlugin(context: SystemdContext): DaemonObserver | undefin
 }
 
 /**
- * WATCHDOG=1 every half period while checks keep completing. A wedged event loop sends
- * nothing by itself; a scheduler that stopped checking is caught by lastProgressAt and
- * lastRunAt: healthy, some check completes at least every period + timeout.
+ * WATCHDOG=1 every half period while the checks make progress, by the one liveness
+ * measure /healthz uses (src/health/liveness.ts). A wedged event loop sends nothing by
+ * itself; a scheduler that stopped checking stops the pings, so systemd restarts the
+ * service. A stalled writer keeps the pings going (a restart does not mend a hung nft
+ * or rules that are not loaded) and is shown in STATUS= instead.
  */
-function startWatchdog(daemon: Daemon, log: Logger, env: NodeJS.ProcessEnv, notifier: Notifier): () => void {
+function startWatchdog(
+  daemon: Daemon,
+  log: Logger,
+  env: NodeJS.ProcessEnv,
+  notifier: Notifier,
+  onWriterState: (stalled: string | undefined) => void,
+): () => void {
   const period = watchdogPeriodMs(env);
-  if (period === undefined) return () => undefined;
   let stalled = false;
   let pinging = false;
+  let writerStalled: string | undefined;
   const tick = () => {
-    const allowance = longestCheckGap(daemon.backends()) + PROGRESS_SLACK_MS;
-    const idle = msSinceProgress(daemon);
-    if (idle <= allowance) {
+    const live = assessLiveness(daemon, true);
+    const writer = live.state === 'writer-stalled' ? live.detail : undefined;
+    if (writer !== writerStalled) {
+      writerStalled = writer;
+      onWriterState(writer);
+    }
+    if (period === undefined) return;
+    if (live.state !== 'checks-stalled') {
       if (stalled) log.info({ event: 'watchdog_resumed' }, 'checks are progressing again: watchdog pings resumed');
       stalled = false;
       // One ping in flight at most: a backlog of pings behind a slow systemd-notify means nothing.
@@ -110,13 +130,17 @@ function startWatchdog(daemon: Daemon, log: Logger, env: NodeJS.ProcessEnv, noti
     } else if (!stalled) {
       stalled = true;
       log.error(
-        { event: 'watchdog_stalled', idleMs: Math.round(idle), allowanceMs: allowance },
-        `no check has completed for ${Math.round(idle)} ms (allowed ${allowance} ms): watchdog pings stopped, systemd will restart the service`,
+        { event: 'watchdog_stalled' },
+        `${live.detail}: watchdog pings stopped, systemd will restart the service`,
       );
     }
   };
-  log.debug({ event: 'watchdog', periodMs: period }, `watchdog: pinging every ${period / 2} ms while checks progress`);
+  if (period !== undefined)
+    log.debug(
+      { event: 'watchdog', periodMs: period },
+      `watchdog: pinging every ${period / 2} ms while checks progress`,
+    );
   // Not unref'd: it lives as long as the service does and is cleared at STOPPING.
-  const timer = setInterval(tick, period / 2);
+  const timer = setInterval(tick, period === undefined ? WRITER_WATCH_MS : period / 2);
   return () => clearInterval(timer);
 }

@@ -1,5 +1,5 @@
-import type { Daemon } from '../daemon.js';
 import type { Logger } from '../log.js';
+import type { Daemon } from '../observer.js';
 
 /**
  * TEST-ONLY fault switch, for the watchdog tests (test/notify.test.ts, test/systemd.test.ts).

@@ -6,6 +6,7 @@ import { createSmtpServer, type SmtpServer } from '../../src/demo/smtp-server.js
 import { smtpFarmYaml } from './config.js';
 import { tempDir, waitUntil } from './daemon.js';
 import { type Result, run } from './exec.js';
+import { restartable } from './servers.js';
 
 /*
  * A real systemd 252 to test against: the Debian 12 minbase rootfs of
@@ -188,8 +189,9 @@ export async function serviceHost(prefix: string): Promise<ServiceHost> {
   const tmp = tempDir(prefix);
   chmodSync(tmp.dir, 0o755); // the service user reaches config and condition folder through it
   mkdirSync(path.join(tmp.dir, 'cond'));
-  const s1 = createSmtpServer();
-  const s2 = createSmtpServer();
+  // restartable: a stopped greeter's port stays held, so a test can start it again on it.
+  const s1 = restartable(createSmtpServer());
+  const s2 = restartable(createSmtpServer());
   await s1.start();
   await s2.start();
   return {

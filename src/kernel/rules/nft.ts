@@ -64,5 +64,5 @@ export function renderNft(plan: RulesPlan, source: string): string {
 }
 
 function serviceMatch(s: PlannedService): string {
-  return `${s.inInterface ? `iifname "${s.inInterface}" ` : ''}${s.family === 6 ? 'ip6' : 'ip'} daddr ${s.vip} tcp dport ${s.port}`;
+  return `${s.inInterface ? `iifname "${s.inInterface}" ` : ''}${s.family === 6 ? 'ip6' : 'ip'} daddr ${s.vip} ${s.protocol} dport ${s.port}`;
 }

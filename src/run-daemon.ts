@@ -1,20 +1,13 @@
-import { backendCount } from './config/resolve.js';
-import type { Config } from './config/schema.js';
-import { createDaemon, type DaemonObserver } from './daemon.js';
+import { createDaemon } from './daemon.js';
+import { EXIT } from './exit-codes.js';
 import { outagePlugin } from './health/outage.js';
 import { createLogger } from './log.js';
+import type { DaemonPlugin } from './observer.js';
 import { operationsPlugins } from './ops/plugins.js';
 import { loadRestore } from './ops/restore.js';
+import type { Plan } from './plan/compile.js';
 import { samplesPlugin } from './samples.js';
 import { systemdPlugin } from './systemd/service.js';
-
-/** Extra parts wired around the daemon by `run` (notify, metrics, state): each gets the daemon. */
-export type DaemonPlugin = (context: PluginContext) => DaemonObserver | undefined;
-export interface PluginContext {
-  daemon: ReturnType<typeof createDaemon>;
-  log: ReturnType<typeof createLogger>;
-  configPath: string;
-}
 
 export const plugins: DaemonPlugin[] = [systemdPlugin, samplesPlugin, ...operationsPlugins, outagePlugin];
 
@@ -22,9 +15,10 @@ export const plugins: DaemonPlugin[] = [systemdPlugin, samplesPlugin, ...operati
  * `nf-healthd run`: the daemon with its signals. SIGHUP reloads, SIGTERM and
  * SIGINT stop (checks in flight aborted, writes under way finished), exit 0.
  */
-export async function runDaemon(configPath: string, config: Config): Promise<number> {
+export async function runDaemon(configPath: string, plan: Plan): Promise<number> {
+  const { config } = plan;
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  const daemon = createDaemon({ configPath, config, log, restore: await loadRestore(config, log) });
+  const daemon = createDaemon({ configPath, plan, log, restore: await loadRestore(plan, log) });
   for (const plugin of plugins) {
     const observer = plugin({ daemon, log, configPath });
     if (observer) daemon.addObserver(observer);
@@ -38,10 +32,10 @@ export async function runDaemon(configPath: string, config: Config): Promise<num
       log.info({ event: 'stopping', signal }, `stopping on ${signal}`);
       stopping = reloading.then(() => daemon.stop());
       stopping.then(
-        () => resolve(0),
+        () => resolve(EXIT.ok),
         (err: unknown) => {
-          log.error({ err }, 'error while stopping');
-          resolve(1);
+          log.error({ event: 'stop_failed', err }, 'error while stopping');
+          resolve(EXIT.failure);
         },
       );
     };
@@ -55,11 +49,11 @@ export async function runDaemon(configPath: string, config: Config): Promise<num
   });
 
   log.info(
-    { event: 'starting', config: configPath, backends: backendCount(config) },
+    { event: 'starting', config: configPath, backends: plan.backends.length },
     `nf-healthd starting with ${configPath}`,
   );
   daemon.start().catch((err: unknown) => {
-    log.error({ err }, 'start failed');
+    log.error({ event: 'start_failed', err }, 'start failed');
     process.kill(process.pid, 'SIGTERM');
   });
   const code = await done;

@@ -1,4 +1,5 @@
-import type { Config } from '../config/schema.js';
+import { EXIT } from '../../exit-codes.js';
+import type { Plan } from '../../plan/compile.js';
 import { renderIptablesCondition } from './iptables.js';
 import { renderIpsetOnly, renderIptablesIpset } from './iptables-ipset.js';
 import { renderNft } from './nft.js';
@@ -15,8 +16,8 @@ const renderers: Record<RulesFormat, (plan: RulesPlan, source: string) => string
 };
 
 /** The format that matches the config's writer, so `rules` and `run` agree by default. */
-export function defaultFormat(config: Config): RulesFormat {
-  const type = config.writer.type;
+export function defaultFormat(plan: Plan): RulesFormat {
+  const type = plan.writer.type;
   return type === 'ipset' ? 'iptables-ipset' : type === 'nft' ? 'nft' : 'iptables';
 }
 
@@ -25,8 +26,8 @@ export function isRulesFormat(text: string): text is RulesFormat {
 }
 
 /** The ruleset as text, or a RulesError listing everything the scheme cannot express. */
-export function renderRules(config: Config, format: RulesFormat, source: string): string {
-  return renderers[format](planRules(config), source);
+export function renderRules(plan: Plan, format: RulesFormat): string {
+  return renderers[format](planRules(plan), plan.source);
 }
 
 export { RulesError };
@@ -34,24 +35,23 @@ export { RulesError };
 /** `nf-healthd rules`: the ruleset on stdout; 64 for an unknown format, 78 when the config cannot be expressed. */
 export function printRules(
   io: { out: (t: string) => void; err: (t: string) => void },
-  config: Config,
-  source: string,
+  plan: Plan,
   format: string | undefined,
 ): number {
-  const chosen = format ?? defaultFormat(config);
+  const chosen = format ?? defaultFormat(plan);
   if (!isRulesFormat(chosen)) {
     io.err(
       `nf-healthd: unknown rules format '${chosen}' (expected ${RULES_FORMATS.join(', ')}). Try 'nf-healthd --help'.\n`,
     );
-    return 64;
+    return EXIT.usage;
   }
   let text: string;
   try {
-    text = renderRules(config, chosen, source);
+    text = renderRules(plan, chosen);
   } catch (err) {
     if (!(err instanceof RulesError)) throw err;
-    io.err(`${source}: cannot render --format ${chosen}:\n${err.problems.map((p) => `  ${p}\n`).join('')}`);
-    return 78;
+    io.err(`${plan.source}: cannot render --format ${chosen}:\n${err.problems.map((p) => `  ${p}\n`).join('')}`);
+    return EXIT.config;
   }
   io.out(text);
   return 0;

@@ -1,13 +1,7 @@
-import type { z } from 'zod';
-import type { BackendConfig, ServiceConfig } from '../config/schema.js';
+import type { KernelKey } from '../../plan/kernel-names.js';
 
-/** One thing a writer flips for one backend: a condition file, a set element. */
-export interface WriterTarget {
-  /** Unique per writer: the condition name, or set and element. */
-  key: string;
-  /** Where it lives, for operators: `/proc/net/nf_condition/mail1up`, `set nfh_mail_up element 1`. */
-  label: string;
-}
+/** One thing a writer flips for one backend (named by the Plan): a condition file, a set element. */
+export type WriterTarget = KernelKey;
 
 /** What a read found: `up` undefined means present but neither value (garbage in a test folder). */
 export type ReadOutcome = { up: boolean | undefined; raw: string } | { error: NodeJS.ErrnoException };
@@ -28,23 +22,6 @@ export interface Writer {
   /** One sentence that tells the operator what to do about this error. */
   hint(error: NodeJS.ErrnoException, target: WriterTarget): string;
   close?(): Promise<void>;
-}
-
-export interface WriterDefinition<S extends z.ZodObject = z.ZodObject> {
-  readonly type: string;
-  readonly schema: S;
-  create(options: z.infer<S>): Writer;
-  /** `services`: the whole config's, in order (set writers number marks by position). */
-  target(
-    options: z.infer<S>,
-    service: ServiceConfig,
-    backend: BackendConfig,
-    services: readonly ServiceConfig[],
-  ): WriterTarget;
-}
-
-export function defineWriter<S extends z.ZodObject>(def: WriterDefinition<S>): WriterDefinition<S> {
-  return def;
 }
 
 export function asErrno(err: unknown): NodeJS.ErrnoException {

@@ -1,27 +1,8 @@
 import net from 'node:net';
-import { z } from 'zod';
-import { duration } from '../config/duration.js';
-import { IPSET_DEFAULT_PREFIX, ipsetName, ipsetNamePattern } from '../rules/plan.js';
+import type { IpsetWriterConfig } from '../../config/writers.js';
+import { ipsetNamePattern } from '../../plan/kernel-names.js';
 import { commandError, commandHint, runCommand } from './command.js';
-import { asErrno, defineWriter, type ReadOutcome, type WriteChange, type Writer, type WriterTarget } from './types.js';
-
-/** A binary: a bare name looked up in PATH, or an absolute path. */
-export const binaryPath = z
-  .string()
-  .regex(/^(\/[A-Za-z0-9_./+-]+|[A-Za-z0-9_.+-]+)$/, 'expected a program name or an absolute path');
-
-export const ipsetWriterSchema = z.strictObject({
-  type: z.literal('ipset'),
-  /** Set of backend B is PREFIX + B (shortened with a hash past 31 characters), as `nf-healthd rules` names it. */
-  setPrefix: z
-    .string()
-    .regex(/^[A-Za-z0-9_.:-]{1,16}$/, 'expected 1 to 16 letters, digits, "_", ".", ":" or "-"')
-    .default(IPSET_DEFAULT_PREFIX),
-  ipsetPath: binaryPath.default('ipset'),
-  /** How long one ipset command may take (default 5s). */
-  commandTimeout: duration.optional(),
-});
-export type IpsetWriterConfig = z.infer<typeof ipsetWriterSchema>;
+import { asErrno, type ReadOutcome, type WriteChange, type Writer } from './types.js';
 
 const MAX_LISTING = 16 * 1024 * 1024;
 
@@ -139,15 +120,3 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
     },
   };
 }
-
-export const ipsetWriter = defineWriter({
-  type: 'ipset',
-  schema: ipsetWriterSchema,
-  create: createIpsetWriter,
-  target(options, service, backend): WriterTarget {
-    // The config schema requires a vip with this writer; the fallback only keeps the type total.
-    const vip = service.vip ?? '0.0.0.0';
-    const set = ipsetName(options.setPrefix, backend.name);
-    return { key: `${set} ${vip}`, label: `ipset ${set} ${vip}` };
-  },
-});

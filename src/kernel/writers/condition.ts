@@ -1,24 +1,20 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { z } from 'zod';
-import { conditionName } from '../config/names.js';
-import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
+import type { ConditionWriterConfig } from '../../config/writers.js';
+import { conditionPath } from '../../plan/kernel-names.js';
+import { asErrno, type ReadOutcome, type Writer } from './types.js';
 
-export const conditionWriterSchema = z.strictObject({
-  type: z.literal('condition'),
-  dir: z.string().startsWith('/', 'expected an absolute path').default('/proc/net/nf_condition'),
-  /** The recipe's rules say `! --condition`, so 0 means up there. */
-  upValue: z.union([z.literal(0), z.literal(1)]).default(0),
-  /** Create missing files: right for a plain folder, wrong under /proc where the kernel owns them. Default: not under /proc. */
-  create: z.boolean().optional(),
-});
-export type ConditionWriterConfig = z.infer<typeof conditionWriterSchema>;
+const who = () => `uid ${process.getuid?.()}, gid ${process.getgid?.()}`;
 
-function fileFor(dir: string, name: string): string {
-  // Names are validated by the config schema; check again right before they become a path.
-  if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
-  return path.join(dir, name);
+/**
+ * xt_condition makes its files root's, mode 0644, unless the module is loaded with
+ * condition_uid_perms / condition_gid_perms and condition_list_perms: name the exact
+ * options for this process's group, since the fix is a module option, not a chmod
+ * (the kernel recreates the files with its own modes on every rule load).
+ */
+function procPermissionHint(): string {
+  const options = `condition_gid_perms=${process.getgid?.()} condition_list_perms=0664`;
+  return `this process (${who()}) may not write it: xt_condition makes its files root's, mode 0644, unless loaded with ${options} ("options xt_condition ${options}" in /etc/modprobe.d/, then reload the module and the rules; condition_uid_perms=${process.getuid?.()} sets the owner instead), or run as root`;
 }
 
 /**
@@ -33,7 +29,7 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
   const files = new Map<string, string>();
   const fileOf = (name: string): string => {
     let file = files.get(name);
-    if (file === undefined) files.set(name, (file = fileFor(options.dir, name)));
+    if (file === undefined) files.set(name, (file = conditionPath(options.dir, name)));
     return file;
   };
   return {
@@ -81,7 +77,7 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
             : `no loaded rule names condition "${target.key}" yet: the kernel creates the file when a rule with "-m condition --condition ${target.key}" is loaded (is xt_condition from xtables-addons installed, and is nf-healthd in the firewall's network namespace?)`;
         case 'EACCES':
         case 'EPERM':
-          return 'run as root, or load xt_condition with condition_uid_perms/condition_gid_perms and condition_list_perms so that this user may write';
+          return create ? `this process (${who()}) may not write in ${options.dir}` : procPermissionHint();
         case 'EIO':
           return 'the condition went away while writing (rules reloaded); retrying';
         default:
@@ -90,13 +86,3 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
     },
   };
 }
-
-export const conditionWriter = defineWriter({
-  type: 'condition',
-  schema: conditionWriterSchema,
-  create: createConditionWriter,
-  target(options, _service, backend): WriterTarget {
-    const key = backend.condition ?? backend.name;
-    return { key, label: path.join(options.dir, key) };
-  },
-});

@@ -1,79 +1,25 @@
-import { createHash } from 'node:crypto';
 import net from 'node:net';
-import { conditionName } from '../config/names.js';
-import type { Config } from '../config/schema.js';
+import { conditionName } from '../../config/names.js';
+import { IPSET_DEFAULT_PREFIX, NFT_DEFAULTS, type NftFamily, nftIdentifierPattern } from '../../config/writers.js';
+import type { Plan } from '../../plan/compile.js';
+import {
+  formatMark,
+  iptablesChain,
+  MAX_BACKENDS_PER_SERVICE,
+  MAX_SERVICES,
+  MAX_SLOTS,
+  nftChain,
+  weightedSlots,
+  weightUnits,
+} from '../../plan/kernel-names.js';
 
 /**
- * The names and numbers the rules and the writers share: marks, chains, sets. All
- * derived from the config, so `nf-healthd rules` and the daemon agree without extra
- * keys. Everything here is validated before it reaches a rule or a command line.
+ * The rules' view of a Plan: what every format renders, with the problems that a
+ * format cannot express (no vip, a host name to DNAT to, too many slots). The names
+ * come from the Plan (src/plan/kernel-names.ts), so the rules and the writers agree.
  */
 
-export const IPSET_DEFAULT_PREFIX = 'nfh-';
-export const NFT_DEFAULTS = { table: 'nfh', family: 'inet', set: 'up' } as const;
-export type NftFamily = 'inet' | 'ip' | 'ip6';
-
-/** ipset's IPSET_MAXNAMELEN is 32 with the NUL. */
-export const IPSET_NAME_MAX = 31;
-/** xtables chain names: XT_EXTENSION_MAXNAMELEN 29 with the NUL. */
-export const IPTABLES_CHAIN_MAX = 28;
-/** One byte of the mark numbers the backends of a service. */
-export const MAX_BACKENDS_PER_SERVICE = 255;
-/** The other bytes number the services (mark 0 stays "not chosen yet"). */
-export const MAX_SERVICES = 0xffffff;
-/**
- * The split uses one slot per unit of weight (after dividing by the weights' common
- * divisor); iptables evaluates one rule per slot for every new connection.
- */
-export const MAX_SLOTS = 256;
-
-export const ipsetNamePattern = /^[A-Za-z0-9_.:-]{1,31}$/;
-/** What nft's scanner accepts unquoted as a table, chain or set name (we stay within letters, digits, "_", ".", "-"). */
-export const nftIdentifierPattern = /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/;
-
-/** Mark of backend `bi` of service `si` (both from 0): 0xSSSSBB, e.g. 0x101, 0x102, 0x201. */
-export function backendMark(si: number, bi: number): number {
-  return ((si + 1) << 8) | (bi + 1);
-}
-
-export function formatMark(mark: number): string {
-  return `0x${mark.toString(16)}`;
-}
-
-/** A name that fits `max`: as is when short enough, else a prefix and a hash of the whole (stable, unique in practice). */
-function fitName(prefix: string, name: string, max: number): string {
-  const whole = `${prefix}${name}`;
-  if (whole.length <= max) return whole;
-  const hash = createHash('sha256').update(name).digest('hex').slice(0, 8);
-  return `${prefix}${name.slice(0, max - prefix.length - hash.length - 1)}-${hash}`;
-}
-
-/** The ipset set that holds the service's VIP while this backend is up. */
-export function ipsetName(prefix: string, backendName: string): string {
-  const name = fitName(prefix, backendName, IPSET_NAME_MAX);
-  if (!ipsetNamePattern.test(name)) throw new Error(`refusing ipset name ${JSON.stringify(name)}`);
-  return name;
-}
-
-export function iptablesChain(serviceName: string): string {
-  return fitName('nfh-', serviceName, IPTABLES_CHAIN_MAX);
-}
-
-export function nftChain(serviceName: string): string {
-  return `svc_${serviceName}`;
-}
-
-/** Index of a backend in its service and of the service in the config, for marks. */
-export function markOf(
-  services: readonly { name: string; backends: readonly { name: string }[] }[],
-  serviceName: string,
-  backendName: string,
-): number {
-  const si = services.findIndex((s) => s.name === serviceName);
-  const bi = si < 0 ? -1 : services[si]!.backends.findIndex((b) => b.name === backendName);
-  if (bi < 0) throw new Error(`no backend ${serviceName}/${backendName} in the config`);
-  return backendMark(si, bi);
-}
+export { formatMark };
 
 export interface PlannedBackend {
   name: string;
@@ -92,6 +38,8 @@ export interface PlannedService {
   vip: string;
   family: 4 | 6;
   port: number;
+  /** The transport the rules match; the writers are per backend and do not care. */
+  protocol: 'tcp' | 'udp';
   inInterface: string | undefined;
   chain: string;
   nftChain: string;
@@ -117,29 +65,9 @@ export class RulesError extends Error {
   }
 }
 
-function gcd(a: number, b: number): number {
-  return b === 0 ? a : gcd(b, a % b);
-}
-
-/** Slots in nginx's smooth weighted round-robin order: weights 2,1 give 0,1,0, not 0,0,1. */
-export function weightedSlots(weights: readonly number[]): number[] {
-  const total = weights.reduce((a, b) => a + b, 0);
-  const current = weights.map(() => 0);
-  const slots: number[] = [];
-  for (let n = 0; n < total; n++) {
-    let best = 0;
-    for (let i = 0; i < weights.length; i++) {
-      current[i]! += weights[i]!;
-      if (current[i]! > current[best]!) best = i;
-    }
-    current[best]! -= total;
-    slots.push(best);
-  }
-  return slots;
-}
-
-/** The rules' view of the config, or every reason it cannot be expressed. */
-export function planRules(config: Config): RulesPlan {
+/** The rules' view of a Plan, or every reason it cannot be expressed. */
+export function planRules(source: Plan): RulesPlan {
+  const config = source.config;
   const problems: string[] = [];
   // The writer's names when it is the matching one, else the defaults: `rules` and `run` agree.
   const writer = config.writer;
@@ -154,7 +82,7 @@ export function planRules(config: Config): RulesPlan {
     problems.push(`${config.services.length} services: the marks number at most ${MAX_SERVICES}`);
   const ipsets = new Map<string, string>();
   const chains = new Map<string, string>();
-  config.services.forEach((service, si) => {
+  source.services.forEach((service) => {
     const where = `service ${service.name}`;
     if (service.vip === undefined) {
       problems.push(
@@ -169,8 +97,8 @@ export function planRules(config: Config): RulesPlan {
       );
     }
     const weights = service.backends.map((b) => b.weight);
-    const divisor = weights.reduce(gcd);
-    const units = weights.map((w) => w / divisor);
+    const units = weightUnits(weights);
+    const divisor = weights[0]! / units[0]!;
     const total = units.reduce((a, b) => a + b, 0);
     if (total > MAX_SLOTS) {
       problems.push(
@@ -181,26 +109,26 @@ export function planRules(config: Config): RulesPlan {
     const otherChain = chains.get(chain);
     if (otherChain) problems.push(`${where} and service ${otherChain} map to the same chain ${chain}: rename one`);
     chains.set(chain, service.name);
-    const backends: PlannedBackend[] = service.backends.map((backend, bi) => {
+    const backends: PlannedBackend[] = service.backends.map((backend) => {
       const bwhere = `${where} backend ${backend.name}`;
       const kind = net.isIP(backend.address);
       if (kind === 0) problems.push(`${bwhere}: address ${backend.address} is a host name; DNAT needs an IP address`);
       else if (kind !== family)
         problems.push(`${bwhere}: address ${backend.address} is IPv${kind} but the vip ${service.vip} is IPv${family}`);
-      const set = ipsetName(plan.ipsetPrefix, backend.name);
+      const set = backend.kernel.ipset;
       const otherSet = ipsets.get(set);
       if (otherSet) problems.push(`${bwhere} and backend ${otherSet} map to the same ipset ${set}: rename one`);
       ipsets.set(set, backend.name);
-      const port = backend.port ?? service.port;
+      const port = backend.port;
       return {
         name: backend.name,
         address: backend.address,
         port,
         dnatPort: port === service.port ? undefined : port,
         weight: backend.weight,
-        mark: backendMark(si, bi),
+        mark: backend.kernel.mark,
         ipset: set,
-        condition: backend.condition ?? backend.name,
+        condition: backend.kernel.condition,
       };
     });
     plan.services.push({
@@ -208,6 +136,7 @@ export function planRules(config: Config): RulesPlan {
       vip: service.vip,
       family,
       port: service.port,
+      protocol: service.protocol,
       inInterface: service.inInterface,
       chain,
       nftChain: nftChain(service.name),
@@ -249,11 +178,12 @@ export function markTable(plan: RulesPlan, extra: (b: PlannedBackend) => string)
   const lines: string[] = [];
   for (const s of plan.services) {
     const share = s.slots.length;
-    lines.push(`# service ${s.name}: ${s.vip} port ${s.port}${s.inInterface ? ` on ${s.inInterface}` : ''}`);
+    const proto = s.protocol === 'tcp' ? '' : `/${s.protocol}`;
+    lines.push(`# service ${s.name}: ${s.vip} port ${s.port}${proto}${s.inInterface ? ` on ${s.inInterface}` : ''}`);
     for (const b of s.backends) {
       const slots = s.slots.filter((i) => s.backends[i] === b).length;
       lines.push(
-        `#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${slots}/${share} of new connections${extra(b)}`,
+        `#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${slots}/${share} of new ${s.protocol === 'udp' ? 'flows' : 'connections'}${extra(b)}`,
       );
     }
   }

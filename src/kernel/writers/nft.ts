@@ -1,25 +1,7 @@
-import { z } from 'zod';
-import { duration } from '../config/duration.js';
-import { formatMark, markOf, NFT_DEFAULTS, nftIdentifierPattern } from '../rules/plan.js';
+import type { NftWriterConfig } from '../../config/writers.js';
+import { formatMark } from '../../plan/kernel-names.js';
 import { commandError, commandHint, runCommand } from './command.js';
-import { binaryPath } from './ipset.js';
-import { asErrno, defineWriter, type ReadOutcome, type Writer, type WriterTarget } from './types.js';
-
-const identifier = z
-  .string()
-  .regex(nftIdentifierPattern, 'expected an nft name: a letter or "_", then letters, digits, "_", "." or "-"');
-
-export const nftWriterSchema = z.strictObject({
-  type: z.literal('nft'),
-  table: identifier.default(NFT_DEFAULTS.table),
-  family: z.enum(['inet', 'ip', 'ip6']).default(NFT_DEFAULTS.family),
-  /** The set of live marks, as `nf-healthd rules --format nft` declares it. */
-  set: identifier.default(NFT_DEFAULTS.set),
-  nftPath: binaryPath.default('nft'),
-  /** How long one nft command may take (default 5s). */
-  commandTimeout: duration.optional(),
-});
-export type NftWriterConfig = z.infer<typeof nftWriterSchema>;
+import { asErrno, type ReadOutcome, type Writer } from './types.js';
 
 const MAX_LISTING = 4 * 1024 * 1024;
 
@@ -108,13 +90,3 @@ export function createNftWriter(options: NftWriterConfig): Writer {
     },
   };
 }
-
-export const nftWriter = defineWriter({
-  type: 'nft',
-  schema: nftWriterSchema,
-  create: createNftWriter,
-  target(options, service, backend, services): WriterTarget {
-    const mark = formatMark(markOf(services, service.name, backend.name));
-    return { key: mark, label: `nft set ${options.family} ${options.table} ${options.set} element ${mark}` };
-  },
-});

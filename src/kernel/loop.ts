@@ -1,0 +1,357 @@
+import type { Logger } from '../log.js';
+import type { ReadOutcome, Writer, WriterTarget } from './writers/types.js';
+
+/** What one target's latest kernel operation gave, for the observers (state file, metrics). */
+export interface SyncOutcome {
+  /** The kernel now holds the wanted value (written, or read back). */
+  confirmed: boolean;
+  wrote: boolean;
+  /** What the kernel held before a repair, when something had changed it behind our back. */
+  drift?: string;
+  error?: NodeJS.ErrnoException;
+}
+
+/** The writer loop's own health, for the liveness measure. performance.now() times. */
+export interface WriterHealth {
+  /** Since when one writer call has been running (undefined: idle). */
+  busySince: number | undefined;
+  /** Since when writes or reads have been failing (undefined: the latest one worked). */
+  failingSince: number | undefined;
+  /** The latest failure, in the writer's words, while failing. */
+  lastError: string | undefined;
+  /** Targets whose wanted value is not known to be in the kernel. */
+  pending: number;
+}
+
+export interface KernelLoopOptions {
+  writer: Writer;
+  log: Logger;
+  /** Period of the read-back that finds and repairs drift: one writer.read of every target. */
+  readBackMs: number;
+  /** One writer call running longer than this is logged as stalled (once, and its end once). */
+  stallAfterMs: number;
+  /** Called per target after every write or read-back that concerned it. */
+  onOutcome?(key: string, up: boolean, outcome: SyncOutcome): void;
+}
+
+/**
+ * The kernel side's own loop. Health decisions call `want` and go on: nothing on the
+ * check path waits for a child process. Wanted changes are applied as they come, one
+ * writer.write (one `nft -f -` / `ipset restore` transaction) per burst; once per
+ * `readBackMs` everything is read back in one call and drift is repaired. A failed
+ * write is logged once per episode, retried with backoff, and reported by `health()`.
+ */
+export interface KernelLoop {
+  /** Records the wanted value of a target; applied soon, without waiting. */
+  want(target: WriterTarget, up: boolean): void;
+  /** The target is no longer driven (backend removed): left as it is in the kernel. */
+  forget(key: string): void;
+  /** A new writer (reload changed `writer:`): everything wanted is applied again through it. */
+  setWriter(writer: Writer): Promise<void>;
+  setReadBack(ms: number): void;
+  /** One read through the writer between the loop's own operations (`initialState: kernel`). */
+  read(targets: readonly WriterTarget[]): Promise<Map<string, ReadOutcome>>;
+  /** Resolves once every change wanted before the call has been tried once (applied or failed). */
+  settled(): Promise<void>;
+  health(): WriterHealth;
+  /** Finishes the operation under way and one last attempt at what is pending; stops the timers. */
+  stop(): Promise<void>;
+}
+
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 30_000;
+
+export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
+  const { log } = options;
+  let writer = options.writer;
+  let readBackMs = options.readBackMs;
+  const wanted = new Map<string, { target: WriterTarget; up: boolean }>();
+  /** What we know the kernel holds, per key; absent: unknown. */
+  const known = new Map<string, boolean>();
+  const dirty = new Set<string>();
+  /** Keys whose write failed: back to `dirty` when the backoff ends (or a new value is wanted). */
+  const retrying = new Set<string>();
+  /** Error signature per failing key: one log line per episode. */
+  const failing = new Map<string, string>();
+  let busy: Promise<void> | undefined;
+  let busySince: number | undefined;
+  let failingSince: number | undefined;
+  let lastError: string | undefined;
+  let kicked = false;
+  let stopped = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let retries = 0;
+  let readBackTimer: NodeJS.Timeout | undefined;
+  let readBackDue = false;
+  /** Waiters of settled(): each resolves when the attempt counter passes its mark. */
+  let attempts = 0;
+  let requested = 0;
+  const waiters: { mark: number; resolve: () => void }[] = [];
+
+  const outcome = (key: string, up: boolean, o: SyncOutcome) => options.onOutcome?.(key, up, o);
+
+  /** One writer call, timed: `busySince` while it runs, one log line if it runs past `stallAfterMs` and one when it ends. */
+  const timed = async <T>(call: () => Promise<T>): Promise<T> => {
+    const since = performance.now();
+    busySince = since;
+    let stalled = false;
+    const stallTimer = setTimeout(() => {
+      stalled = true;
+      log.error(
+        { event: 'writer_stalled', afterMs: options.stallAfterMs },
+        `the kernel writer has been busy for ${options.stallAfterMs} ms: checks go on, changes wait for it`,
+      );
+    }, options.stallAfterMs);
+    stallTimer.unref();
+    try {
+      return await call();
+    } finally {
+      clearTimeout(stallTimer);
+      busySince = undefined;
+      const busyMs = Math.round(performance.now() - since);
+      if (stalled) log.info({ event: 'writer_resumed', busyMs }, `the kernel writer answered again after ${busyMs} ms`);
+    }
+  };
+
+  const failed = (target: WriterTarget, up: boolean, error: NodeJS.ErrnoException) => {
+    const sig = `${error.code ?? error.message}`;
+    if (failing.get(target.key) !== sig) {
+      failing.set(target.key, sig);
+      log.error(
+        { event: 'write_failed', target: target.label, code: error.code, want: up ? 'up' : 'down' },
+        `cannot write ${target.label}: ${error.code ?? error.message}: ${writer.hint(error, target)}`,
+      );
+    }
+    failingSince ??= performance.now();
+    lastError = `${target.label}: ${error.code ?? error.message}`;
+    outcome(target.key, up, { confirmed: false, wrote: false, error });
+  };
+
+  const recovered = (target: WriterTarget) => {
+    if (failing.delete(target.key))
+      log.info({ event: 'write_recovered', target: target.label }, `writing ${target.label} works again`);
+  };
+
+  /** Drift found by the read-back, reported once the repair is written. */
+  const drifted = new Map<string, string>();
+
+  /** Keys never confirmed (start, a new writer, after a failure) are read first: what already holds is not rewritten. */
+  const alreadyThere = async (batch: { target: WriterTarget; up: boolean }[]) => {
+    const unknown = batch.filter((w) => !known.has(w.target.key) && !drifted.has(w.target.key));
+    if (unknown.length === 0) return batch;
+    const read = await timed(() => writer.read(unknown.map((w) => w.target)));
+    return batch.filter((w) => {
+      const r = read.get(w.target.key);
+      if (known.has(w.target.key) || drifted.has(w.target.key) || !r || 'error' in r || r.up !== w.up) return true;
+      known.set(w.target.key, w.up);
+      recovered(w.target);
+      outcome(w.target.key, w.up, { confirmed: true, wrote: false });
+      return false;
+    });
+  };
+
+  const write = async () => {
+    const wantedNow = [...dirty].map((key) => wanted.get(key)).filter((w) => w !== undefined);
+    dirty.clear();
+    if (wantedNow.length === 0) return;
+    const batch = await alreadyThere(wantedNow);
+    if (batch.length === 0) return;
+    const errors = await timed(() => writer.write(batch.map((w) => ({ target: w.target, up: w.up }))));
+    let anyFailed = false;
+    for (const w of batch) {
+      const current = wanted.get(w.target.key);
+      const error = errors.get(w.target.key);
+      if (error) {
+        anyFailed = true;
+        known.delete(w.target.key);
+        if (current) retrying.add(w.target.key);
+        failed(w.target, w.up, error);
+        continue;
+      }
+      recovered(w.target);
+      known.set(w.target.key, w.up);
+      const found = drifted.get(w.target.key);
+      drifted.delete(w.target.key);
+      if (found !== undefined) {
+        log.warn(
+          { event: 'drift_repaired', target: w.target.label, found, want: w.up ? 'up' : 'down' },
+          `${w.target.label} held ${found} behind our back (rules reloaded or written by hand); set it back to ${w.up ? 'up' : 'down'}`,
+        );
+      }
+      outcome(w.target.key, w.up, { confirmed: true, wrote: true, ...(found === undefined ? {} : { drift: found }) });
+    }
+    if (anyFailed) scheduleRetry();
+    else {
+      retries = 0;
+      if (failing.size === 0) {
+        failingSince = undefined;
+        lastError = undefined;
+      }
+    }
+  };
+
+  const readBack = async () => {
+    const all = [...wanted.values()];
+    if (all.length === 0) return;
+    const read = await timed(() => writer.read(all.map((w) => w.target)));
+    for (const w of all) {
+      // Changed meanwhile, or failing already: the write decides.
+      if (wanted.get(w.target.key) !== w || dirty.has(w.target.key) || retrying.has(w.target.key)) continue;
+      const r = read.get(w.target.key);
+      if (!r || 'error' in r) {
+        // Unreadable: write it, and let the write's error (with its hint) tell the operator.
+        known.delete(w.target.key);
+        dirty.add(w.target.key);
+      } else if (r.up !== w.up) {
+        known.delete(w.target.key);
+        drifted.set(w.target.key, r.raw.trim() || '(empty)');
+        dirty.add(w.target.key);
+      } else if (known.get(w.target.key) !== w.up) {
+        known.set(w.target.key, w.up);
+        outcome(w.target.key, w.up, { confirmed: true, wrote: false });
+      }
+    }
+  };
+
+  const scheduleRetry = () => {
+    if (stopped || retryTimer) return;
+    const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** retries);
+    retries++;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      retryNow();
+    }, delay);
+    retryTimer.unref();
+  };
+
+  const turn = async () => {
+    const mark = requested;
+    try {
+      if (dirty.size > 0) await write();
+      if (readBackDue) {
+        readBackDue = false;
+        await readBack();
+        if (dirty.size > 0) await write();
+      }
+    } catch (err) {
+      // Writers never reject; a bug here must not stop the loop.
+      log.error({ event: 'writer_bug', err }, 'writer failed unexpectedly');
+      failingSince ??= performance.now();
+      lastError = String(err);
+      scheduleRetry();
+    } finally {
+      attempts = Math.max(attempts, mark);
+      for (let i = waiters.length - 1; i >= 0; i--) {
+        if (waiters[i]!.mark <= attempts) waiters.splice(i, 1)[0]!.resolve();
+      }
+    }
+  };
+
+  const run = () => {
+    kicked = false;
+    if (busy) return;
+    busy = turn().finally(() => {
+      busy = undefined;
+      if (dirty.size > 0 || readBackDue || waiters.length > 0) kick();
+    });
+  };
+
+  function retryNow() {
+    clearTimeout(retryTimer);
+    retryTimer = undefined;
+    for (const key of retrying) dirty.add(key);
+    retrying.clear();
+    kick();
+  }
+
+  function kick() {
+    if (kicked || (stopped && dirty.size === 0)) return;
+    kicked = true;
+    setImmediate(run);
+  }
+
+  const startReadBack = () => {
+    clearInterval(readBackTimer);
+    readBackTimer = setInterval(() => {
+      readBackDue = true;
+      kick();
+    }, readBackMs);
+    readBackTimer.unref();
+  };
+  startReadBack();
+
+  return {
+    want(target, up) {
+      const before = wanted.get(target.key);
+      if (before && before.up === up && before.target.label === target.label) return;
+      wanted.set(target.key, { target, up });
+      drifted.delete(target.key);
+      requested++;
+      if (known.get(target.key) === up) return; // already there
+      retrying.delete(target.key);
+      dirty.add(target.key);
+      kick();
+    },
+    forget(key) {
+      wanted.delete(key);
+      known.delete(key);
+      dirty.delete(key);
+      retrying.delete(key);
+      drifted.delete(key);
+      failing.delete(key);
+    },
+    async setWriter(next) {
+      while (busy) await busy;
+      await writer.close?.();
+      writer = next;
+      failing.clear();
+      known.clear();
+      clearTimeout(retryTimer);
+      retryTimer = undefined;
+      retries = 0;
+      retrying.clear();
+      for (const key of wanted.keys()) dirty.add(key);
+      requested++;
+      kick();
+    },
+    setReadBack(ms) {
+      if (ms === readBackMs) return;
+      readBackMs = ms;
+      startReadBack();
+    },
+    async read(targets) {
+      while (busy) await busy;
+      return writer.read(targets);
+    },
+    settled() {
+      const mark = requested;
+      if (attempts >= mark && dirty.size === 0 && retrying.size === 0) return Promise.resolve();
+      return new Promise((resolve) => {
+        waiters.push({ mark, resolve });
+        // A retry waiting out its backoff: the caller asked for one attempt now.
+        if (retrying.size > 0) retryNow();
+        else kick();
+      });
+    },
+    health: () => ({
+      busySince,
+      failingSince,
+      lastError,
+      pending: [...wanted].filter(([key, w]) => known.get(key) !== w.up).length,
+    }),
+    async stop() {
+      clearInterval(readBackTimer);
+      clearTimeout(retryTimer);
+      retryTimer = undefined;
+      readBackDue = false;
+      while (busy) await busy;
+      for (const key of retrying) dirty.add(key);
+      retrying.clear();
+      if (dirty.size > 0) await write();
+      stopped = true;
+      clearTimeout(retryTimer);
+      await writer.close?.();
+      for (const w of waiters.splice(0)) w.resolve();
+    },
+  };
+}

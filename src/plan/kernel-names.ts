@@ -1,0 +1,129 @@
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { conditionName } from '../config/names.js';
+import type { WriterConfig } from '../config/writers.js';
+
+/**
+ * The one owner of kernel naming: marks, condition names, set names, chains. Everything
+ * here is derived from the config's order and names, so `nf-healthd rules` and the daemon
+ * agree without extra keys, and everything is validated before it reaches a rule, a path
+ * or a command line.
+ */
+
+/** ipset's IPSET_MAXNAMELEN is 32 with the NUL. */
+export const IPSET_NAME_MAX = 31;
+/** xtables chain names: XT_EXTENSION_MAXNAMELEN 29 with the NUL. */
+export const IPTABLES_CHAIN_MAX = 28;
+/** One byte of the mark numbers the backends of a service. */
+export const MAX_BACKENDS_PER_SERVICE = 255;
+/** The other bytes number the services (mark 0 stays "not chosen yet"). */
+export const MAX_SERVICES = 0xffffff;
+/**
+ * The split uses one slot per unit of weight (after dividing by the weights' common
+ * divisor); iptables evaluates one rule per slot for every new connection.
+ */
+export const MAX_SLOTS = 256;
+
+export const ipsetNamePattern = /^[A-Za-z0-9_.:-]{1,31}$/;
+
+/** One thing a writer flips for one backend: a condition file, a set element. */
+export interface KernelKey {
+  /** Unique per writer: the condition name, `SET VIP` for ipset, the mark for nft. */
+  key: string;
+  /** Where it lives, for operators: `/proc/net/nf_condition/mail1up`, `nft set inet nfh up element 0x101`. */
+  label: string;
+}
+
+/** Mark of backend `bi` of service `si` (both from 0): 0xSSSSBB, e.g. 0x101, 0x102, 0x201. */
+export function backendMark(si: number, bi: number): number {
+  return ((si + 1) << 8) | (bi + 1);
+}
+
+export function formatMark(mark: number): string {
+  return `0x${mark.toString(16)}`;
+}
+
+/** A name that fits `max`: as is when short enough, else a prefix and a hash of the whole (stable, unique in practice). */
+function fitName(prefix: string, name: string, max: number): string {
+  const whole = `${prefix}${name}`;
+  if (whole.length <= max) return whole;
+  const hash = createHash('sha256').update(name).digest('hex').slice(0, 8);
+  return `${prefix}${name.slice(0, max - prefix.length - hash.length - 1)}-${hash}`;
+}
+
+/** The ipset set that holds the service's VIP while this backend is up. */
+export function ipsetName(prefix: string, backendName: string): string {
+  const name = fitName(prefix, backendName, IPSET_NAME_MAX);
+  if (!ipsetNamePattern.test(name)) throw new Error(`refusing ipset name ${JSON.stringify(name)}`);
+  return name;
+}
+
+export function iptablesChain(serviceName: string): string {
+  return fitName('nfh-', serviceName, IPTABLES_CHAIN_MAX);
+}
+
+export function nftChain(serviceName: string): string {
+  return `svc_${serviceName}`;
+}
+
+/** The condition a backend drives: its `condition`, else its name. */
+export function conditionOf(backend: { name: string; condition?: string | undefined }): string {
+  return backend.condition ?? backend.name;
+}
+
+/** The path of a condition file; the name is checked again right before it becomes a path. */
+export function conditionPath(dir: string, name: string): string {
+  if (!conditionName.safeParse(name).success) throw new Error(`refusing condition name ${JSON.stringify(name)}`);
+  return path.join(dir, name);
+}
+
+/** The names one backend has in the kernel, whichever writer drives it. */
+export interface BackendKernelNames {
+  mark: number;
+  condition: string;
+  /** The ipset set for the configured prefix (the default prefix when the writer is not ipset). */
+  ipset: string;
+}
+
+/** What the configured writer flips for a backend. `vip` is required by the Plan for ipset. */
+export function kernelKey(writer: WriterConfig, names: BackendKernelNames, vip: string | undefined): KernelKey {
+  switch (writer.type) {
+    case 'condition':
+      return { key: names.condition, label: path.join(writer.dir, names.condition) };
+    case 'ipset': {
+      const at = vip ?? '0.0.0.0';
+      return { key: `${names.ipset} ${at}`, label: `ipset ${names.ipset} ${at}` };
+    }
+    case 'nft': {
+      const mark = formatMark(names.mark);
+      return { key: mark, label: `nft set ${writer.family} ${writer.table} ${writer.set} element ${mark}` };
+    }
+  }
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+/** Weights divided by their common divisor: the fewest slots that split exactly. */
+export function weightUnits(weights: readonly number[]): number[] {
+  const divisor = weights.reduce(gcd);
+  return weights.map((w) => w / divisor);
+}
+
+/** Slots in nginx's smooth weighted round-robin order: weights 2,1 give 0,1,0, not 0,0,1. */
+export function weightedSlots(weights: readonly number[]): number[] {
+  const total = weights.reduce((a, b) => a + b, 0);
+  const current = weights.map(() => 0);
+  const slots: number[] = [];
+  for (let n = 0; n < total; n++) {
+    let best = 0;
+    for (let i = 0; i < weights.length; i++) {
+      current[i]! += weights[i]!;
+      if (current[i]! > current[best]!) best = i;
+    }
+    current[best]! -= total;
+    slots.push(best);
+  }
+  return slots;
+}
