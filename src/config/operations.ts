@@ -1,4 +1,5 @@
 import net from 'node:net';
+import path from 'node:path';
 import { z } from 'zod';
 import { duration } from './duration.js';
 
@@ -49,6 +50,8 @@ export const listenAddress = z.union([z.number().int(), z.string()]).transform((
 export const httpSchema = z.strictObject({
   /** Off unless set. A bare port means loopback. */
   listen: listenAddress.optional(),
+  /** Serve `POST /backends/SERVICE/BACKEND/state` (what `nf-healthd set` does). Off: the listener only reads. */
+  adminApi: z.boolean().default(false),
 });
 
 /** A program and its arguments: run directly, never through a shell. */
@@ -67,6 +70,8 @@ export const notifySchema = z.strictObject({
   down: argv.optional(),
   /** Run on every change, after `up`/`down`. */
   change: argv.optional(),
+  /** Run when a draining backend's last open flow is gone (`nf-healthd set ... drain`). */
+  drained: argv.optional(),
   /** A hook still running after this is killed (SIGKILL) and logged. */
   timeout: duration.default(10_000),
   /** Hook processes at once, across all backends. */
@@ -91,12 +96,33 @@ export type DampingConfig = z.infer<typeof dampingSchema>;
 
 export const STATE_FILE_DEFAULT = '/run/nf-healthd/state.json';
 
+/**
+ * The control socket of a config: `controlSocket`, else beside the state file, named
+ * after it (`state.json` gives `control.sock`, `edge.json` gives `edge.control.sock`), so
+ * two daemons with different state files never share one.
+ */
+export function controlSocketPath(config: { stateFile: string; controlSocket?: string | undefined }): string {
+  if (config.controlSocket) return config.controlSocket;
+  const dir = path.dirname(config.stateFile);
+  const stem = path.basename(config.stateFile).replace(/\.json$/, '');
+  return path.join(dir, stem === 'state' ? 'control.sock' : `${stem}.control.sock`);
+}
+
 /** Top-level keys, spread into the config object in schema.ts. */
 export const operationsKeys = {
   /** Where the daemon keeps its state for `status` and for restarts (replaced atomically). */
   stateFile: z.string().startsWith('/', 'expected an absolute path').default(STATE_FILE_DEFAULT),
   /** A state file older than this is not resumed at start: backends begin at initialState. */
   stateMaxAge: duration.default(300_000),
+  /** The unix socket `nf-healthd set` talks to; by default beside the state file. */
+  controlSocket: z
+    .string()
+    .startsWith('/', 'expected an absolute path')
+    // sun_path holds 108 bytes with the NUL.
+    .max(107, 'a unix socket path has at most 107 bytes')
+    .optional(),
+  /** conntrack(8): counts a backend's flows, deletes them at a drain deadline and when it goes down. */
+  conntrackPath: z.string().startsWith('/', 'expected an absolute path').default('/usr/sbin/conntrack'),
   http: httpSchema.optional(),
   notify: notifySchema.optional(),
   /** Off unless set; `damping: {}` turns it on with the defaults. */

@@ -47,6 +47,12 @@ export const serviceSchema = z.strictObject({
   /** Several checks instead of `check`: up only when every one passes. */
   checks: z.array(checkSchema).min(1).max(16).optional(),
   backends: z.array(backendSchema).min(1, 'a service needs at least one backend'),
+  /**
+   * Flows deleted from conntrack when a backend goes down by health: `stale` (UDP flows and
+   * unanswered SYNs, which would otherwise keep going to the dead backend), or `all`
+   * (established TCP too: its clients get a reset and reconnect elsewhere), or `none`.
+   */
+  reapOnDown: z.enum(['stale', 'all', 'none']).default('stale'),
   ...timing,
 });
 

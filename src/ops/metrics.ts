@@ -5,6 +5,7 @@
  * string. Series of backends removed by a reload are dropped.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { ADMIN_STATES } from '../health/admin.js';
 import { isHeld } from '../health/damping.js';
 import type { Daemon, DaemonObserver } from '../observer.js';
 import { checkLabel } from '../probes/run.js';
@@ -14,6 +15,8 @@ export interface Metrics {
   observer: DaemonObserver;
   /** Notify hook runs, by hook (up, down, change) and outcome (ok, failed, timeout, coalesced). */
   hookRuns: Counter<'hook' | 'outcome'>;
+  /** Draining backends whose last open flow went away. */
+  drained: Counter<'service' | 'backend'>;
 }
 
 type Series = { metric: Counter<string> | Histogram<string>; labels: Record<string, string> };
@@ -90,6 +93,38 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
       this.reset();
       for (const b of daemon.backends())
         this.set({ service: b.spec.service, backend: b.spec.name }, b.health.state === 'up' ? 1 : 0);
+    },
+  });
+  const drained = new Counter({
+    name: 'nfh_drained_total',
+    help: 'Times a draining backend reached 0 open connections',
+    labelNames: backendLabels,
+    registers,
+  });
+  new Gauge({
+    name: 'nfh_backend_connections',
+    help: "Open flows in conntrack carrying the backend's mark (not TIME_WAIT or CLOSE), at the latest count",
+    labelNames: backendLabels,
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends())
+        if (b.connections !== undefined) this.set({ service: b.spec.service, backend: b.spec.name }, b.connections);
+    },
+  });
+  new Gauge({
+    name: 'nfh_backend_admin_state',
+    help: 'Administrative state set by an operator: 1 for the state the backend is in (ready, drain, maint)',
+    labelNames: [...backendLabels, 'state'],
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends())
+        for (const state of ADMIN_STATES)
+          this.set(
+            { service: b.spec.service, backend: b.spec.name, state },
+            (b.admin?.state ?? 'ready') === state ? 1 : 0,
+          );
     },
   });
   new Gauge({
@@ -202,5 +237,5 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
       }
     },
   };
-  return { registry, observer, hookRuns };
+  return { registry, observer, hookRuns, drained };
 }
