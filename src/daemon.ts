@@ -325,9 +325,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
               since: now,
               ...(state === 'drain' && deadlineMs !== undefined ? { deadline: now + deadlineMs } : {}),
             };
-      const line = { event: 'admin_state', service: b.spec.service, backend: b.spec.name, state, previous };
       log.info(
-        deadlineMs === undefined ? line : { ...line, deadlineMs },
+        { event: 'admin_state', service: b.spec.service, backend: b.spec.name, state, previous, deadlineMs },
         `backend ${b.spec.name} set ${state} (was ${previous})${deadlineMs === undefined ? '' : `, flows left after ${deadlineMs / 1000}s are deleted`}`,
       );
       want(b);

@@ -54,7 +54,7 @@ export const EVENTS = {
     when: 'a drain deadline passed: the flows still open were deleted (their clients get a reset), with the count',
   },
   flows_reaped: {
-    level: 'info',
+    level: 'info/debug',
     when: 'a backend went down: its UDP flows and unanswered SYNs (all flows with reapOnDown: all) were deleted',
   },
   conntrack_failed: {

@@ -144,6 +144,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   const reap = async (b: BackendStatus) => {
     toReap.delete(b);
+    if (stopped) return;
     const mode = daemon.config().services.find((s) => s.name === b.spec.service)?.reapOnDown ?? 'stale';
     if (mode === 'none') return;
     const all = mode === 'all';
@@ -154,7 +155,9 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
       if (n === undefined) return;
       deleted += n;
     }
-    log.info(
+    // Nothing to delete is the common case of a TCP service: not worth a line at info.
+    (deleted > 0 ? log.info : log.debug).call(
+      log,
       { event: 'flows_reaped', service: b.spec.service, backend: b.spec.name, deleted, flows: all ? 'all' : 'stale' },
       `backend ${b.spec.name} is down: ${deleted} ${all ? '' : 'UDP and unanswered TCP '}flows deleted so their clients reach another backend`,
     );

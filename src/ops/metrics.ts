@@ -5,7 +5,6 @@
  * string. Series of backends removed by a reload are dropped.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import { ADMIN_STATES } from '../health/admin.js';
 import { isHeld } from '../health/damping.js';
 import type { Daemon, DaemonObserver } from '../observer.js';
 import { checkLabel } from '../probes/run.js';
@@ -112,21 +111,21 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
         if (b.connections !== undefined) this.set({ service: b.spec.service, backend: b.spec.name }, b.connections);
     },
   });
-  new Gauge({
-    name: 'nfh_backend_admin_state',
-    help: 'Administrative state set by an operator: 1 for the state the backend is in (ready, drain, maint)',
-    labelNames: [...backendLabels, 'state'],
-    registers,
-    collect() {
-      this.reset();
-      for (const b of daemon.backends())
-        for (const state of ADMIN_STATES)
-          this.set(
-            { service: b.spec.service, backend: b.spec.name, state },
-            (b.admin?.state ?? 'ready') === state ? 1 : 0,
-          );
-    },
-  });
+  for (const [name, state, help] of [
+    ['nfh_backend_draining', 'drain', '1 while an operator drains the backend (no new connections)'],
+    ['nfh_backend_maintenance', 'maint', '1 while the backend is in maintenance (no new connections, no checks)'],
+  ] as const)
+    new Gauge({
+      name,
+      help,
+      labelNames: backendLabels,
+      registers,
+      collect() {
+        this.reset();
+        for (const b of daemon.backends())
+          this.set({ service: b.spec.service, backend: b.spec.name }, b.admin?.state === state ? 1 : 0);
+      },
+    });
   new Gauge({
     name: 'nfh_backend_held',
     help: '1 while flap damping holds the backend down',

@@ -58,8 +58,10 @@ function stateWords(b: BackendSnapshot, now: number): string {
 const isDown = (b: BackendSnapshot) => b.state === 'down' && b.admin?.state !== 'maint';
 
 export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
+  // Connection counts come from conntrack: no column when the daemon could not count.
+  const counted = state.backends.some((b) => b.connections !== undefined);
   const rows = [
-    ['BACKEND', 'STATE', 'CONNS', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE'],
+    ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE', ...(counted ? ['CONNS'] : [])],
     ...state.backends.map((b) => {
       const last = b.last
         ? `${b.last.up ? 'ok' : 'FAIL'} ${ago(now - Date.parse(b.last.at))} ago: ${b.last.detail}`
@@ -67,12 +69,12 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
       return [
         `${b.service}/${b.backend}`,
         stateWords(b, now),
-        b.connections === undefined ? '-' : String(b.connections),
         `${ago(now - Date.parse(b.since))} ago`,
         last,
         b.last ? `${Math.round(b.last.latencyMs)}ms` : '-',
         b.target.label,
         writtenValue(b, config),
+        ...(counted ? [b.connections === undefined ? '-' : String(b.connections)] : []),
       ];
     }),
   ];
