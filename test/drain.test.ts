@@ -1,14 +1,15 @@
 import { execFile } from 'node:child_process';
-import { chmodSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { IPSET_LINE_PREFIX } from '../src/kernel/rules/iptables-ipset.js';
+import { createSmtpServer } from '../src/demo/smtp-server.js';
 import { CLIENT_IDLE_MS, MAX_CLIENTS } from '../src/ops/control-socket.js';
+import { smtpFarmYaml } from './support/config.js';
 import { BIN, type DaemonProcess, type LogLine, startDaemon, waitUntil } from './support/daemon.js';
 import { eachLine } from './support/lines.js';
-import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
+import { balancerLab, cleanupNetns, loadIptablesIpset, type Netns, tempFolder } from './support/netns.js';
 
 // Drain, maintenance and the connection lifecycle on a real kernel: a client, a
 // balancer holding the VIP (iptables + ipset rules from `nf-healthd rules`, the daemon
@@ -63,18 +64,7 @@ async function buildLab(service: string): Promise<Lab> {
   const dir = tempFolder('nfh-drain-');
   // Readable by `nobody` down to the socket itself: only the socket's own mode may refuse.
   chmodSync(dir, 0o755);
-  const client = createNetns('dclient');
-  const balancer = createNetns('dlb');
-  const b1 = createNetns('dbe1');
-  const b2 = createNetns('dbe2');
-  await link(balancer, 'to-client', '10.202.1.1/24', client, 'eth0', '10.202.1.2/24');
-  await link(balancer, 'to-be1', '10.202.2.1/24', b1, 'eth0', '10.202.2.2/24');
-  await link(balancer, 'to-be2', '10.202.3.1/24', b2, 'eth0', '10.202.3.2/24');
-  await balancer.run(['ip', 'addr', 'add', `${VIP}/32`, 'dev', 'lo']);
-  await balancer.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-  await client.run(['ip', 'route', 'add', 'default', 'via', '10.202.1.1']);
-  await b1.run(['ip', 'route', 'add', 'default', 'via', '10.202.2.1']);
-  await b2.run(['ip', 'route', 'add', 'default', 'via', '10.202.3.1']);
+  const { client, balancer, backends } = await balancerLab('10.202', VIP, 'd');
   const config = path.join(dir, 'config.yaml');
   const ms = (n: number) => `${n}ms`;
   writeFileSync(
@@ -87,15 +77,10 @@ services:
 ${service}`,
   );
   chmodSync(config, 0o644);
-  const servers = await Promise.all([startBackend(b1, 'b1'), startBackend(b2, 'b2')]);
+  const servers = await Promise.all([startBackend(backends[0], 'b1'), startBackend(backends[1], 'b2')]);
   const rules = await balancer.run([process.execPath, BIN, 'rules', '-c', config, '--format', 'iptables-ipset']);
-  const sets = rules
-    .split('\n')
-    .filter((l) => l.startsWith(IPSET_LINE_PREFIX))
-    .map((l) => l.slice(IPSET_LINE_PREFIX.length));
-  await balancer.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
-  await balancer.run(['iptables-restore'], rules);
-  return { client, balancer, backends: [b1, b2], dir, config, servers };
+  await loadIptablesIpset(balancer, rules);
+  return { client, balancer, backends, dir, config, servers };
 }
 
 const TCP_SERVICE = `  - name: svc
@@ -481,6 +466,68 @@ describe('the control socket', () => {
         WAIT,
       );
       await stopDaemon(daemon);
+    },
+    TEST_MS,
+  );
+});
+
+describe('the HTTP admin API', () => {
+  it(
+    'POST /backends/SERVICE/BACKEND/state when http.adminApi is on, 405 when off',
+    async () => {
+      // No kernel needed: a condition folder of our own and a real SMTP backend on loopback.
+      const dir = tempFolder('nfh-drain-http-');
+      const cond = path.join(dir, 'cond');
+      mkdirSync(cond);
+      const smtp = createSmtpServer();
+      await smtp.start();
+      const config = path.join(dir, 'config.yaml');
+      const yaml = (adminApi: boolean) =>
+        smtpFarmYaml({
+          // Slow and forgiving: a busy machine must not fail the backend while the API is tested.
+          timing: 'interval: 1s, fastInterval: 200ms, timeout: 2s, rise: 1, fall: 5',
+          conditionDir: cond,
+          stateFile: path.join(dir, 'state.json'),
+          extra: `http: {listen: "0", adminApi: ${adminApi}}`,
+          backends: [{ name: 'a', port: smtp.port }],
+        });
+      writeFileSync(config, yaml(true));
+      const d = startDaemon(['run', '-c', config]);
+      try {
+        const listening = await d.waitForLine((l) => l.event === 'http_listening', WAIT);
+        await d.waitForLine((l) => l.event === 'ready', WAIT);
+        const url = `http://127.0.0.1:${String(listening.port)}/backends/mail/a/state`;
+        const post = (body: string) => fetch(url, { method: 'POST', body });
+        expect(readFileSync(path.join(cond, 'a'), 'latin1')).toBe('0\n');
+
+        const drained = await post('{"state":"drain"}');
+        expect(drained.status).toBe(200);
+        expect(await drained.json()).toMatchObject({ ok: true, backend: 'mail/a', state: 'drain', previous: 'ready' });
+        // Applied before the answer: the condition holds "down" for new connections.
+        expect(readFileSync(path.join(cond, 'a'), 'latin1')).toBe('1\n');
+
+        expect((await post('{"state":"nap"}')).status).toBe(400);
+        expect((await post('not json')).status).toBe(400);
+        const unknown = await fetch(url.replace('/a/', '/b/'), { method: 'POST', body: '{"state":"drain"}' });
+        expect(unknown.status).toBe(404);
+        expect(await unknown.json()).toMatchObject({ error: 'unknown_backend', suggestion: 'mail/a' });
+
+        const ready = await post('{"state":"ready"}');
+        expect(await ready.json()).toMatchObject({ ok: true, state: 'ready', previous: 'drain' });
+        expect(readFileSync(path.join(cond, 'a'), 'latin1')).toBe('0\n');
+
+        // Off: the listener reads only.
+        writeFileSync(config, yaml(false));
+        const mark = d.lines.length;
+        d.kill('SIGHUP');
+        await d.waitForLine((l) => l.event === 'reloaded', WAIT, mark);
+        expect((await post('{"state":"drain"}')).status).toBe(405);
+        expect(readFileSync(path.join(cond, 'a'), 'latin1')).toBe('0\n');
+      } finally {
+        d.kill('SIGTERM');
+        await d.exited;
+        await smtp.stop();
+      }
     },
     TEST_MS,
   );

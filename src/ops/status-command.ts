@@ -58,8 +58,9 @@ function stateWords(b: BackendSnapshot, now: number): string {
 const isDown = (b: BackendSnapshot) => b.state === 'down' && b.admin?.state !== 'maint';
 
 export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
-  // Connection counts come from conntrack: no column when the daemon could not count.
-  const counted = state.backends.some((b) => b.connections !== undefined);
+  // Connection counts (from conntrack): a column while there is something to see, open
+  // connections or a backend drained or in maintenance; not a column of zeros.
+  const counted = state.backends.some((b) => (b.connections ?? 0) > 0 || b.admin !== undefined);
   const rows = [
     ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE', ...(counted ? ['CONNS'] : [])],
     ...state.backends.map((b) => {
