@@ -16,6 +16,7 @@ import type { BackendPlan, Plan } from './plan/compile.js';
 import { diffPlans, readBackPeriod } from './plan/diff.js';
 import { loadPlan } from './plan/load.js';
 import { runCheck } from './probes/run.js';
+import { prepareCaFiles } from './probes/tls-options.js';
 
 export type { BackendStatus, Daemon, DaemonObserver, ResumedStatus };
 
@@ -212,6 +213,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
 
   const daemon: Daemon = {
     async start() {
+      await prepareCaFiles(plan.caFiles);
       const fresh = await newRuntimes(plan.backends, true);
       for (const b of fresh) {
         track(b);
@@ -242,6 +244,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         emit('onReloaded', false, problems);
         return false;
       }
+      await prepareCaFiles(next.caFiles);
       const diff = diffPlans(plan, next);
       plan = next;
       if (diff.writerChanged) await kernel.setWriter(makeWriter(plan.writer));

@@ -65,7 +65,9 @@ export function runHook(
       argv[0]!,
       argv.slice(1),
       {
-        env: { ...process.env, ...env },
+        // Only the facts and a PATH: the daemon's own environment (credentials a unit or a
+        // shell handed it) is not the hook's business.
+        env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env },
         signal,
         killSignal: 'SIGKILL',
         maxBuffer: OUTPUT_LIMIT,

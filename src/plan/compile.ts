@@ -58,6 +58,8 @@ export interface Plan {
   /** Every backend in config order. */
   readonly backends: readonly BackendPlan[];
   readonly byId: ReadonlyMap<string, BackendPlan>;
+  /** Every TLS `ca` file the checks name: their trusted stores are built before the first check. */
+  readonly caFiles: readonly string[];
 }
 
 /** A backend's own check(s), else its service's, else a TCP connect. */
@@ -66,6 +68,14 @@ function checksOf(service: ServiceConfig, backend: ServiceConfig['backends'][num
   if (backend.check) return [backend.check];
   if (service.checks) return service.checks;
   return [service.check ?? { type: 'tcp' }];
+}
+
+/** The `ca` files one check names, wherever its TLS options sit. */
+function caFilesOf(check: unknown): string[] {
+  if (typeof check !== 'object' || check === null) return [];
+  return Object.entries(check).flatMap(([key, value]) =>
+    key === 'ca' && typeof value === 'string' ? [value] : caFilesOf(value),
+  );
 }
 
 /**
@@ -118,6 +128,7 @@ export function compilePlan(config: Config, source: string): Plan {
     services: Object.freeze(services),
     backends: Object.freeze(backends),
     byId: new Map(backends.map((b) => [b.id, b])),
+    caFiles: Object.freeze([...new Set(backends.flatMap((b) => b.checks.flatMap(caFilesOf)))]),
   });
 }
 
