@@ -61,6 +61,10 @@ export const EVENTS = {
     level: 'error',
     when: 'conntrack cannot list or delete flows (once per episode): counts, drain deadlines and reaping wait',
   },
+  conntrack_missing: {
+    level: 'info',
+    when: 'conntrackPath does not exist: no connection counts, drain deadlines or reaping (install conntrack)',
+  },
   conntrack_recovered: { level: 'info', when: 'conntrack works again' },
   control_listening: { level: 'info', when: 'the control socket for `nf-healthd set` is bound: its path' },
   control_failed: {

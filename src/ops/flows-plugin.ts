@@ -34,6 +34,14 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     const message = err instanceof Error ? err.message : String(err);
     if (failing === message) return;
     failing = message;
+    if (message.endsWith(': ENOENT')) {
+      // Not installed: a setup without marks or conntrack is valid, only these extras are off.
+      log.info(
+        { event: 'conntrack_missing', path: conntrack() },
+        `${conntrack()} not found: no connection counts, drain deadlines or flow reaping (install conntrack to have them)`,
+      );
+      return;
+    }
     log.error(
       { event: 'conntrack_failed', detail: message },
       `cannot ${doing}: ${message}: connection counts, drain deadlines and reaping wait for conntrack (package conntrack, CAP_NET_ADMIN)`,
