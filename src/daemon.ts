@@ -6,6 +6,7 @@ import { type BackendState, initialHealth, isSettling, observe } from './health/
 import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
 import { nextCheckDelay } from './health/pace.js';
 import { createScheduler } from './health/scheduler.js';
+import { createBalancer } from './kernel/balancer.js';
 import { createKernelLoop, type KernelLoop } from './kernel/loop.js';
 import { createWriter } from './kernel/writers/registry.js';
 import type { Writer } from './kernel/writers/types.js';
@@ -74,6 +75,18 @@ export function createDaemon(options: DaemonOptions): Daemon {
       if (outcome.confirmed) b.written = { up, confirmed: true, at: Date.now() };
       else if (b.written) b.written.confirmed = false;
       emit('onSync', b, outcome);
+    },
+  });
+  /** The services' balancing tables (nft writer): recomputed on transitions, slow start steps and reloads. */
+  const balancer = createBalancer({
+    log,
+    kernel,
+    state: (spec) => ({ up: runtimes.get(spec.id)?.health.state === 'up' }),
+    onTable(service, table) {
+      for (const spec of service.backends) {
+        const b = runtimes.get(spec.id);
+        if (b) b.share = { slots: table.shares.get(spec.name) ?? 0, of: table.slots.length, mode: table.mode };
+      }
     },
   });
   const shutdown = new AbortController();
@@ -152,6 +165,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
       emit('onTransition', b, from, to);
+      balancer.changed(spec, to);
     } else if (log.isLevelEnabled('debug')) {
       // The check path: no log object is built unless someone reads debug.
       log.debug(
@@ -209,6 +223,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         track(b);
         want(b);
       }
+      balancer.setPlan(plan);
       await Promise.all(fresh.map((b) => check(b)));
       if (shutdown.signal.aborted) return;
       await kernel.settled();
@@ -272,6 +287,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         want(b);
         schedule(b, 0);
       }
+      balancer.setPlan(plan);
       log.info(
         { event: 'reloaded', backends: runtimes.size, added: diff.added.length, removed: diff.removed.length },
         `configuration reloaded: ${runtimes.size} backends (${diff.added.length} added, ${diff.removed.length} removed)`,
@@ -284,6 +300,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       emit('onStopping');
       shutdown.abort();
       await scheduler.stop();
+      balancer.stop();
       await kernel.stop();
       emit('onStopped');
     },

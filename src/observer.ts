@@ -3,6 +3,7 @@ import type { DampingState } from './health/damping.js';
 import type { BackendState, Health } from './health/hysteresis.js';
 import type { Scheduler } from './health/scheduler.js';
 import type { SyncOutcome, WriterHealth } from './kernel/loop.js';
+import type { TableMode } from './kernel/table.js';
 import type { Logger } from './log.js';
 import type { BackendPlan, Plan } from './plan/compile.js';
 import type { ProbeResult } from './probes/types.js';
@@ -26,6 +27,8 @@ export interface BackendStatus {
   written?: { up: boolean; confirmed: boolean; at: number };
   /** Flap damping: recent changes and the hold, when `damping` is configured. */
   damping?: DampingState;
+  /** Its slots in its service's balancing table (nft writer), and the service's mode. */
+  share?: { slots: number; of: number; mode: TableMode };
 }
 
 /** What a restart may resume for one backend (from the state file). */

@@ -46,9 +46,27 @@ function writtenValue(b: BackendSnapshot, config: Config | undefined): string {
   return b.written.confirmed ? value : `${value} (unconfirmed)`;
 }
 
+/** `33.3%` of the service's slots, or `-` without a balancing table. */
+function shareText(b: BackendSnapshot): string {
+  return b.share ? `${((100 * b.share.slots) / b.share.of).toFixed(1)}%` : '-';
+}
+
+/** One line per service whose table is not in its normal mode: panic, backups serving, resets. */
+function serviceModes(state: Snapshot): string[] {
+  const modes = new Map<string, string>();
+  for (const b of state.backends) if (b.share && b.share.mode !== 'normal') modes.set(b.service, b.share.mode);
+  const words: Record<string, string> = {
+    panic: 'PANIC: too few primaries pass their checks; new connections spread over all of them, live or not',
+    backup: 'no primary is up: the backup backends serve',
+    reject: 'no backend can serve: new connections get a TCP reset',
+  };
+  return [...modes].map(([service, mode]) => `  ${service}: ${words[mode] ?? mode}`);
+}
+
 export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
+  const withShares = state.backends.some((b) => b.share);
   const rows = [
-    ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE'],
+    ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE', ...(withShares ? ['SHARE'] : [])],
     ...state.backends.map((b) => {
       const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
       const last = b.last
@@ -62,6 +80,7 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
         b.last ? `${Math.round(b.last.latencyMs)}ms` : '-',
         b.target.label,
         writtenValue(b, config),
+        ...(withShares ? [shareText(b)] : []),
       ];
     }),
   ];
@@ -77,7 +96,8 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
     });
   const up = state.backends.filter((b) => b.state === 'up').length;
   const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
-  return `${[head, '', ...lines, ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
+  const modes = serviceModes(state);
+  return `${[head, '', ...lines, ...(modes.length > 0 ? ['', 'Services:', ...modes] : []), ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
 }
 
 export async function statusCommand(
