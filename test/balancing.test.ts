@@ -1,0 +1,280 @@
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { eachLine, waitableList } from './support/lines.js';
+import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
+
+// The balancing table on a real kernel: a client, one or two balancers running the
+// daemon with the nft writer, three or four backends serving SMTP banners, all in
+// namespaces made here (removed afterwards, also on failure). Shares are counted from
+// real connections; the kernel's map is read to know when a change has landed.
+
+const BIN = fileURLToPath(new URL('../bin/nf-healthd.js', import.meta.url));
+const BACKEND = fileURLToPath(new URL('./support/smtp-backend.mjs', import.meta.url));
+const CLIENT = fileURLToPath(new URL('./support/smtp-client.mjs', import.meta.url));
+const VIP = '10.202.9.1';
+/** Backend i (from 1) answers on this address, routed through every balancer. */
+const backendAddress = (i: number) => `10.202.100.${i}`;
+const TIMING = '{ interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 2, fall: 2 }';
+
+type LogLine = Record<string, unknown> & { msg: string };
+
+interface Lab {
+  client: Netns;
+  balancers: Netns[];
+  backends: Netns[];
+  servers: (ChildProcess | undefined)[];
+  dir: string;
+}
+
+afterEach(() => cleanupNetns());
+
+async function buildLab(backends: number, balancers = 1): Promise<Lab> {
+  const dir = tempFolder('nfh-balancing-');
+  const client = createNetns('bclient');
+  const lab: Lab = { client, balancers: [], backends: [], servers: [], dir };
+  for (let n = 0; n < balancers; n++) lab.balancers.push(createNetns(`blb${n + 1}`));
+  const lb = lab.balancers[0]!;
+  await link(lb, 'to-client', '10.202.1.1/24', client, 'eth0', '10.202.1.2/24');
+  await client.run(['ip', 'route', 'add', 'default', 'via', '10.202.1.1']);
+  for (const b of lab.balancers) {
+    await b.run(['ip', 'addr', 'add', `${VIP}/32`, 'dev', 'lo']);
+    await b.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+  }
+  for (let i = 1; i <= backends; i++) {
+    const be = createNetns(`bbe${i}`);
+    lab.backends.push(be);
+    await be.run(['ip', 'addr', 'add', `${backendAddress(i)}/32`, 'dev', 'lo']);
+    for (const [n, b] of lab.balancers.entries()) {
+      const net = `10.202.${10 * (n + 1) + i}`;
+      await link(b, `to-be${i}`, `${net}.1/24`, be, `eth${n}`, `${net}.2/24`);
+      await b.run(['ip', 'route', 'add', `${backendAddress(i)}/32`, 'via', `${net}.2`]);
+    }
+    // Replies to clients go back through the first balancer, which un-NATs them.
+    await be.run(['ip', 'route', 'add', 'default', 'via', `10.202.${10 + i}.1`]);
+  }
+  await Promise.all(lab.backends.map((_, i) => startBackend(lab, i)));
+  return lab;
+}
+
+function startBackend(lab: Lab, i: number): Promise<void> {
+  const child = lab.backends[i]!.spawn([process.execPath, BACKEND, '0.0.0.0', '25', `be${i + 1} ESMTP`]);
+  lab.servers[i] = child;
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`backend ${i + 1} exited (${code}): ${err}`)));
+  });
+}
+
+function killBackend(lab: Lab, i: number): void {
+  lab.servers[i]?.kill('SIGKILL');
+  lab.servers[i] = undefined;
+}
+
+interface Connections {
+  answers: Record<string, number>;
+  failures: string[];
+  bySource?: Record<string, string>;
+  timeline?: [number, string][];
+}
+
+async function connect(lab: Lab, count: number | string, sources?: string[]): Promise<Connections> {
+  const argv = [process.execPath, CLIENT, VIP, '25', String(count), '2000', ...(sources ? [sources.join(',')] : [])];
+  return JSON.parse(await lab.client.run(argv)) as Connections;
+}
+
+interface DaemonProc {
+  lines: LogLine[];
+  waitFor(match: (l: LogLine) => boolean, ms?: number, from?: number): Promise<LogLine>;
+  signal(signal: NodeJS.Signals): void;
+  stop(): Promise<number | null>;
+}
+
+function startDaemon(ns: Netns, config: string): DaemonProc {
+  const child = ns.spawn([process.execPath, BIN, 'run', '-c', config]);
+  let stderr = '';
+  const list = waitableList<LogLine>(
+    (got) =>
+      `stderr: ${stderr}; last: ${got
+        .slice(-8)
+        .map((l) => l.msg)
+        .join(' | ')}`,
+  );
+  eachLine(child.stdout!, (text) => {
+    try {
+      list.items.push(JSON.parse(text) as LogLine);
+    } catch {
+      list.items.push({ msg: text });
+    }
+    list.changed();
+  });
+  child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return {
+    lines: list.items,
+    waitFor: (match, ms = 10_000, from = 0) => list.waitFor(match, ms, from),
+    signal: (signal) => child.kill(signal),
+    async stop() {
+      child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/** Slots per banner name (`be1`...) in the balancer's map; `reset` for slots that answer with a reset. */
+async function mapShares(lb: Netns): Promise<Record<string, number>> {
+  const listed = JSON.parse(await lb.run(['nft', '-j', 'list', 'map', 'inet', 'nfh', 'slots_svc'])) as {
+    nftables: { map?: { elem?: [number, number][] } }[];
+  };
+  const shares: Record<string, number> = {};
+  for (const [, mark] of listed.nftables.find((e) => e.map)?.map?.elem ?? []) {
+    const name = mark === 0 ? 'reset' : `be${mark & 0xff}`;
+    shares[name] = (shares[name] ?? 0) + 1;
+  }
+  return shares;
+}
+
+/** Polls the kernel's map until `accept` holds (bounded); returns the shares. */
+async function untilShares(
+  lb: Netns,
+  accept: (s: Record<string, number>) => boolean,
+  ms = 10_000,
+): Promise<Record<string, number>> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const shares = await mapShares(lb);
+    if (accept(shares)) return shares;
+    if (performance.now() > deadline) throw new Error(`map shares ${JSON.stringify(shares)} not as wanted in ${ms}ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const only =
+  (...names: string[]) =>
+  (s: Record<string, number>) =>
+    Object.keys(s).sort().join(',') === [...names].sort().join(',');
+
+function configFile(lab: Lab, name: string, services: string, extra = ''): string {
+  const file = path.join(lab.dir, name);
+  writeFileSync(
+    file,
+    `defaults: ${TIMING}
+log: { level: info, format: json }
+stateFile: ${path.join(lab.dir, `${name}.state.json`)}
+writer: { type: nft }
+${extra}
+services:
+  - name: svc
+    vip: ${VIP}
+    port: 25
+${services}`,
+  );
+  return file;
+}
+
+const backendLines = (lab: Lab, extra: (i: number) => string = () => '') =>
+  `    backends:\n${lab.backends.map((_, i) => `      - { name: be${i + 1}, address: ${backendAddress(i + 1)}${extra(i + 1)} }`).join('\n')}\n`;
+
+async function loadRules(lb: Netns, config: string): Promise<string> {
+  const rules = await lb.run([process.execPath, BIN, 'rules', '-c', config, '--format', 'nft']);
+  await lb.run(['nft', '-f', '-'], rules);
+  return rules;
+}
+
+const isTransition = (backend: string, state: string) => (l: LogLine) =>
+  l.event === 'transition' && l.backend === backend && l.state === state;
+
+function within(value: number | undefined, expected: number, margin: number): void {
+  expect(value ?? 0).toBeGreaterThanOrEqual(expected - margin);
+  expect(value ?? 0).toBeLessThanOrEqual(expected + margin);
+}
+
+describe('balancing table on a real kernel (namespaces)', () => {
+  it("roundrobin: a dead backend's share spreads evenly, comes back, backups stand in, weights by reload, reset when nobody serves", async () => {
+    const lab = await buildLab(4);
+    const lb = lab.balancers[0]!;
+    const config = configFile(
+      lab,
+      'rr.yaml',
+      `    check: { type: smtp }\n${backendLines(lab, (i) => (i === 4 ? ', backup: true' : ''))}`,
+    );
+    await loadRules(lb, config);
+    const daemon = startDaemon(lb, config);
+    let finished = false;
+    try {
+      await daemon.waitFor((l) => l.event === 'ready');
+      const even = await connect(lab, 60);
+      expect(even.failures).toEqual([]);
+      for (const be of ['be1', 'be2', 'be3']) within(even.answers[be], 20, 3);
+      expect(even.answers.be4).toBeUndefined();
+
+      // be1 dies: its share goes to be2 and be3 alike, and the log says so.
+      let mark = daemon.lines.length;
+      killBackend(lab, 0);
+      const moved = await daemon.waitFor((l) => l.event === 'table_changed' && l.backend === 'be1', 10_000, mark);
+      expect(moved.msg).toMatch(/backend be1 is down: \d+ slots of be1 to be2 \(\d+\), be3 \(\d+\)/);
+      await untilShares(lb, only('be2', 'be3'));
+      const spread = await connect(lab, 60);
+      expect(spread.failures).toEqual([]);
+      within(spread.answers.be2, 30, 3);
+      within(spread.answers.be3, 30, 3);
+
+      // be1 returns: its own share again.
+      mark = daemon.lines.length;
+      await startBackend(lab, 0);
+      await daemon.waitFor(isTransition('be1', 'up'), 10_000, mark);
+      await untilShares(lb, only('be1', 'be2', 'be3'));
+      const back = await connect(lab, 60);
+      expect(back.failures).toEqual([]);
+      for (const be of ['be1', 'be2', 'be3']) within(back.answers[be], 20, 3);
+
+      // Every primary down: the backup takes all; a primary back: the backup gets nothing.
+      mark = daemon.lines.length;
+      for (const i of [0, 1, 2]) killBackend(lab, i);
+      await daemon.waitFor((l) => l.event === 'backup_active', 10_000, mark);
+      await untilShares(lb, only('be4'));
+      expect(await connect(lab, 20)).toEqual({ answers: { be4: 20 }, failures: [] });
+      mark = daemon.lines.length;
+      await startBackend(lab, 1);
+      await daemon.waitFor(isTransition('be2', 'up'), 10_000, mark);
+      await untilShares(lb, only('be2'));
+      expect(await connect(lab, 20)).toEqual({ answers: { be2: 20 }, failures: [] });
+
+      // Nobody left: a TCP reset from the balancer at once (no SYN left to time out).
+      mark = daemon.lines.length;
+      killBackend(lab, 1);
+      killBackend(lab, 3);
+      await daemon.waitFor((l) => l.event === 'service_rejecting', 10_000, mark);
+      await untilShares(lb, only('reset'));
+      expect(await connect(lab, 5)).toEqual({ answers: {}, failures: Array(5).fill('ECONNREFUSED') });
+
+      // Weights 1:2:3 by a reload: the table is rebuilt at its new size.
+      await Promise.all([0, 1, 2].map((i) => startBackend(lab, i)));
+      writeFileSync(
+        config,
+        readFileSync(config, 'utf8')
+          .replace(/\n {6}- \{ name: be4.*\n/, '\n')
+          .replace(/(name: be(\d), address: [\d.]+)/g, (_m, head: string, n: string) => `${head}, weight: ${n}`),
+      );
+      await untilShares(lb, only('be1', 'be2', 'be3'), 15_000);
+      mark = daemon.lines.length;
+      daemon.signal('SIGHUP');
+      await daemon.waitFor((l) => l.event === 'reloaded', 10_000, mark);
+      const weighted = await untilShares(lb, (s) => s.be3 === 3 * (s.be1 ?? 0) && s.be2 === 2 * (s.be1 ?? 0));
+      expect(Object.values(weighted).reduce((a, b) => a + b, 0)).toBe(600);
+      const byWeight = await connect(lab, 120);
+      expect(byWeight.failures).toEqual([]);
+      within(byWeight.answers.be1, 20, 6);
+      within(byWeight.answers.be2, 40, 6);
+      within(byWeight.answers.be3, 60, 6);
+      finished = true;
+    } finally {
+      const code = await daemon.stop();
+      if (finished) expect(code).toBe(0);
+    }
+  }, 120_000);
+});
