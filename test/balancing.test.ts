@@ -277,4 +277,139 @@ describe('balancing table on a real kernel (namespaces)', () => {
       if (finished) expect(code).toBe(0);
     }
   }, 120_000);
+
+  it('maglev (hash: source): survivors keep their sources when one backend dies; two balancers agree slot for slot', async () => {
+    const lab = await buildLab(3, 2);
+    const sources = Array.from({ length: 40 }, (_, k) => `10.202.1.${100 + k}`);
+    for (const a of sources) await lab.client.run(['ip', 'addr', 'add', `${a}/32`, 'dev', 'eth0']);
+    const yaml = `    scheduler: maglev\n    hash: source\n    check: { type: smtp }\n${backendLines(lab)}`;
+    const configs = lab.balancers.map((_, n) => configFile(lab, `maglev${n + 1}.yaml`, yaml));
+    const rules = await Promise.all(lab.balancers.map((lb, n) => loadRules(lb, configs[n]!)));
+    // Same config, same table, same seed: only the file name in the header differs.
+    expect(rules[1]!.replace(/maglev2/g, 'maglev1')).toBe(rules[0]);
+    const daemons = lab.balancers.map((lb, n) => startDaemon(lb, configs[n]!));
+    const map = async (lb: Netns) => lb.run(['nft', '-j', 'list', 'map', 'inet', 'nfh', 'slots_svc']);
+    let finished = false;
+    try {
+      await Promise.all(daemons.map((d) => d.waitFor((l) => l.event === 'ready')));
+      const before = await connect(lab, sources.length, sources);
+      expect(before.failures).toEqual([]);
+      // Each backend has some of the 40 sources.
+      for (const be of ['be1', 'be2', 'be3']) expect(before.answers[be] ?? 0).toBeGreaterThanOrEqual(4);
+      // Every source sticks to its backend while nothing changes.
+      expect((await connect(lab, sources.length, sources)).bySource).toEqual(before.bySource);
+
+      const marks = daemons.map((d) => d.lines.length);
+      killBackend(lab, 1);
+      await Promise.all(daemons.map((d, n) => d.waitFor(isTransition('be2', 'down'), 10_000, marks[n])));
+      await Promise.all(lab.balancers.map((lb) => untilShares(lb, only('be1', 'be3'))));
+      const after = await connect(lab, sources.length, sources);
+      expect(after.failures).toEqual([]);
+      const survivors = sources.filter((a) => before.bySource![a] !== 'be2');
+      const stayed = survivors.filter((a) => after.bySource![a] === before.bySource![a]);
+      expect(stayed.length / survivors.length).toBeGreaterThanOrEqual(0.95);
+      // The two balancers' daemons computed the same table, slot for slot.
+      expect(await map(lab.balancers[1]!)).toBe(await map(lab.balancers[0]!));
+      console.log(
+        `maglev: ${stayed.length}/${survivors.length} sources on the survivors stayed; be2's ${sources.length - survivors.length} moved`,
+      );
+      finished = true;
+    } finally {
+      const codes = await Promise.all(daemons.map((d) => d.stop()));
+      if (finished) expect(codes).toEqual([0, 0]);
+    }
+  }, 120_000);
+
+  it("slow start: a returning backend's share of new connections rises step by step to its weight", async () => {
+    const lab = await buildLab(3);
+    const lb = lab.balancers[0]!;
+    const config = configFile(lab, 'slow.yaml', `    slowStart: 10s\n    check: { type: smtp }\n${backendLines(lab)}`);
+    await loadRules(lb, config);
+    const daemon = startDaemon(lb, config);
+    let finished = false;
+    try {
+      await daemon.waitFor((l) => l.event === 'ready');
+      let mark = daemon.lines.length;
+      killBackend(lab, 2);
+      await daemon.waitFor(isTransition('be3', 'down'), 10_000, mark);
+      await untilShares(lb, only('be1', 'be2'));
+      mark = daemon.lines.length;
+      await startBackend(lab, 2);
+      const up = await daemon.waitFor(isTransition('be3', 'up'), 10_000, mark);
+      expect(
+        (await daemon.waitFor((l) => l.event === 'table_changed' && l.backend === 'be3', 5000, mark)).msg,
+      ).toContain('slow start begins');
+      const stream = await connect(lab, 'for:12000');
+      expect(stream.failures).toEqual([]);
+      // be3's share in 2 s windows from when it came up: rising, then its full third.
+      const windows = Array.from({ length: 6 }, () => ({ all: 0, be3: 0 }));
+      for (const [ms, banner] of stream.timeline!) {
+        const w = windows[Math.min(5, Math.floor(ms / 2000))]!;
+        w.all++;
+        if (banner === 'be3') w.be3++;
+      }
+      const shares = windows.map((w) => w.be3 / Math.max(1, w.all));
+      console.log(
+        `slow start: be3's share per 2 s window ${shares.map((x) => `${(100 * x).toFixed(0)}%`).join(' ')} (${windows.map((w) => w.all).join('/')} connections), up at ${String(up.time ?? '')}`,
+      );
+      for (const w of windows) expect(w.all).toBeGreaterThanOrEqual(5);
+      expect(shares[0]!).toBeLessThan(0.2);
+      for (let k = 1; k < shares.length; k++) expect(shares[k]!).toBeGreaterThanOrEqual(shares[k - 1]! - 0.02);
+      // The last window (10 s to 12 s after it came up) is at its weight: a third.
+      expect(Math.abs(shares[5]! - 1 / 3)).toBeLessThanOrEqual(0.06);
+      const full = await mapShares(lb);
+      expect(full.be3).toBe(full.be1);
+      finished = true;
+    } finally {
+      const code = await daemon.stop();
+      if (finished) expect(code).toBe(0);
+    }
+  }, 120_000);
+
+  it('panic: checks fail on every backend but traffic works; all of them keep serving and status says panic', async () => {
+    const lab = await buildLab(3);
+    const lb = lab.balancers[0]!;
+    // An http check against an SMTP server fails (a banner is no HTTP status line) while
+    // its TCP service works: checks broken, traffic fine, the case panic mode is for.
+    const config = configFile(
+      lab,
+      'panic.yaml',
+      `    panicThreshold: 50\n    check: { type: http, path: /health }\n${backendLines(lab)}`,
+    );
+    await loadRules(lb, config);
+    const daemon = startDaemon(lb, config);
+    let finished = false;
+    try {
+      const panic = await daemon.waitFor((l) => l.event === 'panic_started', 15_000);
+      expect(panic.msg).toContain('below 50 %');
+      await daemon.waitFor((l) => l.event === 'transition' && l.state === 'down' && l.backend === 'be3', 10_000);
+      await untilShares(lb, only('be1', 'be2', 'be3'));
+      const served = await connect(lab, 60);
+      expect(served.failures).toEqual([]);
+      for (const be of ['be1', 'be2', 'be3']) within(served.answers[be], 20, 3);
+      // status: the state file is written periodically; wait for one that shows the panic.
+      const status = async (...args: string[]) => lb.exec([process.execPath, BIN, 'status', '-c', config, ...args]);
+      const deadline = performance.now() + 10_000;
+      let text = await status();
+      while (!text.stdout.includes('PANIC') && performance.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        text = await status();
+      }
+      expect(text.stdout).toContain('svc: PANIC');
+      expect(text.stdout).toMatch(/SHARE/);
+      expect(text.code).toBe(2);
+      const json = JSON.parse((await status('--json')).stdout) as {
+        backends: { backend: string; state: string; share?: { mode: string; slots: number; of: number } }[];
+      };
+      for (const b of json.backends) {
+        expect(b.state).toBe('down');
+        expect(b.share?.mode).toBe('panic');
+        expect(b.share!.slots * 3).toBe(b.share!.of);
+      }
+      finished = true;
+    } finally {
+      const code = await daemon.stop();
+      if (finished) expect(code).toBe(0);
+    }
+  }, 120_000);
 });
