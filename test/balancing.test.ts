@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { waitUntil } from './support/daemon.js';
 import { eachLine, waitableList } from './support/lines.js';
 import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
 
@@ -158,15 +159,14 @@ const only =
   (s: Record<string, number>) =>
     Object.keys(s).sort().join(',') === [...names].sort().join(',');
 
-function configFile(lab: Lab, name: string, services: string, extra = ''): string {
+function configFile(lab: Lab, name: string, services: string, timing = TIMING): string {
   const file = path.join(lab.dir, name);
   writeFileSync(
     file,
-    `defaults: ${TIMING}
+    `defaults: ${timing}
 log: { level: info, format: json }
 stateFile: ${path.join(lab.dir, `${name}.state.json`)}
 writer: { type: nft }
-${extra}
 services:
   - name: svc
     vip: ${VIP}
@@ -412,4 +412,112 @@ describe('balancing table on a real kernel (namespaces)', () => {
       if (finished) expect(code).toBe(0);
     }
   }, 120_000);
+
+  it('200 state changes under load: no connection refused or sent to a backend that is out', async () => {
+    const lab = await buildLab(3);
+    const lb = lab.balancers[0]!;
+    // The test decides each backend's state: a rule in the backend refuses the balancer's
+    // checks (the clients' connections still pass), and its server stops accepting only
+    // once the kernel no longer sends it anything; it accepts again before its checks pass.
+    const failChecks = (i: number, fail: boolean) =>
+      lab.backends[i]!.run(
+        ['nft', '-f', '-'],
+        fail
+          ? `add rule inet chk in ip saddr 10.202.${11 + i}.1 tcp dport 25 reject with tcp reset\n`
+          : 'flush chain inet chk in\n',
+      );
+    for (const be of lab.backends)
+      await be.run(
+        ['nft', '-f', '-'],
+        'table inet chk {\n\tchain in {\n\t\ttype filter hook input priority 0;\n\t}\n}\n',
+      );
+    const config = configFile(
+      lab,
+      'churn.yaml',
+      `    check: { type: tcp }\n${backendLines(lab)}`,
+      '{ interval: 200ms, fastInterval: 50ms, timeout: 400ms, rise: 1, fall: 2 }',
+    );
+    // Debug: the loop logs each table write (table_written), which the lanes wait for.
+    writeFileSync(config, readFileSync(config, 'utf8').replace('level: info', 'level: debug'));
+    await loadRules(lb, config);
+    const daemon = startDaemon(lb, config);
+    // "listening" and "closed" lines per server: a signal's effect is awaited before the next.
+    const acks = [0, 0, 0];
+    lab.servers.forEach((child, i) => {
+      child!.stdout!.on('data', (c: Buffer) => {
+        acks[i]! += c.toString().split(/listening|closed/).length - 1;
+      });
+    });
+    const signal = async (i: number, name: NodeJS.Signals) => {
+      const before = acks[i]!;
+      lab.servers[i]!.kill(name);
+      await waitUntil(
+        () => acks[i]!,
+        (n) => n > before,
+      );
+    };
+    let finished = false;
+    let churning = true;
+    const totals: Connections = { answers: {}, failures: [] };
+    const load = (async () => {
+      while (churning) {
+        const r = await connect(lab, 'for:2000');
+        for (const [k, n] of Object.entries(r.answers)) totals.answers[k] = (totals.answers[k] ?? 0) + n;
+        totals.failures.push(...r.failures);
+      }
+    })();
+    try {
+      await daemon.waitFor((l) => l.event === 'ready');
+      // Three lanes, one per backend, flip their backend down and up concurrently; a lane
+      // takes its backend down only while another is live (decided before any await).
+      const live = [true, true, true];
+      let changes = 0;
+      const landed = async (i: number, up: boolean, from: number) => {
+        const name = `be${i + 1}`;
+        const changed = await daemon.waitFor(
+          (l) => l.event === 'table_changed' && l.backend === name && l.msg.includes(up ? 'is up' : 'is down'),
+          10_000,
+          from,
+        );
+        await daemon.waitFor((l) => l.event === 'table_written', 10_000, daemon.lines.indexOf(changed));
+        await untilShares(lb, (s) => (up ? (s[name] ?? 0) > 0 : s[name] === undefined));
+      };
+      const lane = async (i: number) => {
+        while (changes < 200) {
+          const from = daemon.lines.length;
+          if (live[i] && live.filter(Boolean).length > 1) {
+            live[i] = false;
+            await failChecks(i, true);
+            await landed(i, false, from);
+            await signal(i, 'SIGUSR1');
+          } else if (!live[i]) {
+            await signal(i, 'SIGUSR2');
+            await failChecks(i, false);
+            await landed(i, true, from);
+            live[i] = true;
+          } else {
+            await new Promise((r) => setTimeout(r, 20));
+            continue;
+          }
+          changes++;
+        }
+      };
+      await Promise.all([0, 1, 2].map(lane));
+      churning = false;
+      await load;
+      const served = Object.values(totals.answers).reduce((a, b) => a + b, 0);
+      console.log(
+        `churn: ${changes} state changes, ${served} connections served (${JSON.stringify(totals.answers)}), ${totals.failures.length} failed`,
+      );
+      expect(totals.failures).toEqual([]);
+      expect(served).toBeGreaterThanOrEqual(100);
+      for (const be of ['be1', 'be2', 'be3']) expect(totals.answers[be] ?? 0).toBeGreaterThan(0);
+      finished = true;
+    } finally {
+      churning = false;
+      await load.catch(() => undefined);
+      const code = await daemon.stop();
+      if (finished) expect(code).toBe(0);
+    }
+  }, 300_000);
 });

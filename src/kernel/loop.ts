@@ -203,6 +203,15 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
         continue;
       }
       tableRecovered(t.target);
+      if (log.isLevelEnabled('debug'))
+        log.debug(
+          {
+            event: 'table_written',
+            target: t.target.label,
+            moved: t.known ? changedSlots(t.known, t.slots).length : t.slots.length,
+          },
+          `wrote ${t.target.label}`,
+        );
       knownTables.set(t.target.key, t.slots);
       const found = driftedTables.get(t.target.key);
       driftedTables.delete(t.target.key);
