@@ -519,5 +519,5 @@ describe('balancing table on a real kernel (namespaces)', () => {
       const code = await daemon.stop();
       if (finished) expect(code).toBe(0);
     }
-  }, 300_000);
+  }, 600_000);
 });

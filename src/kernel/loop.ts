@@ -274,10 +274,16 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     }
   };
 
+  /** Big tables take long to list (a 25,000-slot map ~4 s on a busy machine): read them back at most 10 % of the time. */
+  let tableReadMs = 0;
+  let tableReadAt = Number.NEGATIVE_INFINITY;
   const readBackTables = async () => {
     const all = [...wantedTables.values()];
     if (!tablesOn() || all.length === 0) return;
+    if (performance.now() - tableReadAt < 10 * tableReadMs) return;
+    tableReadAt = performance.now();
     const read = await writer.readTables!(all.map((w) => w.target));
+    tableReadMs = performance.now() - tableReadAt;
     for (const w of all) {
       const key = w.target.key;
       if (wantedTables.get(key) !== w || dirtyTables.has(key) || retryingTables.has(key)) continue;
