@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { waitUntil } from './support/daemon.js';
 import { eachLine, waitableList } from './support/lines.js';
-import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
+import { cleanupNetns, createNetns, link, type Netns, startServer, tempFolder } from './support/netns.js';
 
 // The balancing table on a real kernel: a client, one or two balancers running the
 // daemon with the nft writer, three or four backends serving SMTP banners, all in
@@ -61,14 +61,10 @@ async function buildLab(backends: number, balancers = 1): Promise<Lab> {
 }
 
 function startBackend(lab: Lab, i: number): Promise<void> {
-  const child = lab.backends[i]!.spawn([process.execPath, BACKEND, '0.0.0.0', '25', `be${i + 1} ESMTP`]);
+  const argv = [process.execPath, BACKEND, '0.0.0.0', '25', `be${i + 1} ESMTP`];
+  const { child, ready } = startServer(lab.backends[i]!, argv, `backend ${i + 1}`);
   lab.servers[i] = child;
-  return new Promise((resolve, reject) => {
-    let err = '';
-    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-    child.stdout!.once('data', () => resolve());
-    child.once('exit', (code) => reject(new Error(`backend ${i + 1} exited (${code}): ${err}`)));
-  });
+  return ready;
 }
 
 function killBackend(lab: Lab, i: number): void {
@@ -124,6 +120,19 @@ function startDaemon(ns: Netns, config: string): DaemonProc {
       return exited;
     },
   };
+}
+
+/** Runs `body` against a daemon started in `ns`; it must exit 0 on SIGTERM when `body` succeeded (else the failure is the news). */
+async function withDaemon(ns: Netns, config: string, body: (daemon: DaemonProc) => Promise<void>): Promise<void> {
+  const daemon = startDaemon(ns, config);
+  let finished = false;
+  try {
+    await body(daemon);
+    finished = true;
+  } finally {
+    const code = await daemon.stop();
+    if (finished) expect(code).toBe(0);
+  }
 }
 
 /** Slots per banner name (`be1`...) in the balancer's map; `reset` for slots that answer with a reset. */
@@ -203,9 +212,7 @@ describe('balancing table on a real kernel (namespaces)', () => {
       `    check: { type: smtp }\n${backendLines(lab, (i) => (i === 4 ? ', backup: true' : ''))}`,
     );
     await loadRules(lb, config);
-    const daemon = startDaemon(lb, config);
-    let finished = false;
-    try {
+    await withDaemon(lb, config, async (daemon) => {
       await daemon.waitFor((l) => l.event === 'ready');
       const even = await connect(lab, 60);
       expect(even.failures).toEqual([]);
@@ -271,11 +278,7 @@ describe('balancing table on a real kernel (namespaces)', () => {
       within(byWeight.answers.be1, 20, 6);
       within(byWeight.answers.be2, 40, 6);
       within(byWeight.answers.be3, 60, 6);
-      finished = true;
-    } finally {
-      const code = await daemon.stop();
-      if (finished) expect(code).toBe(0);
-    }
+    });
   }, 120_000);
 
   it('maglev (hash: source): survivors keep their sources when one backend dies; two balancers agree slot for slot', async () => {
@@ -325,9 +328,7 @@ describe('balancing table on a real kernel (namespaces)', () => {
     const lb = lab.balancers[0]!;
     const config = configFile(lab, 'slow.yaml', `    slowStart: 10s\n    check: { type: smtp }\n${backendLines(lab)}`);
     await loadRules(lb, config);
-    const daemon = startDaemon(lb, config);
-    let finished = false;
-    try {
+    await withDaemon(lb, config, async (daemon) => {
       await daemon.waitFor((l) => l.event === 'ready');
       let mark = daemon.lines.length;
       killBackend(lab, 2);
@@ -359,11 +360,7 @@ describe('balancing table on a real kernel (namespaces)', () => {
       expect(Math.abs(shares[5]! - 1 / 3)).toBeLessThanOrEqual(0.06);
       const full = await mapShares(lb);
       expect(full.be3).toBe(full.be1);
-      finished = true;
-    } finally {
-      const code = await daemon.stop();
-      if (finished) expect(code).toBe(0);
-    }
+    });
   }, 120_000);
 
   it('panic: checks fail on every backend but traffic works; all of them keep serving and status says panic', async () => {
@@ -377,9 +374,7 @@ describe('balancing table on a real kernel (namespaces)', () => {
       `    panicThreshold: 50\n    check: { type: http, path: /health }\n${backendLines(lab)}`,
     );
     await loadRules(lb, config);
-    const daemon = startDaemon(lb, config);
-    let finished = false;
-    try {
+    await withDaemon(lb, config, async (daemon) => {
       const panic = await daemon.waitFor((l) => l.event === 'panic_started', 15_000);
       expect(panic.msg).toContain('below 50 %');
       await daemon.waitFor((l) => l.event === 'transition' && l.state === 'down' && l.backend === 'be3', 10_000);
@@ -406,11 +401,7 @@ describe('balancing table on a real kernel (namespaces)', () => {
         expect(b.share?.mode).toBe('panic');
         expect(b.share!.slots * 3).toBe(b.share!.of);
       }
-      finished = true;
-    } finally {
-      const code = await daemon.stop();
-      if (finished) expect(code).toBe(0);
-    }
+    });
   }, 120_000);
 
   it('200 state changes under load: no connection refused or sent to a backend that is out', async () => {

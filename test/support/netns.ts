@@ -136,3 +136,22 @@ export async function link(a: Netns, aIf: string, aAddr: string, b: Netns, bIf: 
   await b.run(['ip', 'addr', 'add', bAddr, 'dev', bIf]);
   await b.run(['ip', 'link', 'set', bIf, 'up']);
 }
+
+/**
+ * Starts a server inside `ns` and resolves once it prints its first output (its "ready"
+ * line); rejects with its stderr if it exits first.
+ */
+export function startServer(
+  ns: Netns,
+  argv: readonly string[],
+  label: string,
+): { child: ChildProcess; ready: Promise<void> } {
+  const child = ns.spawn(argv);
+  const ready = new Promise<void>((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`${label} exited (${code}): ${err}`)));
+  });
+  return { child, ready };
+}
