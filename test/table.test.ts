@@ -9,6 +9,7 @@ import {
   rampAt,
   type ServiceTable,
 } from '../src/kernel/table.js';
+import { parseNftMapsJson, tableCommands } from '../src/kernel/writers/nft.js';
 import type { ServicePlan } from '../src/plan/compile.js';
 import { parsePlan } from '../src/plan/load.js';
 
@@ -166,5 +167,54 @@ describe('balancing table', () => {
     expect(apportion(10, [1, 1, 1])).toEqual([4, 3, 3]);
     expect(apportion(7, [0, 2, 1])).toEqual([0, 5, 2]);
     expect(apportion(5, [0, 0])).toEqual([0, 0]);
+  });
+
+  it('refuses what the table cannot do, saying where and why', () => {
+    const problems = (backends: string, extra = '') => {
+      try {
+        service(backends, extra);
+      } catch (err) {
+        if (err instanceof ConfigError) return err.problems.map((p) => p.message);
+        throw err;
+      }
+      return [];
+    };
+    expect(problems('      - { name: only, address: 192.168.0.1, backup: true }')).toEqual([
+      expect.stringContaining('every backend of this service is a backup'),
+    ]);
+    expect(problems('      - { name: a, address: 192.168.0.1 }', '    hash: flow')).toEqual([
+      'hash applies to the maglev scheduler only (this service uses roundrobin)',
+    ]);
+    const far = [
+      '      - { name: a, address: 192.168.0.1, weight: 1 }',
+      '      - { name: b, address: 192.168.0.2, weight: 1000 }',
+    ];
+    expect(problems(far.join('\n'))).toEqual([expect.stringContaining('need 100100 slots to split within 1 %')]);
+  });
+
+  it('nft: writes only the moved slots, or flushes and fills when more than half move; reads maps back', () => {
+    const target = { key: 'slots_svc', label: 'nft map inet nfh slots_svc' };
+    const known = Uint32Array.from([0x101, 0x102, 0x103, 0x101, 0x102, 0x103]);
+    const slots = Uint32Array.from([0x102, 0x102, 0x103, 0x103, 0x102, 0x103]);
+    expect(tableCommands('inet nfh', { target, slots, known })).toEqual([
+      'delete element inet nfh slots_svc { 0, 3 }',
+      'add element inet nfh slots_svc { 0 : 0x102, 3 : 0x103 }',
+    ]);
+    expect(tableCommands('inet nfh', { target, slots, known: slots })).toEqual([]);
+    const flushed = tableCommands('inet nfh', { target, slots, known: undefined });
+    expect(flushed[0]).toBe('flush map inet nfh slots_svc');
+    expect(flushed[1]).toBe(
+      'add element inet nfh slots_svc { 0 : 0x102, 1 : 0x102, 2 : 0x103, 3 : 0x103, 4 : 0x102, 5 : 0x103 }',
+    );
+    expect(() => tableCommands('inet nfh', { target: { ...target, key: 'x; flush ruleset' }, slots, known })).toThrow(
+      /refusing nft map name/,
+    );
+    const listing =
+      '{"nftables": [{"metainfo": {}}, {"set": {"name": "up", "elem": [257]}}, {"map": {"name": "slots_svc", "elem": [[0, 257], [1, 258], [{"elem": {"val": 2}}, 259]]}}]}';
+    expect([...parseNftMapsJson(listing).get('slots_svc')!]).toEqual([
+      [0, 257],
+      [1, 258],
+      [2, 259],
+    ]);
   });
 });
