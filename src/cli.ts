@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import pLimit from 'p-limit';
 import { ConfigError } from './config/load.js';
+import { EXIT } from './exit-codes.js';
 import { formatTable, hostPort } from './format.js';
 import { printRules } from './kernel/rules/command.js';
 import { runStatus } from './ops/status-command.js';
@@ -10,7 +11,6 @@ import { loadPlan } from './plan/load.js';
 import { checkLabel, runCheck } from './probes/run.js';
 import { runDaemon } from './run-daemon.js';
 
-export const EXIT = { ok: 0, down: 2, usage: 64, config: 78 } as const;
 export const DEFAULT_CONFIG = '/etc/nf-healthd/config.yaml';
 
 export function version(): string {
@@ -126,11 +126,14 @@ async function probeAll(io: Io, plan: Plan, json: boolean): Promise<number> {
   const rows = await Promise.all(
     specs.map(async (spec) => {
       const result = await limit(() => runCheck(spec.checks, spec.probe, spec.timeout));
+      // Where the checks went: a check with its own `port` probes that one, not the traffic port.
+      const [port, ...more] = new Set(spec.probes.map((p) => p.port));
       return {
         service: spec.service,
         backend: spec.name,
         address: spec.address,
-        port: spec.port,
+        port: port!,
+        ...(more.length > 0 ? { ports: [port!, ...more] } : {}),
         type: checkLabel(spec.checks),
         ...result,
       };
@@ -144,7 +147,7 @@ async function probeAll(io: Io, plan: Plan, json: boolean): Promise<number> {
       ...rows.map((r) => [
         r.service,
         r.backend,
-        hostPort(r.address, r.port),
+        hostPort(r.address, r.port) + (r.ports ? `,${r.ports.slice(1).join(',')}` : ''),
         r.type,
         r.up ? 'up' : 'DOWN',
         `${Math.round(r.latencyMs)}ms`,

@@ -16,6 +16,7 @@ import type { BackendPlan, Plan } from './plan/compile.js';
 import { diffPlans, readBackPeriod } from './plan/diff.js';
 import { loadPlan } from './plan/load.js';
 import { runCheck } from './probes/run.js';
+import { prepareCaFiles } from './probes/tls-options.js';
 
 export type { BackendStatus, Daemon, DaemonObserver, ResumedStatus };
 
@@ -55,7 +56,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       try {
         (o[key] as ((...a: unknown[]) => void) | undefined)?.(...args);
       } catch (err) {
-        log.error({ err }, `observer ${key} failed`);
+        log.error({ event: 'observer_failed', err }, `observer ${key} failed`);
       }
     }
   };
@@ -95,7 +96,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const checkOnce = options.runCheck ?? runCheck;
   const scheduler = createScheduler({
     random,
-    onError: (job, err) => log.error({ err, backend: job.id }, 'check job failed'),
+    onError: (job, err) => log.error({ event: 'check_job_failed', err, backend: job.id }, 'check job failed'),
   });
   let progressAt = performance.now();
 
@@ -218,6 +219,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
 
   const daemon: Daemon = {
     async start() {
+      await prepareCaFiles(plan.caFiles);
       const fresh = await newRuntimes(plan.backends, true);
       for (const b of fresh) {
         track(b);
@@ -249,6 +251,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         emit('onReloaded', false, problems);
         return false;
       }
+      await prepareCaFiles(next.caFiles);
       const diff = diffPlans(plan, next);
       plan = next;
       if (diff.writerChanged) await kernel.setWriter(makeWriter(plan.writer));

@@ -1,4 +1,5 @@
 import { createDaemon } from './daemon.js';
+import { EXIT } from './exit-codes.js';
 import { outagePlugin } from './health/outage.js';
 import { createLogger } from './log.js';
 import type { DaemonPlugin } from './observer.js';
@@ -31,10 +32,10 @@ export async function runDaemon(configPath: string, plan: Plan): Promise<number>
       log.info({ event: 'stopping', signal }, `stopping on ${signal}`);
       stopping = reloading.then(() => daemon.stop());
       stopping.then(
-        () => resolve(0),
+        () => resolve(EXIT.ok),
         (err: unknown) => {
-          log.error({ err }, 'error while stopping');
-          resolve(1);
+          log.error({ event: 'stop_failed', err }, 'error while stopping');
+          resolve(EXIT.failure);
         },
       );
     };
@@ -52,7 +53,7 @@ export async function runDaemon(configPath: string, plan: Plan): Promise<number>
     `nf-healthd starting with ${configPath}`,
   );
   daemon.start().catch((err: unknown) => {
-    log.error({ err }, 'start failed');
+    log.error({ event: 'start_failed', err }, 'start failed');
     process.kill(process.pid, 'SIGTERM');
   });
   const code = await done;

@@ -69,7 +69,7 @@ export const samplesPlugin: DaemonPlugin = ({ daemon, log }) => {
       try {
         writeFileSync(file, JSON.stringify(out));
       } catch (err) {
-        log.error({ err, file }, `cannot write timing samples to ${file}`);
+        log.error({ event: 'samples_failed', err, file }, `cannot write timing samples to ${file}`);
       }
     },
   };

@@ -13,7 +13,9 @@ import { buildBannerServer, createNamespace, startBackends } from '../bench/lib.
 import { BEGIN, END, machine, renderReport, writeIntoFile } from '../bench/report.js';
 import { type RowResult, runRow } from '../bench/sweep.js';
 
-const timing: Timing = { intervalMs: 400, fastIntervalMs: 100, timeoutMs: 200, rise: 2, fall: 2 };
+// A timeout far above loopback latency (no check times out on a busy machine), and
+// detection deadlines (4 × the schedule, in bench/detection.ts) that are seconds long.
+const timing: Timing = { intervalMs: 600, fastIntervalMs: 150, timeoutMs: 1000, rise: 2, fall: 2 };
 let work: string;
 let bannerServer: string;
 let ns: ReturnType<typeof createNamespace>;
@@ -28,6 +30,22 @@ afterAll(() => {
   ns?.remove();
   if (work) rmSync(work, { recursive: true, force: true });
 });
+
+/** The report as `npm run bench` writes it, from what one test measured. */
+function smokeReport(rows: RowResult[], detection: Awaited<ReturnType<typeof runDetection>>): string {
+  return renderReport({
+    startedAt: new Date(),
+    finishedAt: new Date(),
+    machine: machine(),
+    loadBefore: '0',
+    loadAfter: '0',
+    command: 'smoke',
+    timing,
+    windowS: 1.2,
+    rows,
+    detection,
+  });
+}
 
 describe('benchmark harness (smoke)', () => {
   it('the banner server answers SMTP and HTTP and obeys kill/revive', async () => {
@@ -44,62 +62,48 @@ describe('benchmark harness (smoke)', () => {
     }
   });
 
-  const rows: RowResult[] = [];
-  for (const mode of ['tcp', 'smtp', 'http'] as const) {
-    it(`measures a ${mode} row for nf-healthd and HAProxy alike`, async () => {
-      for (const checker of ['nf-healthd', 'haproxy'] as const) {
-        const row = await runRow({
-          checker,
-          mode,
-          count: 3,
-          timing,
-          warmupMs: 200,
-          windowMs: 1200,
-          port: port++,
-          bannerServer,
-          ns: ns.name,
-        });
-        rows.push(row);
-        expect(row).toMatchObject({ checker, mode, count: 3, down: 0 });
-        expect(row.checks).toBeGreaterThan(0);
-        if (mode !== 'tcp') expect(row.accepted).toBeGreaterThan(0);
-        expect(Number.isFinite(row.cpuUsPerCheck)).toBe(true);
-        expect(row.rssMiB).toBeGreaterThan(0);
-        if (checker === 'nf-healthd') {
-          expect(row.exit).toBe('0');
-          expect(row.lagMs?.p99).toBeGreaterThanOrEqual(0);
-          expect(row.latencyMs?.p99).toBeGreaterThan(0);
-        }
+  /** One row per checker for `mode`, each checked for its shape. */
+  async function measureRows(mode: 'tcp' | 'smtp' | 'http'): Promise<RowResult[]> {
+    const rows: RowResult[] = [];
+    for (const checker of ['nf-healthd', 'haproxy'] as const) {
+      const row = await runRow({
+        checker,
+        mode,
+        count: 3,
+        timing,
+        warmupMs: 200,
+        windowMs: 1200,
+        port: port++,
+        bannerServer,
+        ns: ns.name,
+      });
+      rows.push(row);
+      expect(row).toMatchObject({ checker, mode, count: 3, down: 0 });
+      expect(row.checks).toBeGreaterThan(0);
+      if (mode !== 'tcp') expect(row.accepted).toBeGreaterThan(0);
+      expect(Number.isFinite(row.cpuUsPerCheck)).toBe(true);
+      expect(row.rssMiB).toBeGreaterThan(0);
+      if (checker === 'nf-healthd') {
+        expect(row.exit).toBe('0');
+        expect(row.lagMs?.p99).toBeGreaterThanOrEqual(0);
+        expect(row.latencyMs?.p99).toBeGreaterThan(0);
       }
-    });
+    }
+    return rows;
   }
 
-  it('sees killed and silenced backends go down and come back through the condition files', async () => {
-    const detection = await runDetection({ trials: 2, background: 2, timing, port: port++, bannerServer, ns: ns.name });
-    expect(detection.map((d) => `${d.failure}/${d.phase}`)).toEqual([
-      'refused/down',
-      'refused/up',
-      'silent/down',
-      'silent/up',
-    ]);
-    for (const d of detection) expect(d).toMatchObject({ trials: 2, missed: 0 });
+  for (const mode of ['tcp', 'http'] as const) {
+    it(`measures a ${mode} row for nf-healthd and HAProxy alike`, async () => {
+      await measureRows(mode);
+    }, 60_000);
+  }
 
-    const report = renderReport({
-      startedAt: new Date(),
-      finishedAt: new Date(),
-      machine: machine(),
-      loadBefore: '0',
-      loadAfter: '0',
-      command: 'smoke',
-      timing,
-      windowS: 1.2,
-      rows,
-      detection,
-    });
+  it('measures an smtp row for both and writes the report into BENCHMARKS.md, keeping the notes', async () => {
+    const rows = await measureRows('smtp');
+    const report = smokeReport(rows, []);
     expect(report).toContain('| smtp | 3 | nf-healthd |');
     expect(report).toContain('| smtp | 3 | haproxy |');
-    expect(report).toMatch(/\| http \| 3 \| \d+ \| \d+ \| ([\d.]+×|n\/a) \|/);
-    expect(report).toContain('| killed (refused) | detection | 2 |');
+    expect(report).toMatch(/\| smtp \| 3 \| \d+ \| \d+ \| ([\d.]+×|n\/a) \|/);
 
     const file = path.join(work, 'BENCHMARKS.md');
     writeFileSync(file, '# Benchmarks\n\nnotes before\n\nnotes after\n');
@@ -110,5 +114,18 @@ describe('benchmark harness (smoke)', () => {
     expect(text).toContain('notes before');
     expect(text).toContain('notes after');
     expect(text.indexOf(END)).toBeGreaterThan(text.indexOf('| smtp | 3 | haproxy |'));
-  });
+  }, 60_000);
+
+  it('sees killed and silenced backends go down and come back through the condition files', async () => {
+    const detection = await runDetection({ trials: 2, background: 2, timing, port: port++, bannerServer, ns: ns.name });
+    expect(detection.map((d) => `${d.failure}/${d.phase}`)).toEqual([
+      'refused/down',
+      'refused/up',
+      'silent/down',
+      'silent/up',
+    ]);
+    for (const d of detection) expect(d).toMatchObject({ trials: 2, missed: 0 });
+    const report = smokeReport([], detection);
+    expect(report).toContain('| killed (refused) | detection | 2 |');
+  }, 60_000);
 });

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import { BIN, type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
-import { closedPort, tcpServer } from './support/servers.js';
+import { closedPort, restartable, tcpServer } from './support/servers.js';
 
 /* The built CLI (bin/nf-healthd.js -> dist/) as a child process, against real SMTP servers on loopback. */
 
@@ -164,7 +164,7 @@ services:
 ${backends}`;
 
   it('goes through transitions, drift repair, reloads and a clean stop', async () => {
-    const [mx1, mx2, mx3] = [createSmtpServer(), createSmtpServer(), createSmtpServer()];
+    const [mx1, mx2, mx3] = [createSmtpServer(), restartable(createSmtpServer()), restartable(createSmtpServer())];
     servers.push(mx1, mx2, mx3);
     await Promise.all([mx1.start(), mx2.start(), mx3.start()]);
     const b = (name: string, s: SmtpServer) =>

@@ -122,7 +122,8 @@ services:
   });
 
   it.each([
-    ['rise below 1', 'defaults: {fall: 0}\n', /defaults\.fall: .*>=1/],
+    ['rise below 1', 'defaults: {rise: 0}\n', /defaults\.rise: .*>=1/],
+    ['fall below 1', 'defaults: {fall: 0}\n', /defaults\.fall: .*>=1/],
     [
       'a timeout far longer than the interval',
       'defaults: {interval: 1s, timeout: 5s}\n',

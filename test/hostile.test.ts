@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -7,17 +8,20 @@ import { DEFAULT_BOUNDS } from '../src/probes/connection.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import type { ProbeResult } from '../src/probes/types.js';
-import { makePki, type TestPki } from './support/certs.js';
+import { makeHugeCert, makeLongChain, makePki, type TestPki } from './support/certs.js';
 import * as bad from './support/hostile.js';
 import { httpServer } from './support/servers.js';
 
 /**
  * Backends at their worst. Every case asserts the verdict, that the check returned
- * within its timeout plus a bounded margin (a bound, not a timing claim), and, where
- * the backend sends without end, that the bytes read stayed within the probe's bound.
+ * within a bound derived from its timeout (a bound, not a timing claim: it is wide so
+ * that a loaded 2-core machine running other tests beside an 8 MiB flood cannot fail
+ * it, yet a check that ignored its timeout would), and, where the backend sends
+ * without end, that the bytes read stayed within the probe's bound.
  */
 const TIMEOUT = 500;
-const MARGIN = 250;
+/** Twice the timeout and a second more: timers fire late on a busy machine, never early. */
+const bound = (timeout: number) => 2 * timeout + 1000;
 /** A socket read hands over up to 64 KiB at once, so a bound can be passed by at most one read. */
 const ONE_READ = 65_536;
 const LINE_BOUND = DEFAULT_BOUNDS.maxTotalBytes + ONE_READ;
@@ -27,7 +31,7 @@ afterEach(async () => {
   await Promise.all(closers.splice(0).map((c) => c()));
 });
 
-async function backend(server: Promise<bad.Hostile>): Promise<bad.Hostile> {
+async function backend<T extends bad.Hostile>(server: Promise<T>): Promise<T> {
   const s = await server;
   closers.push(s.close);
   return s;
@@ -40,7 +44,7 @@ async function timedCheck(input: Record<string, unknown>, port: number, timeout 
     { service: 'svc', backend: 'b1', address: '127.0.0.1', port },
     timeout,
   );
-  expect(performance.now() - started).toBeLessThan(timeout + MARGIN);
+  expect(performance.now() - started).toBeLessThan(bound(timeout));
   return result;
 }
 
@@ -245,11 +249,22 @@ describe('tls', () => {
     );
   });
 
+  it('a certificate not yet valid: down with the date it starts', async () => {
+    const { port } = await backend(bad.tlsServer(pki.notYetValid));
+    const result = await timedCheck({ type: 'tls', ca: pki.caFile }, port);
+    const from = new Date(Date.now() + 10 * 86_400_000).toISOString().slice(0, 10);
+    expect(result).toMatchObject({
+      up: false,
+      detail: `TLS: certificate not trusted: CERT_NOT_YET_VALID (valid from ${from})`,
+    });
+  });
+
   it('a self-signed certificate: down unless verify is off', async () => {
     const { port } = await backend(bad.tlsServer(pki.selfSigned));
     expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({
       up: false,
-      detail: 'TLS: certificate not trusted: DEPTH_ZERO_SELF_SIGNED_CERT',
+      detail:
+        'TLS: certificate not trusted: DEPTH_ZERO_SELF_SIGNED_CERT (self-signed: trust it with ca set to the certificate itself, or set verify: false)',
     });
     expect(await timedCheck({ type: 'tls', verify: false }, port)).toMatchObject({ up: true });
     // Trusting the certificate itself as a CA makes it pass.
@@ -288,12 +303,108 @@ describe('tls', () => {
     });
   });
 
-  it('plain text where TLS is expected: down fast', async () => {
+  it("plain text where TLS is expected: down with words, not OpenSSL's string", async () => {
     const { port } = await backend(bad.say('220 not tls at all\r\n'));
-    const result = await timedCheck({ type: 'tls' }, port);
-    expect(result.up).toBe(false);
-    expect(result.detail).toMatch(/^TLS handshake failed: /);
+    const plain =
+      'TLS handshake failed: the backend does not answer in TLS (a plain-text port?) (wrong version number)';
+    expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({ up: false, detail: plain });
+    expect(await timedCheck({ type: 'https' }, port)).toMatchObject({ up: false, detail: plain });
+    expect(await timedCheck({ type: 'pop3', tls: true }, port)).toMatchObject({ up: false, detail: plain });
   });
+
+  it('a CA the certificate is not from, and no CA at all: two different verdicts', async () => {
+    const { port } = await backend(bad.tlsServer(pki.good));
+    expect(await timedCheck({ type: 'tls' }, port)).toMatchObject({
+      up: false,
+      detail:
+        'TLS: certificate not trusted: UNABLE_TO_VERIFY_LEAF_SIGNATURE (issuer "nf-healthd test CA" is not among the system\'s CAs and no ca file is set)',
+    });
+    expect(await timedCheck({ type: 'tls', ca: pki.selfSigned.cert }, port)).toMatchObject({
+      up: false,
+      detail: `TLS: certificate not trusted: UNABLE_TO_VERIFY_LEAF_SIGNATURE (issuer "nf-healthd test CA" is in neither ca file ${pki.selfSigned.cert} nor the system's CAs)`,
+    });
+    expect(await timedCheck({ type: 'tls', ca: pki.caFile }, port)).toMatchObject({ up: true });
+  });
+
+  it('a handshake that stalls after the ClientHello: down at the timeout', async () => {
+    const server = await backend(bad.stallAfterClientHello());
+    expect(await timedCheck({ type: 'tls' }, server.port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (TLS handshake)',
+    });
+    expect(await timedCheck({ type: 'smtp', starttls: false, ehlo: 'probe' }, server.port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (greeting)',
+    });
+    expect(await timedCheck({ type: 'imap', tls: true }, server.port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (TLS handshake)',
+    });
+    expect(server.clientHellos()).toBe(2);
+  });
+
+  it('garbage instead of a ServerHello: down at once, in words', async () => {
+    const text = await backend(bad.answerClientHello(Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n')));
+    expect(await timedCheck({ type: 'tls' }, text.port)).toMatchObject({
+      up: false,
+      detail: 'TLS handshake failed: the backend does not answer in TLS (a plain-text port?) (wrong version number)',
+    });
+    // A TLS record header that announces an alert-sized record, then noise.
+    const noise = Buffer.concat([Buffer.from([0x16, 0x03, 0x03, 0x00, 0x20]), Buffer.alloc(32, 0xee)]);
+    const record = await backend(bad.answerClientHello(noise));
+    const result = await timedCheck({ type: 'tls' }, record.port);
+    expect(result.up).toBe(false);
+    expect(result.detail).toMatch(/^TLS handshake failed: [a-z]/);
+    expect(result.detail).not.toMatch(/error:|\.c:\d|\n/);
+    // Random bytes of every length: always a verdict in words, never OpenSSL's raw string.
+    for (const length of [1, 5, 64, 4096]) {
+      const random = await backend(bad.answerClientHello(randomBytes(length)));
+      const verdict = await timedCheck({ type: 'tls' }, random.port);
+      expect(verdict.up).toBe(false);
+      expect(verdict.detail).toMatch(/^(TLS handshake failed: [a-z]|timeout after 500ms \(TLS handshake\)$)/);
+      expect(verdict.detail).not.toMatch(/error:|\.c:\d|\n/);
+    }
+  });
+
+  it('renegotiation: once before the greeting is fine; again and again ends at the timeout', async () => {
+    const once = await backend(bad.tlsServer(pki.good, '+OK ready\r\n', 'once'));
+    expect(await timedCheck({ type: 'pop3', tls: true, ca: pki.caFile }, once.port)).toMatchObject({
+      up: true,
+      detail: expect.stringMatching(/^\+OK ready; TLSv1\.2, certificate valid until /),
+    });
+    expect(once.renegotiations()).toBe(1);
+    const forever = await backend(bad.tlsServer(pki.good, '+OK never said\r\n', 'forever'));
+    expect(await timedCheck({ type: 'pop3', tls: true, ca: pki.caFile }, forever.port)).toMatchObject({
+      up: false,
+      detail: 'timeout after 500ms (greeting)',
+    });
+  });
+
+  it('a chain of 100 certificates is verified; one past the verify depth is down in words', async () => {
+    const hundred = await backend(bad.tlsServer(await makeLongChain(pki, 99)));
+    expect(await timedCheck({ type: 'tls', ca: pki.caFile }, hundred.port, 2000)).toMatchObject({
+      up: true,
+      detail: expect.stringMatching(/^TLSv1\.3, certificate valid until /),
+    });
+    const tooLong = await backend(bad.tlsServer(await makeLongChain(pki, 150)));
+    expect(await timedCheck({ type: 'tls', ca: pki.caFile }, tooLong.port, 2000)).toMatchObject({
+      up: false,
+      detail:
+        'TLS: certificate not trusted: UNABLE_TO_GET_ISSUER_CERT_LOCALLY (the chain is 152 certificates long; verification follows at most 100)',
+    });
+    // Without verification the chain's length does not matter.
+    expect(await timedCheck({ type: 'tls', verify: false }, tooLong.port, 2000)).toMatchObject({ up: true });
+  });
+
+  it('a 1 MB certificate: down on the size bound, within the timeout', async () => {
+    const huge = await makeHugeCert(pki, 1024 * 1024);
+    const { port } = await backend(bad.tlsServer(huge));
+    const result = await timedCheck({ type: 'tls', ca: pki.caFile }, port, 2000);
+    expect(result).toMatchObject({
+      up: false,
+      detail: 'TLS handshake failed: the backend sent a handshake message larger than allowed (excessive message size)',
+    });
+  }, 30_000);
 
   it('STARTTLS offered but the server then talks plain text: down', async () => {
     const { port } = await backend(

@@ -18,7 +18,7 @@ function importsOf(file: string): string[] {
   return found.map((spec) => path.join(path.dirname(file), spec.replace(/\.js$/, '.ts')));
 }
 
-export function findCycles(files: string[]): string[][] {
+function findCycles(files: string[]): string[][] {
   const graph = new Map(files.map((f) => [f, importsOf(f)]));
   const cycles: string[][] = [];
   const state = new Map<string, 'open' | 'done'>();

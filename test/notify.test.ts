@@ -9,6 +9,7 @@ import { systemdPlugin } from '../src/systemd/service.js';
 import { smtpFarmYaml } from './support/config.js';
 import { type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { notifySocket, text } from './support/notify-socket.js';
+import { restartable } from './support/servers.js';
 
 /*
  * sd_notify for real: the built daemon (`node bin/nf-healthd.js run`) sends through
@@ -25,7 +26,7 @@ afterEach(async () => {
 const silent = createLogger({ level: 'error', format: 'json', destination: { write: () => undefined } });
 
 async function smtp(): Promise<SmtpServer> {
-  const s = createSmtpServer();
+  const s = restartable(createSmtpServer()); // restarted on its port: held meanwhile
   await s.start();
   cleanups.push(() => s.stop());
   return s;

@@ -6,7 +6,7 @@ import { parseListen } from '../src/config/operations.js';
 import { assessLiveness, type Watched } from '../src/health/liveness.js';
 import type { WriterHealth } from '../src/kernel/loop.js';
 import { createLogger } from '../src/log.js';
-import { createNotifier, runHook } from '../src/ops/hooks-plugin.js';
+import { createHookRunner, runHook } from '../src/ops/hooks-plugin.js';
 import { restoreFrom } from '../src/ops/restore.js';
 import { fingerprint, type Snapshot } from '../src/ops/snapshot.js';
 import { readStateFile, writeStateFile } from '../src/ops/state-file.js';
@@ -221,7 +221,7 @@ describe('notify hooks (real processes)', () => {
     );
     chmodSync(hook, 0o755);
     const counted: string[] = [];
-    const notifier = createNotifier({
+    const hooks = createHookRunner({
       config: () => ({ change: [hook, logFile], timeout: 5000, maxConcurrent: 1 }),
       log,
       count: (h, o) => counted.push(`${h}:${o}`),
@@ -229,11 +229,11 @@ describe('notify hooks (real processes)', () => {
     const at = { service: 'mail', address: '192.0.2.1', port: 25, target: '/tmp/x', reason: 'test', since: 0 };
     const flips = (backend: string, n: number) => {
       for (let i = 0; i < n; i++)
-        notifier.notify({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
+        hooks.run({ ...at, backend, state: i % 2 === 0 ? 'down' : 'up', previous: i % 2 === 0 ? 'up' : 'down' });
     };
     flips('x', 5); // down up down up down
     flips('y', 3); // down up down
-    await notifier.idle();
+    await hooks.idle();
     expect(readFileSync(logFile, 'utf8').trim().split('\n')).toEqual([
       'start x down up 1',
       'end x',
@@ -247,7 +247,7 @@ describe('notify hooks (real processes)', () => {
     ]);
     expect(counted.filter((c) => c === 'change:coalesced')).toHaveLength(4);
     expect(counted.filter((c) => c === 'change:ok')).toHaveLength(4);
-    notifier.stop();
+    hooks.stop();
   });
 });
 

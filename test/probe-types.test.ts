@@ -115,7 +115,8 @@ describe('tls', () => {
     closers.push(s.close);
     expect(await check({ type: 'tls' }, s.port)).toMatchObject({
       up: false,
-      detail: 'TLS: certificate not trusted: UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+      detail:
+        'TLS: certificate not trusted: UNABLE_TO_VERIFY_LEAF_SIGNATURE (issuer "nf-healthd test CA" is not among the system\'s CAs and no ca file is set)',
     });
   });
 
@@ -199,7 +200,8 @@ describe('https', () => {
     const self = await httpsServer(pki.selfSigned);
     expect(await check({ type: 'https' }, self.port)).toMatchObject({
       up: false,
-      detail: 'TLS: certificate not trusted: DEPTH_ZERO_SELF_SIGNED_CERT',
+      detail:
+        'TLS: certificate not trusted: DEPTH_ZERO_SELF_SIGNED_CERT (self-signed: trust it with ca set to the certificate itself, or set verify: false)',
     });
     expect(self.hosts).toEqual([]);
     expect(await check({ type: 'https', verify: false }, self.port)).toMatchObject({ up: true });
@@ -281,7 +283,10 @@ describe('expect and its presets', () => {
       line === 'NOOP' ? '250-ok\r\n250 fine\r\n' : undefined,
     );
     const steps = [{ expectReply: '220', style: 'ftp' }, { send: 'NOOP\r\n' }, { expectReply: '25' }];
-    expect(await check({ type: 'expect', steps }, s.port)).toMatchObject({ up: true, detail: '220-first' });
+    expect(await check({ type: 'expect', steps }, s.port)).toMatchObject({
+      up: true,
+      detail: '220 first | free text | ready',
+    });
     const strict = await check({ type: 'expect', steps: [{ expectReply: '220' }] }, s.port);
     expect(strict).toMatchObject({ up: false, detail: 'step 1: malformed reply "free text"' });
   });
@@ -329,7 +334,10 @@ describe('expect and its presets', () => {
       '220-Welcome\r\n  this line has no code\r\n123 nor is this the end\r\n220 ready\r\n',
       () => '221 bye\r\n',
     );
-    expect(await check({ type: 'ftp' }, s.port)).toMatchObject({ up: true, detail: '220-Welcome' });
+    expect(await check({ type: 'ftp' }, s.port)).toMatchObject({
+      up: true,
+      detail: '220 Welcome | this line has no code | 123 nor is this the end | ready',
+    });
     const busy = await lineServer('421 too many users\r\n', () => undefined);
     expect(await check({ type: 'ftp' }, busy.port)).toMatchObject({
       up: false,

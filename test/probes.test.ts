@@ -77,7 +77,10 @@ describe('smtp check', () => {
   it('reads a multi-line greeting split over many segments', async () => {
     const greeting = '220-mx.test ESMTP\r\n220-second line\r\n220 ready\r\n';
     const port = await serve((socket) => writeInPieces(socket, greeting.match(/.{1,3}/gs)!));
-    expect(await check({ type: 'smtp' }, port)).toMatchObject({ up: true, detail: '220-mx.test ESMTP' });
+    expect(await check({ type: 'smtp' }, port)).toMatchObject({
+      up: true,
+      detail: '220 mx.test ESMTP | second line | ready',
+    });
   });
 
   it('accepts a bare "220" line', async () => {

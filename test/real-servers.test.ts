@@ -9,7 +9,7 @@ import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import type { ProbeResult } from '../src/probes/types.js';
 import { makePki, type TestPki } from './support/certs.js';
-import { closedPort as freePort } from './support/servers.js';
+import { freePort } from './support/servers.js';
 
 /**
  * Real daemons from Debian's packages (scripts/test-packages.txt), each started by

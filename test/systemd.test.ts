@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import { smtpFarmYaml } from './support/config.js';
 import { tempDir, waitUntil } from './support/daemon.js';
+import { restartable } from './support/servers.js';
 
 /*
  * The unit under a real systemd 252: a Debian 12 minbase rootfs (debootstrap, cached by
@@ -80,6 +81,16 @@ const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 1
   waitUntil(read, accept, ms, 100);
 const writeConfig = (text: string) => writeFileSync(path.join(tmp.dir, 'config.yaml'), text);
 
+/** Runs one step of a scenario; a failure names the step. */
+async function step(title: string, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    if (err instanceof Error) err.message = `step "${title}": ${err.message}`;
+    throw err;
+  }
+}
+
 /** The container's PID 1 as the host sees it: a descendant of nspawn that is PID 1 in its own namespace. */
 function findPid1(nspawnPid: number): number | undefined {
   for (const entry of readdirSync('/proc')) {
@@ -108,8 +119,8 @@ beforeAll(async () => {
   tmp = tempDir('nfh-systemd-');
   chmodSync(tmp.dir, 0o755); // the service user reads config.yaml through it
   mkdirSync(path.join(tmp.dir, 'cond'));
-  s1 = createSmtpServer();
-  s2 = createSmtpServer();
+  s1 = restartable(createSmtpServer());
+  s2 = restartable(createSmtpServer());
   await s1.start();
   await s2.start();
 
@@ -147,7 +158,9 @@ beforeAll(async () => {
     60_000,
   );
 
-  // Install as the README says, plus the test drop-in.
+  // Install as docs/operating.md says, plus the man pages (`npm run man`) and the test drop-in.
+  const man = await run(process.execPath, [path.join(ROOT, 'scripts/man.mjs'), path.join(tmp.dir, 'man')]);
+  if (man.code !== 0) throw new Error(`scripts/man.mjs: ${man.stderr}`);
   writeConfig(
     config([
       { name: 'mail1', port: s1.port },
@@ -169,6 +182,9 @@ Environment=NF_HEALTHD_TEST_WEDGE=loop
     ['cp', '/opt/nf-healthd/systemd/nf-healthd.sysusers', '/etc/sysusers.d/nf-healthd.conf'],
     ['systemd-sysusers'],
     ['cp', '/opt/nf-healthd/systemd/nf-healthd.service', '/etc/systemd/system/nf-healthd.service'],
+    ['mkdir', '-p', '/usr/local/share/man/man8', '/usr/local/share/man/man5'],
+    ['cp', '/srv/nfh/man/nf-healthd.8', '/usr/local/share/man/man8/'],
+    ['cp', '/srv/nfh/man/nf-healthd.yaml.5', '/usr/local/share/man/man5/'],
     ['ln', '-s', '/srv/nfh/config.yaml', '/etc/nf-healthd/config.yaml'],
     ['cp', '/srv/nfh/test.conf', '/etc/systemd/system/nf-healthd.service.d/test.conf'],
     ['chown', 'nf-healthd:nf-healthd', '/srv/nfh/cond'],
@@ -200,135 +216,138 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
     expect(r.code, r.stderr).toBe(0);
   });
 
-  it('systemctl start returns once the condition folder holds the first round', async () => {
-    await s2.stop(); // mail2 goes down in the first round (fall 1)
-    expect(cond('mail1')).toBeUndefined();
-    const r = await systemctl('start', 'nf-healthd');
-    expect(r.code, r.stderr).toBe(0);
-    // Read right after start returned: READY=1 came after the writes.
-    expect(cond('mail1')).toBe('0\n');
-    expect(cond('mail2')).toBe('1\n');
-    const state = await show('ActiveState', 'SubState', 'StatusText', 'User');
-    expect(state.ActiveState).toBe('active');
-    expect(state.StatusText).toMatch(/^1\/2 up; mail2 down since \d\d:\d\d:\d\d: connect ECONNREFUSED$/);
-    // The sandbox takes nothing it needs (state file, notify, condition folder): no errors.
-    const errors = await inside('journalctl', '-p', 'err', '-u', 'nf-healthd', '-o', 'cat', '--no-pager');
-    expect(errors.stdout.trim()).toBe('');
-  });
-
-  it('logs at journald priorities: the down transition shows under journalctl -p warning, info lines do not', async () => {
-    const warnings = await eventually(
-      () => inside('journalctl', '-p', 'warning', '-u', 'nf-healthd', '-o', 'cat', '--no-pager'),
-      (r) => r.stdout.includes('mail2 is down'),
-    );
-    expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
-    expect(warnings.stdout).not.toContain('nf-healthd ready');
-    const all = await eventually(
-      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'json', '--no-pager', '_COMM=node'),
-      (r) => r.stdout.includes('mail2 is down'),
-    );
-    const priorities = new Map(
-      all.stdout
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string })
-        .filter((e) => e.MESSAGE.startsWith('{'))
-        .map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
-    );
-    expect(priorities.get('transition')).toBe('4');
-    expect(priorities.get('ready')).toBe('6');
-    expect(priorities.get('starting')).toBe('6');
-  });
-
-  it('systemctl reload applies a changed config', async () => {
-    const before = await show('MainPID');
-    writeConfig(
-      config([
-        { name: 'mail1', port: s1.port },
-        { name: 'mail2', port: s2.port },
-        { name: 'mail3', port: s1.port },
-      ]),
-    );
-    const r = await systemctl('reload', 'nf-healthd');
-    expect(r.code, r.stderr).toBe(0);
-    // systemd 252 ends the reload job when `kill -HUP` exits: wait for the effect.
-    await waitUntil(
-      () => cond('mail3'),
-      (v) => v === '0\n',
-      10_000,
-    );
-    const status = await eventually(
-      () => show('MainPID', 'StatusText'),
-      (v) => v.StatusText!.startsWith('2/3 up'),
-    );
-    expect(status.MainPID).toBe(before.MainPID);
-    expect(status.StatusText).toMatch(/^2\/3 up; mail2 down since/);
-  });
-
-  it('systemctl reload with a broken config is refused and the service keeps running', async () => {
-    const before = await show('MainPID');
-    writeConfig('services:\n  - name: mail\n    port: 25\n    backends: []\n');
-    const r = await systemctl('reload', 'nf-healthd');
-    expect(r.code).not.toBe(0);
-    const after = await show('MainPID', 'ActiveState', 'SubState');
-    expect(after).toMatchObject({ MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
-    const log = await eventually(
-      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '20'),
-      (r) => r.stdout.includes('config.yaml:4:15'),
-    );
-    expect(log.stdout).toContain(
-      '/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend',
-    );
-    writeConfig(
-      config([
-        { name: 'mail1', port: s1.port },
-        { name: 'mail2', port: s2.port },
-        { name: 'mail3', port: s1.port },
-      ]),
-    );
-  });
-
-  it('a wedged daemon is killed by the watchdog and restarted', async () => {
-    const before = await show('MainPID', 'NRestarts');
-    const r = await systemctl('kill', '--kill-who=main', '-s', 'SIGUSR2', 'nf-healthd'); // test-only: blocks the event loop
-    expect(r.code, r.stderr).toBe(0);
-    const after = await eventually(
-      () => show('MainPID', 'NRestarts', 'ActiveState'),
-      (v) => v.NRestarts !== before.NRestarts && v.ActiveState === 'active',
-      20_000,
-    );
-    expect(after.ActiveState).toBe('active');
-    expect(Number(after.NRestarts)).toBe(Number(before.NRestarts) + 1);
-    expect(after.MainPID).not.toBe(before.MainPID);
-    const log = await eventually(
-      () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'),
-      (r) => r.stdout.includes('Watchdog timeout'),
-    );
-    expect(log.stdout).toContain('Watchdog timeout (limit 3s)!');
-    expect(log.stdout).toContain("Failed with result 'watchdog'");
-    expect(cond('mail1')).toBe('0\n');
-  }, 40_000);
-
-  it('systemctl stop is clean', async () => {
-    const cursor = /-- cursor: (.*)/.exec(
-      (await inside('journalctl', '-u', 'nf-healthd', '-n', '0', '--show-cursor', '--no-pager')).stdout,
-    )![1]!;
-    const r = await systemctl('stop', 'nf-healthd');
-    expect(r.code, r.stderr).toBe(0);
-    expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({
-      ActiveState: 'inactive',
-      SubState: 'dead',
-      Result: 'success',
+  // One scenario in steps, in this order: each step starts from the state the one
+  // before left (service started, config reloaded, ...). A failing step names itself
+  // and the rest do not run, rather than failing for the wrong reason.
+  it('start, journal priorities, reload, refused reload, watchdog restart, clean stop', async () => {
+    await step('systemctl start returns once the condition folder holds the first round', async () => {
+      await s2.stop(); // mail2 goes down in the first round (fall 1)
+      expect(cond('mail1')).toBeUndefined();
+      const r = await systemctl('start', 'nf-healthd');
+      expect(r.code, r.stderr).toBe(0);
+      // Read right after start returned: READY=1 came after the writes.
+      expect(cond('mail1')).toBe('0\n');
+      expect(cond('mail2')).toBe('1\n');
+      const state = await show('ActiveState', 'SubState', 'StatusText', 'User');
+      expect(state.ActiveState).toBe('active');
+      expect(state.StatusText).toMatch(/^1\/2 up; mail2 down since \d\d:\d\d:\d\d: connect ECONNREFUSED$/);
+      // The sandbox takes nothing it needs (state file, notify, condition folder): no errors.
+      const errors = await inside('journalctl', '-p', 'err', '-u', 'nf-healthd', '-o', 'cat', '--no-pager');
+      expect(errors.stdout.trim()).toBe('');
     });
-    const log = (
-      await eventually(
-        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', `--after-cursor=${cursor}`),
-        (r) => r.stdout.includes('Deactivated'),
-      )
-    ).stdout;
-    // It stopped by itself on SIGTERM: no timeout, no SIGKILL, exit status 0.
-    expect(log).toContain('stopping on SIGTERM');
-    expect(log).toContain('nf-healthd.service: Deactivated successfully.');
-    expect(log).not.toMatch(/timed out|Killing|SIGKILL|status=/);
-  });
+    await step(
+      'logs at journald priorities: the down transition shows under journalctl -p warning, info lines do not',
+      async () => {
+        const warnings = await eventually(
+          () => inside('journalctl', '-p', 'warning', '-u', 'nf-healthd', '-o', 'cat', '--no-pager'),
+          (r) => r.stdout.includes('mail2 is down'),
+        );
+        expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
+        expect(warnings.stdout).not.toContain('nf-healthd ready');
+        const all = await eventually(
+          () => inside('journalctl', '-u', 'nf-healthd', '-o', 'json', '--no-pager', '_COMM=node'),
+          (r) => r.stdout.includes('mail2 is down'),
+        );
+        const priorities = new Map(
+          all.stdout
+            .trim()
+            .split('\n')
+            .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string })
+            .filter((e) => e.MESSAGE.startsWith('{'))
+            .map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
+        );
+        expect(priorities.get('transition')).toBe('4');
+        expect(priorities.get('ready')).toBe('6');
+        expect(priorities.get('starting')).toBe('6');
+      },
+    );
+    await step('systemctl reload applies a changed config', async () => {
+      const before = await show('MainPID');
+      writeConfig(
+        config([
+          { name: 'mail1', port: s1.port },
+          { name: 'mail2', port: s2.port },
+          { name: 'mail3', port: s1.port },
+        ]),
+      );
+      const r = await systemctl('reload', 'nf-healthd');
+      expect(r.code, r.stderr).toBe(0);
+      // systemd 252 ends the reload job when `kill -HUP` exits: wait for the effect.
+      await waitUntil(
+        () => cond('mail3'),
+        (v) => v === '0\n',
+        10_000,
+      );
+      const status = await eventually(
+        () => show('MainPID', 'StatusText'),
+        (v) => v.StatusText!.startsWith('2/3 up'),
+      );
+      expect(status.MainPID).toBe(before.MainPID);
+      expect(status.StatusText).toMatch(/^2\/3 up; mail2 down since/);
+    });
+    await step('systemctl reload with a broken config is refused and the service keeps running', async () => {
+      const before = await show('MainPID');
+      writeConfig('services:\n  - name: mail\n    port: 25\n    backends: []\n');
+      const r = await systemctl('reload', 'nf-healthd');
+      expect(r.code).not.toBe(0);
+      const after = await show('MainPID', 'ActiveState', 'SubState');
+      expect(after).toMatchObject({ MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
+      const log = await eventually(
+        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '20'),
+        (r) => r.stdout.includes('config.yaml:4:15'),
+      );
+      expect(log.stdout).toContain(
+        '/etc/nf-healthd/config.yaml:4:15: services[0].backends: a service needs at least one backend',
+      );
+      writeConfig(
+        config([
+          { name: 'mail1', port: s1.port },
+          { name: 'mail2', port: s2.port },
+          { name: 'mail3', port: s1.port },
+        ]),
+      );
+    });
+    await step('a wedged daemon is killed by the watchdog and restarted', async () => {
+      const before = await show('MainPID', 'NRestarts');
+      const r = await systemctl('kill', '--kill-who=main', '-s', 'SIGUSR2', 'nf-healthd'); // test-only: blocks the event loop
+      expect(r.code, r.stderr).toBe(0);
+      const after = await eventually(
+        () => show('MainPID', 'NRestarts', 'ActiveState'),
+        (v) => v.NRestarts !== before.NRestarts && v.ActiveState === 'active',
+        20_000,
+      );
+      expect(after.ActiveState).toBe('active');
+      expect(Number(after.NRestarts)).toBe(Number(before.NRestarts) + 1);
+      expect(after.MainPID).not.toBe(before.MainPID);
+      const log = await eventually(
+        () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'),
+        (r) => r.stdout.includes('Watchdog timeout'),
+      );
+      expect(log.stdout).toContain('Watchdog timeout (limit 3s)!');
+      expect(log.stdout).toContain("Failed with result 'watchdog'");
+      expect(cond('mail1')).toBe('0\n');
+    });
+    await step('systemctl stop is clean', async () => {
+      const cursor = /-- cursor: (.*)/.exec(
+        (await inside('journalctl', '-u', 'nf-healthd', '-n', '0', '--show-cursor', '--no-pager')).stdout,
+      )![1]!;
+      const r = await systemctl('stop', 'nf-healthd');
+      expect(r.code, r.stderr).toBe(0);
+      expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({
+        ActiveState: 'inactive',
+        SubState: 'dead',
+        Result: 'success',
+      });
+      const log = (
+        await eventually(
+          () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', `--after-cursor=${cursor}`),
+          (r) => r.stdout.includes('Deactivated'),
+        )
+      ).stdout;
+      // It stopped by itself on SIGTERM: no timeout, no SIGKILL, exit status 0.
+      expect(log).toContain('stopping on SIGTERM');
+      expect(log).toContain('nf-healthd.service: Deactivated successfully.');
+      expect(log).not.toMatch(/timed out|Killing|SIGKILL|status=/);
+    });
+  }, 180_000);
 });

@@ -78,7 +78,14 @@ export function readConfigText(text: string, file = '<config>'): ConfigDocument 
     }));
     return { file, raw: undefined, config: undefined, problems, place };
   }
-  const raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    // The yaml library refuses alias expansion past maxAliasCount (a "billion laughs" file).
+    const problem = { file, line: 1, column: 1, path: '', message: `YAML: ${(err as Error).message}` };
+    return { file, raw: undefined, config: undefined, problems: [problem], place };
+  }
   const result = configSchema.safeParse(raw);
   if (result.success) return { file, raw, config: result.data, problems: [], place };
   const problems = result.error.issues.flatMap((issue) => locate(doc, issue, file, at));

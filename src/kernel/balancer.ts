@@ -128,8 +128,8 @@ export function createBalancer(options: BalancerOptions): Balancer {
     options.kernel.wantTable(target(s), table.slots);
     options.onTable?.(s, table);
     if (before && before.mode !== table.mode) {
-      const { event, text } = MODE_EVENTS[table.mode];
-      const line = { event, service: s.name, mode: table.mode, previous: before.mode };
+      const { event: name, text } = MODE_EVENTS[table.mode];
+      const line = { event: name, service: s.name, mode: table.mode, previous: before.mode };
       if (table.mode === 'normal') log.info(line, text(s));
       else if (table.mode === 'reject') log.error(line, text(s));
       else log.warn(line, text(s));

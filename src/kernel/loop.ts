@@ -108,6 +108,29 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
 
   const outcome = (key: string, up: boolean, o: SyncOutcome) => options.onOutcome?.(key, up, o);
 
+  /** One writer call, timed: `busySince` while it runs, one log line if it runs past `stallAfterMs` and one when it ends. */
+  const timed = async <T>(call: () => Promise<T>): Promise<T> => {
+    const since = performance.now();
+    busySince = since;
+    let stalled = false;
+    const stallTimer = setTimeout(() => {
+      stalled = true;
+      log.error(
+        { event: 'writer_stalled', afterMs: options.stallAfterMs },
+        `the kernel writer has been busy for ${options.stallAfterMs} ms: checks go on, changes wait for it`,
+      );
+    }, options.stallAfterMs);
+    stallTimer.unref();
+    try {
+      return await call();
+    } finally {
+      clearTimeout(stallTimer);
+      busySince = undefined;
+      const busyMs = Math.round(performance.now() - since);
+      if (stalled) log.info({ event: 'writer_resumed', busyMs }, `the kernel writer answered again after ${busyMs} ms`);
+    }
+  };
+
   const failed = (target: WriterTarget, up: boolean, error: NodeJS.ErrnoException) => {
     const sig = `${error.code ?? error.message}`;
     if (failing.get(target.key) !== sig) {
@@ -134,7 +157,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const alreadyThere = async (batch: { target: WriterTarget; up: boolean }[]) => {
     const unknown = batch.filter((w) => !known.has(w.target.key) && !drifted.has(w.target.key));
     if (unknown.length === 0) return batch;
-    const read = await writer.read(unknown.map((w) => w.target));
+    const read = await timed(() => writer.read(unknown.map((w) => w.target)));
     return batch.filter((w) => {
       const r = read.get(w.target.key);
       if (known.has(w.target.key) || drifted.has(w.target.key) || !r || 'error' in r || r.up !== w.up) return true;
@@ -156,7 +179,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     dirtyTables.clear();
     const unknown = wantedNow.filter((w) => !knownTables.has(w.target.key));
     if (unknown.length > 0) {
-      const read = await writer.readTables!(unknown.map((w) => w.target));
+      const read = await timed(() => writer.readTables!(unknown.map((w) => w.target)));
       for (const w of unknown) {
         const r = read.get(w.target.key);
         const held = r && 'slots' in r ? complete(r.slots, w.slots.length) : undefined;
@@ -237,9 +260,11 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     if (wantedNow.length === 0 && tables.length === 0) return;
     const batch = wantedNow.length > 0 ? await alreadyThere(wantedNow) : [];
     if (batch.length === 0 && tables.length === 0) return;
-    const errors = await writer.write(
-      batch.map((w) => ({ target: w.target, up: w.up })),
-      tables,
+    const errors = await timed(() =>
+      writer.write(
+        batch.map((w) => ({ target: w.target, up: w.up })),
+        tables,
+      ),
     );
     let anyFailed = tableWritten(tables, errors);
     for (const w of batch) {
@@ -282,7 +307,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     if (!tablesOn() || all.length === 0) return;
     if (performance.now() - tableReadAt < 10 * tableReadMs) return;
     tableReadAt = performance.now();
-    const read = await writer.readTables!(all.map((w) => w.target));
+    const read = await timed(() => writer.readTables!(all.map((w) => w.target)));
     tableReadMs = performance.now() - tableReadAt;
     for (const w of all) {
       const key = w.target.key;
@@ -309,7 +334,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     await readBackTables();
     const all = [...wanted.values()];
     if (all.length === 0) return;
-    const read = await writer.read(all.map((w) => w.target));
+    const read = await timed(() => writer.read(all.map((w) => w.target)));
     for (const w of all) {
       // Changed meanwhile, or failing already: the write decides.
       if (wanted.get(w.target.key) !== w || dirty.has(w.target.key) || retrying.has(w.target.key)) continue;
@@ -341,17 +366,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   };
 
   const turn = async () => {
-    busySince = performance.now();
     const mark = requested;
-    let stalledAt: number | undefined;
-    const stallTimer = setTimeout(() => {
-      stalledAt = performance.now();
-      log.error(
-        { event: 'writer_stalled', afterMs: options.stallAfterMs },
-        `the kernel writer has been busy for ${options.stallAfterMs} ms: checks go on, changes wait for it`,
-      );
-    }, options.stallAfterMs);
-    stallTimer.unref();
     try {
       if (pendingWrites() > 0) await write();
       if (readBackDue) {
@@ -366,13 +381,6 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       lastError = String(err);
       scheduleRetry();
     } finally {
-      clearTimeout(stallTimer);
-      if (stalledAt !== undefined && busySince !== undefined)
-        log.info(
-          { event: 'writer_resumed', busyMs: Math.round(performance.now() - busySince) },
-          `the kernel writer answered again after ${Math.round(performance.now() - busySince)} ms`,
-        );
-      busySince = undefined;
       attempts = Math.max(attempts, mark);
       for (let i = waiters.length - 1; i >= 0; i--) {
         if (waiters[i]!.mark <= attempts) waiters.splice(i, 1)[0]!.resolve();
@@ -509,14 +517,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       retrying.clear();
       for (const key of retryingTables) dirtyTables.add(key);
       retryingTables.clear();
-      if (pendingWrites() > 0) {
-        busySince = performance.now();
-        try {
-          await write();
-        } finally {
-          busySince = undefined;
-        }
-      }
+      if (pendingWrites() > 0) await write();
       stopped = true;
       clearTimeout(retryTimer);
       await writer.close?.();

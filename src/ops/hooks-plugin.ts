@@ -65,7 +65,9 @@ export function runHook(
       argv[0]!,
       argv.slice(1),
       {
-        env: { ...process.env, ...env },
+        // Only the facts and a PATH: the daemon's own environment (credentials a unit or a
+        // shell handed it) is not the hook's business.
+        env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env },
         signal,
         killSignal: 'SIGKILL',
         maxBuffer: OUTPUT_LIMIT,
@@ -91,18 +93,19 @@ export function runHook(
   });
 }
 
-export interface Notifier {
-  notify(n: Omit<Notification, 'coalesced'>): void;
+export interface HookRunner {
+  /** Queues the hooks for one transition (the latest per backend wins while one runs). */
+  run(n: Omit<Notification, 'coalesced'>): void;
   /** Resolves when nothing is queued or running. */
   idle(): Promise<void>;
   stop(): void;
 }
 
-export function createNotifier(options: {
+export function createHookRunner(options: {
   config: () => NotifyConfig | undefined;
   log: Logger;
   count?: (hook: HookName, outcome: HookOutcome) => void;
-}): Notifier {
+}): HookRunner {
   const { log } = options;
   const count = options.count ?? (() => undefined);
   const stop = new AbortController();
@@ -160,7 +163,7 @@ export function createNotifier(options: {
   };
 
   return {
-    notify(fresh) {
+    run(fresh) {
       const config = options.config();
       if (!config || (!config.up && !config.down && !config.change) || stop.signal.aborted) return;
       const key = `${fresh.service}/${fresh.backend}`;
@@ -183,14 +186,14 @@ export function createNotifier(options: {
 }
 
 export const hooksPlugin: DaemonPlugin = ({ daemon, log }) => {
-  const notifier = createNotifier({
+  const hooks = createHookRunner({
     config: () => daemon.config().notify,
     log,
     count: (hook, outcome) => metricsFor(daemon).hookRuns.inc({ hook, outcome }),
   });
   return {
     onTransition(b: BackendStatus, from, to) {
-      notifier.notify({
+      hooks.run({
         service: b.spec.service,
         backend: b.spec.name,
         address: b.spec.address,
@@ -204,7 +207,7 @@ export const hooksPlugin: DaemonPlugin = ({ daemon, log }) => {
     },
     onStopped() {
       // Hooks still running are killed with the daemon rather than orphaned.
-      notifier.stop();
+      hooks.stop();
     },
   };
 };

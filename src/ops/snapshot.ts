@@ -2,6 +2,7 @@
  * The daemon's state as plain JSON: the state file, `/status`, the SIGUSR1 dump and
  * `nf-healthd status` all share this one shape.
  */
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { type DampingState, isHeld } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
@@ -48,9 +49,14 @@ export interface Snapshot {
   backends: BackendSnapshot[];
 }
 
-/** address, port, check and writer target: what "the backend is unchanged" means across restarts. */
+/**
+ * address, port, check and writer target: what "the backend is unchanged" means across
+ * restarts. A hash, not the values: a check's options may hold secrets (an exec check's
+ * environment, a token in an HTTP path), and the state file and /status are readable.
+ */
 export function fingerprint(spec: BackendPlan): string {
-  return JSON.stringify([spec.address, spec.port, spec.checks, spec.target.key]);
+  const facts = JSON.stringify([spec.address, spec.port, spec.checks, spec.target.key]);
+  return `sha256:${createHash('sha256').update(facts).digest('hex')}`;
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();

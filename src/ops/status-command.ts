@@ -7,12 +7,11 @@ import { formatDuration } from '../config/duration.js';
 import { ConfigError } from '../config/load.js';
 import { STATE_FILE_DEFAULT } from '../config/operations.js';
 import type { Config } from '../config/schema.js';
+import { EXIT } from '../exit-codes.js';
 import { formatTable } from '../format.js';
 import { loadConfig } from '../plan/load.js';
 import { type BackendSnapshot, type Snapshot, writePeriodOf } from './snapshot.js';
 import { readStateFile } from './state-file.js';
-
-export const STATUS_EXIT = { allUp: 0, someDown: 2, notRunning: 3 } as const;
 
 export interface StatusIo {
   out: (text: string) => void;
@@ -114,7 +113,7 @@ export async function statusCommand(
       : `cannot tell whether nf-healthd runs: ${read.problem}`;
     if (json) io.out(`${JSON.stringify({ running: false, problem: why }, null, 2)}\n`);
     io.err(`${why}\n`);
-    return STATUS_EXIT.notRunning;
+    return EXIT.notRunning;
   }
   const state = read.state;
   const stale = staleness(state, now);
@@ -122,9 +121,9 @@ export async function statusCommand(
   else io.out(statusTable(state, config, now));
   if (stale) {
     io.err(`${stale}\n`);
-    return STATUS_EXIT.notRunning;
+    return EXIT.notRunning;
   }
-  return state.backends.every((b) => b.state === 'up') ? STATUS_EXIT.allUp : STATUS_EXIT.someDown;
+  return state.backends.every((b) => b.state === 'up') ? EXIT.ok : EXIT.down;
 }
 
 /** The `status` command: the config names the state file; a broken config falls back to the default path. */

@@ -5,6 +5,7 @@ import { type Config, type EffectiveTiming, effectiveTiming, type ServiceConfig 
 import type { WriterConfig } from '../config/writers.js';
 import { IPSET_DEFAULT_PREFIX } from '../config/writers.js';
 import type { CheckConfig } from '../probes/registry.js';
+import { checkTarget } from '../probes/target.js';
 import type { ProbeTarget } from '../probes/types.js';
 import {
   type BackendKernelNames,
@@ -37,8 +38,10 @@ export interface BackendPlan extends EffectiveTiming {
   readonly check: CheckConfig;
   /** Every check; the backend is up when all pass. */
   readonly checks: readonly CheckConfig[];
-  /** Where the probes connect, built once. */
+  /** The backend's address and traffic port, built once: where its checks connect unless they have a `port`. */
   readonly probe: ProbeTarget;
+  /** Where each of `checks` connects (same order): `probe`, or its address at the check's own `port`. */
+  readonly probes: readonly ProbeTarget[];
   /** Its names in the kernel (mark, condition, ipset set). */
   readonly kernel: BackendKernelNames;
   /** What the configured writer flips for it. */
@@ -80,6 +83,8 @@ export interface Plan {
   /** Every backend in config order. */
   readonly backends: readonly BackendPlan[];
   readonly byId: ReadonlyMap<string, BackendPlan>;
+  /** Every TLS `ca` file the checks name: their trusted stores are built before the first check. */
+  readonly caFiles: readonly string[];
 }
 
 function balancingOf(service: ServiceConfig): Balancing {
@@ -105,6 +110,14 @@ function checksOf(service: ServiceConfig, backend: ServiceConfig['backends'][num
   return [service.check ?? { type: 'tcp' }];
 }
 
+/** The `ca` files one check names, wherever its TLS options sit. */
+function caFilesOf(check: unknown): string[] {
+  if (typeof check !== 'object' || check === null) return [];
+  return Object.entries(check).flatMap(([key, value]) =>
+    key === 'ca' && typeof value === 'string' ? [value] : caFilesOf(value),
+  );
+}
+
 /**
  * Config -> Plan. The config must have passed the schema and `planProblems`
  * (parsePlan/loadPlan do both); the result is frozen.
@@ -116,6 +129,7 @@ export function compilePlan(config: Config, source: string): Plan {
     const backends = service.backends.map((backend, bi): BackendPlan => {
       const checks = checksOf(service, backend);
       const port = backend.port ?? service.port;
+      const probe = Object.freeze({ service: service.name, backend: backend.name, address: backend.address, port });
       const kernel: BackendKernelNames = {
         mark: backendMark(si, bi),
         condition: conditionOf(backend),
@@ -132,7 +146,8 @@ export function compilePlan(config: Config, source: string): Plan {
         slowStart: backend.slowStart ?? service.slowStart ?? config.defaults.slowStart ?? 0,
         check: checks[0]!,
         checks,
-        probe: Object.freeze({ service: service.name, backend: backend.name, address: backend.address, port }),
+        probe,
+        probes: Object.freeze(checks.map((check) => checkTarget(probe, check))),
         kernel: Object.freeze(kernel),
         target: Object.freeze(kernelKey(writer, kernel, service.vip)),
         ...effectiveTiming(config.defaults, service, backend),
@@ -156,6 +171,7 @@ export function compilePlan(config: Config, source: string): Plan {
     services: Object.freeze(services),
     backends: Object.freeze(backends),
     byId: new Map(backends.map((b) => [b.id, b])),
+    caFiles: Object.freeze([...new Set(backends.flatMap((b) => b.checks.flatMap(caFilesOf)))]),
   });
 }
 
@@ -218,6 +234,16 @@ export function planProblems(config: Config): PathProblem[] {
   config.services.forEach((service, si) => {
     const at = ['services', si];
     if (service.check && service.checks) problems.push({ path: [...at, 'checks'], message: both });
+    // No default check for UDP: nothing answers a bare datagram in general (a connect check
+    // has no UDP equivalent), and `dns` would be a guess that fails every non-DNS service.
+    if (service.protocol === 'udp' && !service.check && !service.checks) {
+      const unchecked = service.backends.filter((b) => !b.check && !b.checks).map((b) => b.name);
+      if (unchecked.length > 0)
+        problems.push({
+          path: [...at, 'protocol'],
+          message: `a udp service has no default check: set "check" (dns, udp, exec, or a tcp check with a port) on the service or on backend${unchecked.length === 1 ? '' : 's'} ${unchecked.join(', ')}`,
+        });
+    }
     if (config.writer.type === 'ipset' && service.vip === undefined) {
       problems.push({
         path: [...at, 'name'],

@@ -77,6 +77,20 @@ export async function readReply(
   }
 }
 
+/**
+ * A reply as one line for a detail, the code once and the text of every line:
+ * `220-mx.example ESMTP` + `220 ready` gives `220 mx.example ESMTP | ready`.
+ */
+function replyText(reply: Reply): string {
+  const texts = reply.lines
+    .map((line) =>
+      line.startsWith(reply.code) && (line.length === 3 || line[3] === ' ' || line[3] === '-') ? line.slice(4) : line,
+    )
+    .map((text) => text.trim())
+    .filter((text) => text !== '');
+  return texts.length > 0 ? `${reply.code} ${texts.join(' | ')}` : reply.code;
+}
+
 /** Runs the steps; up when every step passed, with the first thing the backend said as detail. */
 export async function converse(
   target: ProbeTarget,
@@ -96,7 +110,7 @@ export async function converse(
         await conn.write(step.data);
       } else if (step.kind === 'reply') {
         const reply = await readReply(conn, maxReplyBytes, step.style);
-        if (said === 'connected') said = reply.lines[0]!;
+        if (said === 'connected') said = replyText(reply);
         if (!reply.code.startsWith(step.code)) {
           throw new CheckFailed(
             `${step.phase}: expected ${step.code.padEnd(3, 'x')}, got "${shorten(reply.lines.join(' | '))}"`,

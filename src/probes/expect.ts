@@ -1,10 +1,11 @@
 import { z } from 'zod';
 import { DEFAULT_BOUNDS } from './connection.js';
 import { type Conversation, converse, type Step } from './conversation.js';
+import { oncePer } from './memo.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
 import { defineProbe } from './types.js';
 
-const regex = z
+export const regex = z
   .string()
   .min(1)
   .refine((source) => {
@@ -17,37 +18,78 @@ const regex = z
   }, 'expected a valid regular expression');
 
 /** Where an expectation looks: the next line, or everything received until it shows up. */
-const scope = z.enum(['line', 'buffer']).default('line');
+const scope = z
+  .enum(['line', 'buffer'])
+  .default('line')
+  .describe('`line`: the next line must match; `buffer`: read on until the text shows up in what arrives.');
 
 /** One step in the config; `send` strings go out as written (YAML "\r\n" escapes for line ends). */
 const stepSchema = z.union([
-  z.strictObject({ send: z.string().min(1).max(4096) }),
-  z.strictObject({ expect: z.string().min(1).max(4096), in: scope }),
-  z.strictObject({ expectRegex: regex, in: scope }),
+  z.strictObject({
+    send: z
+      .string()
+      .min(1)
+      .max(4096)
+      .describe('Send the text as written (YAML double quotes turn `\\r\\n` into CR LF).'),
+  }),
+  z.strictObject({
+    expect: z
+      .string()
+      .min(1)
+      .max(4096)
+      .describe('The next line must start with this text (with `in: buffer`: read on until it shows up).'),
+    in: scope,
+  }),
+  z.strictObject({
+    expectRegex: regex.describe(
+      'The next line must match this regular expression, JavaScript syntax (with `in: buffer`: read on until it does).',
+    ),
+    in: scope,
+  }),
   /** A multi-line reply in the SMTP/LMTP (`smtp`) or FTP (`ftp`) style whose code starts with these digits. */
   z.strictObject({
-    expectReply: z.string().regex(/^\d{1,3}$/, 'expected 1 to 3 digits of a reply code'),
-    style: z.enum(['smtp', 'ftp']).default('smtp'),
+    expectReply: z
+      .string()
+      .regex(/^\d{1,3}$/, 'expected 1 to 3 digits of a reply code')
+      .describe('A multi-line reply whose code starts with these digits.'),
+    style: z
+      .enum(['smtp', 'ftp'])
+      .default('smtp')
+      .describe('`smtp`: every line of the reply is `ddd-`; `ftp`: free text lines until `ddd `.'),
   }),
   /** TLS handshake here: as the first step for implicit TLS, after the STARTTLS exchange otherwise. */
-  z.strictObject({ tls: z.literal(true) }),
+  z.strictObject({
+    tls: z
+      .literal(true)
+      .describe(
+        "A TLS handshake here, with the check's TLS options: first for implicit TLS, after a STARTTLS-style exchange otherwise.",
+      ),
+  }),
 ]);
 export type ExpectStep = z.infer<typeof stepSchema>;
 
-export const expectSchema = z.strictObject({
-  type: z.literal('expect'),
-  steps: z.array(stepSchema).min(1).max(64),
-  /** Sent once the verdict is known (say "QUIT\r\n"); what follows cannot change it. */
-  farewell: z.string().min(1).max(4096).optional(),
-  /** Bytes one check may read from the backend. */
-  maxBytes: z
-    .number()
-    .int()
-    .min(64)
-    .max(16 * 1024 * 1024)
-    .default(DEFAULT_BOUNDS.maxTotalBytes),
-  ...tlsOptions,
-});
+export const expectSchema = z
+  .strictObject({
+    type: z.literal('expect'),
+    steps: z.array(stepSchema).min(1).max(64).describe('The send/expect script, run in order; every step must pass.'),
+    /** Sent once the verdict is known (say "QUIT\r\n"); what follows cannot change it. */
+    farewell: z
+      .string()
+      .min(1)
+      .max(4096)
+      .optional()
+      .describe('Sent once the verdict is known (such as `"QUIT\\r\\n"`); what follows cannot change it.'),
+    /** Bytes one check may read from the backend. */
+    maxBytes: z
+      .number()
+      .int()
+      .min(64)
+      .max(16 * 1024 * 1024)
+      .default(DEFAULT_BOUNDS.maxTotalBytes)
+      .describe('Bytes the whole exchange may read from the backend.'),
+    ...tlsOptions,
+  })
+  .describe('Up when every step of a send/expect script passes.');
 export type ExpectOptions = z.infer<typeof expectSchema>;
 
 /** Turns the config's steps into engine steps. */
@@ -69,20 +111,13 @@ export function expectSteps(options: ExpectOptions): Step[] {
 }
 
 /** The conversation of each check config, built (and its patterns compiled) once, not on every check. */
-const conversations = new WeakMap<ExpectOptions, Conversation>();
-
-function conversationOf(options: ExpectOptions): Conversation {
-  let conversation = conversations.get(options);
-  if (conversation === undefined) {
-    conversation = {
-      steps: expectSteps(options),
-      bounds: { maxTotalBytes: options.maxBytes },
-      ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
-    };
-    conversations.set(options, conversation);
-  }
-  return conversation;
-}
+const conversationOf = oncePer(
+  (options: ExpectOptions): Conversation => ({
+    steps: expectSteps(options),
+    bounds: { maxTotalBytes: options.maxBytes },
+    ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
+  }),
+);
 
 /**
  * The generic send/expect check (HAProxy's tcp-check): its steps run on the same

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { z } from 'zod';
 import { abortedDuring, countRead, describeSocketError } from './connection.js';
 import { shorten } from './conversation.js';
+import { describeTlsFailure } from './tls-options.js';
 import { CheckFailed, defineProbe, type ProbeTarget, type ProbeVerdict } from './types.js';
 
 const statusRange = z.union([
@@ -16,21 +17,34 @@ const statusRange = z.union([
 ]);
 
 export const httpOptions = {
-  path: z.string().startsWith('/', 'a path starts with /').default('/'),
-  method: z.enum(['GET', 'HEAD']).default('GET'),
-  host: z.string().min(1).optional(),
-  expectStatus: z.array(statusRange).min(1).default(['200-399']),
-  expectBody: z.string().min(1).optional(),
+  path: z.string().startsWith('/', 'a path starts with /').default('/').describe('The request path.'),
+  method: z.enum(['GET', 'HEAD']).default('GET').describe('The request method.'),
+  host: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('The `Host` header; default: the address (and port), or `servername` for `https`.'),
+  expectStatus: z
+    .array(statusRange)
+    .min(1)
+    .default(['200-399'])
+    .describe('Status codes (`200`) or ranges (`"300-399"`) that mean up. Redirects are reported, never followed.'),
+  expectBody: z.string().min(1).optional().describe('A substring the body must contain.'),
   /** How much of the body is searched for expectBody. */
   maxBodyBytes: z
     .number()
     .int()
     .min(1)
     .max(16 * 1024 * 1024)
-    .default(65_536),
+    .default(65_536)
+    .describe('How much of the body is searched for `expectBody`.'),
 };
 
-export const httpSchema = z.strictObject({ type: z.literal('http'), ...httpOptions });
+export const httpSchema = z
+  .strictObject({ type: z.literal('http'), ...httpOptions })
+  .describe(
+    'Up when the HTTP status matches `expectStatus`, and the body holds `expectBody`. A fresh connection per check.',
+  );
 export type HttpOptions = z.infer<typeof httpSchema>;
 
 export function statusMatches(status: number, expect: readonly (number | string)[]): boolean {
@@ -99,7 +113,7 @@ export function httpExchange(
       if (signal.aborted) return finish(abortedDuring(signal, phase));
       const code = (err as NodeJS.ErrnoException).code;
       if (code?.startsWith('HPE_')) return finish(new CheckFailed(`malformed HTTP response (${code})`));
-      finish(new CheckFailed(describeSocketError(err, phase)));
+      finish(new CheckFailed(phase === 'TLS handshake' ? describeTlsFailure(err) : describeSocketError(err, phase)));
     });
     req.on('response', (res) => {
       const status = res.statusCode ?? 0;

@@ -1,32 +1,54 @@
 import { z } from 'zod';
+import { port } from '../config/names.js';
+import { dnsProbe } from './dns.js';
 import { execProbe } from './exec.js';
 import { expectProbe } from './expect.js';
 import { httpProbe } from './http.js';
 import { httpsProbe } from './https.js';
 import { ftpProbe, imapProbe, lmtpProbe, pop3Probe, redisProbe, sshProbe } from './presets.js';
 import { smtpProbe } from './smtp.js';
+import { checkTarget } from './target.js';
 import { tcpProbe } from './tcp.js';
 import { tlsProbe } from './tls.js';
 import type { ProbeTarget, ProbeVerdict } from './types.js';
+import { udpProbe } from './udp.js';
+
+/** Keys every check has, whatever its type. */
+const common = {
+  /** Probe this port instead of the backend's traffic port (HAProxy's `port`, keepalived's `connect_port`). */
+  port: port
+    .optional()
+    .describe(
+      "Probe this port instead of the backend's traffic port (HAProxy's `port`, keepalived's `connect_port`); default: the backend's `port`.",
+    ),
+};
+
+/** Gives `extended` the description of `original` (`extend` drops it; the configuration reference shows it). */
+function describedAs<T extends z.ZodType>(extended: T, original: z.ZodType): T {
+  if (original.description !== undefined) z.globalRegistry.add(extended, { description: original.description });
+  return extended;
+}
 
 /**
- * Every check type the daemon knows, picked by `type`. Adding a check is one file
- * exporting a ProbeDefinition plus one line in each list below.
+ * Every check type the daemon knows, picked by `type`, each with the common keys. Adding a
+ * check is one file exporting a ProbeDefinition plus one line in each list below.
  */
 export const checkSchema = z.discriminatedUnion('type', [
-  tcpProbe.schema,
-  smtpProbe.schema,
-  httpProbe.schema,
-  tlsProbe.schema,
-  httpsProbe.schema,
-  expectProbe.schema,
-  execProbe.schema,
-  pop3Probe.schema,
-  imapProbe.schema,
-  ftpProbe.schema,
-  sshProbe.schema,
-  redisProbe.schema,
-  lmtpProbe.schema,
+  describedAs(tcpProbe.schema.extend(common), tcpProbe.schema),
+  describedAs(smtpProbe.schema.extend(common), smtpProbe.schema),
+  describedAs(httpProbe.schema.extend(common), httpProbe.schema),
+  describedAs(tlsProbe.schema.extend(common), tlsProbe.schema),
+  describedAs(httpsProbe.schema.extend(common), httpsProbe.schema),
+  describedAs(expectProbe.schema.extend(common), expectProbe.schema),
+  describedAs(execProbe.schema.extend(common), execProbe.schema),
+  describedAs(pop3Probe.schema.extend(common), pop3Probe.schema),
+  describedAs(imapProbe.schema.extend(common), imapProbe.schema),
+  describedAs(ftpProbe.schema.extend(common), ftpProbe.schema),
+  describedAs(sshProbe.schema.extend(common), sshProbe.schema),
+  describedAs(redisProbe.schema.extend(common), redisProbe.schema),
+  describedAs(lmtpProbe.schema.extend(common), lmtpProbe.schema),
+  describedAs(dnsProbe.schema.extend(common), dnsProbe.schema),
+  describedAs(udpProbe.schema.extend(common), udpProbe.schema),
 ]);
 export type CheckConfig = z.infer<typeof checkSchema>;
 export type CheckType = CheckConfig['type'];
@@ -53,11 +75,13 @@ const runners: Runners = {
   ssh: sshProbe.run,
   redis: redisProbe.run,
   lmtp: lmtpProbe.run,
+  dns: dnsProbe.run,
+  udp: udpProbe.run,
 };
 
 export const checkTypes = Object.keys(runners) as CheckType[];
 
 export function runCheckType(check: CheckConfig, target: ProbeTarget, signal: AbortSignal): Promise<ProbeVerdict> {
   const run = runners[check.type] as (t: ProbeTarget, o: CheckConfig, s: AbortSignal) => Promise<ProbeVerdict>;
-  return run(target, check, signal);
+  return run(checkTarget(target, check), check, signal);
 }

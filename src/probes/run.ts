@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { formatDuration } from '../config/duration.js';
 import { describeSocketError, openMeter } from './connection.js';
 import { type CheckConfig, runCheckType } from './registry.js';
@@ -24,9 +25,11 @@ export async function runCheck(
     () => controller.abort(new CheckTimedOut(`timeout after ${formatDuration(timeoutMs)}`)),
     timeoutMs,
   );
+  // Probes hang their abort listeners on this signal; `checks:` has up to 16 probes at once.
+  setMaxListeners(0, controller.signal);
   const onParentAbort = () => controller.abort(new Error('check aborted: shutting down'));
   if (parent?.aborted) onParentAbort();
-  parent?.addEventListener('abort', onParentAbort, { once: true });
+  const stopListening = parent ? onAbortOf(parent, onParentAbort) : undefined;
   const list: readonly CheckConfig[] = Array.isArray(checks) ? checks : [checks as CheckConfig];
   try {
     const verdict =
@@ -43,8 +46,34 @@ export async function runCheck(
     };
   } finally {
     clearTimeout(timer);
-    parent?.removeEventListener('abort', onParentAbort);
+    stopListening?.();
   }
+}
+
+/**
+ * One listener on a shared signal (the daemon's stop signal) for every check in
+ * flight, fanning out to theirs: a listener per check would pass Node's limit of 10
+ * and print MaxListenersExceededWarning as soon as 11 checks overlap.
+ */
+const fanOuts = new WeakMap<AbortSignal, Set<() => void>>();
+
+function onAbortOf(signal: AbortSignal, listener: () => void): () => void {
+  const listeners = fanOuts.get(signal) ?? fanOut(signal);
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+function fanOut(signal: AbortSignal): Set<() => void> {
+  const listeners = new Set<() => void>();
+  fanOuts.set(signal, listeners);
+  signal.addEventListener(
+    'abort',
+    () => {
+      for (const listener of [...listeners]) listener();
+    },
+    { once: true },
+  );
+  return listeners;
 }
 
 /** `smtp+tls` for a backend with several checks: the `type` of `probe --json`. */

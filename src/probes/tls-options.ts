@@ -14,13 +14,30 @@ export const tlsOptions = {
   servername: z
     .string()
     .regex(/^[A-Za-z0-9*][A-Za-z0-9.-]{0,252}$/, 'expected a host name')
-    .optional(),
+    .optional()
+    .describe(
+      "SNI and the name the certificate must carry; default: the backend's address. SNI is sent for host names only (RFC 6066); for `https` also the `Host` header unless `host` is set.",
+    ),
   /** Check the chain against the trusted CAs and the name against the certificate. */
-  verify: z.boolean().default(true),
+  verify: z
+    .boolean()
+    .default(true)
+    .describe('Check the chain against the trusted CAs and the name against the certificate.'),
   /** A PEM file of CA certificates trusted in addition to the system's. */
-  ca: z.string().regex(/^\//, 'expected an absolute path to a PEM file').optional(),
+  ca: z
+    .string()
+    .regex(/^\//, 'expected an absolute path to a PEM file')
+    .optional()
+    .describe(
+      "Absolute path of a PEM file of CA certificates trusted in addition to the system's (re-read when it changes).",
+    ),
   /** Down when the certificate expires in fewer days than this. */
-  minValidDays: z.number().min(0).max(3650).optional(),
+  minValidDays: z
+    .number()
+    .min(0)
+    .max(3650)
+    .optional()
+    .describe('Down when the certificate expires in fewer days than this; works with `verify: false` too.'),
 };
 
 const tlsOptionsSchema = z.object(tlsOptions);
@@ -48,22 +65,49 @@ function sniFor(target: ProbeTarget, options: TlsOptions): string | undefined {
   return net.isIP(target.address) ? undefined : target.address;
 }
 
-/** Extra CAs, parsed once per file version: a secure context with the system roots plus the file. */
-const contexts = new Map<string, { mtimeMs: number; context: tls.SecureContext }>();
+/**
+ * Extra CAs: one secure context (the system roots plus the file) per file version
+ * (path, mtime, size), shared by every check naming the file. Building the store
+ * blocks the event loop for tens of milliseconds, so 40 checks starting together
+ * must not each build their own: the first one's promise is shared by the rest.
+ */
+const contexts = new Map<string, { version: string; context: Promise<tls.SecureContext> }>();
+let contextsBuilt = 0;
+
+/** How many CA secure contexts were built so far (each costs a store of every root). */
+export function caContextsBuilt(): number {
+  return contextsBuilt;
+}
 
 async function secureContextFor(ca: string | undefined): Promise<tls.SecureContext | undefined> {
   if (ca === undefined) return undefined;
   try {
-    const { mtimeMs } = await stat(ca);
+    const { mtimeMs, size } = await stat(ca);
+    const version = `${mtimeMs}/${size}`;
     const cached = contexts.get(ca);
-    if (cached?.mtimeMs === mtimeMs) return cached.context;
-    const pem = await readFile(ca, 'latin1');
-    const context = tls.createSecureContext({ ca: [...tls.rootCertificates, pem] });
-    contexts.set(ca, { mtimeMs, context });
-    return context;
+    if (cached?.version === version) return await cached.context;
+    const context = readFile(ca, 'latin1').then((pem) => {
+      contextsBuilt++;
+      return tls.createSecureContext({ ca: [...tls.rootCertificates, pem] });
+    });
+    contexts.set(ca, { version, context });
+    // A failed read or parse is not cached: the next check tries again.
+    context.catch(() => {
+      if (contexts.get(ca)?.context === context) contexts.delete(ca);
+    });
+    return await context;
   } catch (err) {
     throw new CheckFailed(describeSocketError(err, `ca file ${ca}`));
   }
+}
+
+/**
+ * Builds the trusted stores of these CA files ahead of the checks (at start or reload),
+ * so that no check's latency includes building one. A file that cannot be read is left
+ * to the checks, which say so in their detail.
+ */
+export async function prepareCaFiles(files: Iterable<string | undefined>): Promise<void> {
+  await Promise.all([...new Set(files)].map((ca) => secureContextFor(ca).catch(() => undefined)));
 }
 
 /** Options for tls.connect / https.request: we judge the certificate ourselves, for a detail in words. */
@@ -76,6 +120,86 @@ export async function connectOptions(target: ProbeTarget, options: TlsOptions): 
     checkServerIdentity: () => undefined,
     ...(secureContext ? { secureContext } : {}),
   };
+}
+
+/** Errors that mean "no trusted CA issued this chain": what to do about it depends on `ca`. */
+const UNKNOWN_ISSUER = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+]);
+
+/** The words after an authorization error code: dates, or where the issuer was looked for. */
+function untrustedWhy(why: string, socket: tls.TLSSocket, options: TlsOptions): string {
+  const cert = socket.getPeerCertificate();
+  if (why === 'CERT_HAS_EXPIRED') return ` (expired ${day(new Date(cert.valid_to))})`;
+  if (why === 'CERT_NOT_YET_VALID') return ` (valid from ${day(new Date(cert.valid_from))})`;
+  if (why === 'DEPTH_ZERO_SELF_SIGNED_CERT')
+    return ' (self-signed: trust it with ca set to the certificate itself, or set verify: false)';
+  if (!UNKNOWN_ISSUER.has(why)) return '';
+  const length = chainLength(socket);
+  if (length > MAX_VERIFY_DEPTH)
+    return ` (the chain is ${length} certificates long; verification follows at most ${MAX_VERIFY_DEPTH})`;
+  const issuer = shortName(cert.issuer);
+  return options.ca === undefined
+    ? ` (issuer ${issuer} is not among the system's CAs and no ca file is set)`
+    : ` (issuer ${issuer} is in neither ca file ${options.ca} nor the system's CAs)`;
+}
+
+/** OpenSSL's default verify depth, which Node keeps. */
+const MAX_VERIFY_DEPTH = 100;
+
+/** Certificates in the chain as received (leaf first), counted up to a bound. */
+function chainLength(socket: tls.TLSSocket): number {
+  const seen = new Set<string>();
+  let cert: tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
+  while (cert?.fingerprint256 && !seen.has(cert.fingerprint256) && seen.size <= 1000) {
+    seen.add(cert.fingerprint256);
+    cert = cert.issuerCertificate;
+  }
+  return seen.size;
+}
+
+/** `CN=nf-healthd test CA`, or the organisation when there is no common name. */
+function shortName(name: tls.Certificate | undefined): string {
+  const cn = name?.CN ?? name?.O;
+  const text = Array.isArray(cn) ? cn.join(', ') : cn;
+  return text ? `"${text.replace(/[^\x20-\x7e]/g, '?').slice(0, 100)}"` : 'unnamed';
+}
+
+/** OpenSSL's reasons for a failed handshake, in words a user can act on. */
+const HANDSHAKE_REASONS: Record<string, string> = {
+  'wrong version number': 'the backend does not answer in TLS (a plain-text port?)',
+  'packet length too long': 'the backend does not answer in TLS (a plain-text port?)',
+  'unexpected message': 'the backend answered the ClientHello with something other than a ServerHello',
+  'record layer failure': 'the backend sent a malformed TLS record',
+  'sslv3 alert handshake failure': 'the backend refused the handshake (no protocol version or cipher in common)',
+  'tlsv1 alert protocol version': 'the backend refused our TLS version',
+  'unsupported protocol': 'the backend offers only a TLS version we do not accept',
+  'excessive message size': 'the backend sent a handshake message larger than allowed',
+  'certificate verify failed': 'the certificate chain did not verify',
+};
+
+/**
+ * A failed handshake in words: OpenSSL's reason ("wrong version number") and what it
+ * means, never its raw string (library codes, a source path, a trailing newline).
+ */
+export function describeTlsFailure(err: unknown): string {
+  const e = err as NodeJS.ErrnoException & { reason?: unknown };
+  const reason =
+    typeof e?.reason === 'string' && e.reason !== ''
+      ? e.reason
+      : /:error:[0-9A-Fa-f]+:[^:]*:[^:]*:([^:]+):/.exec(String(e?.message ?? ''))?.[1];
+  if (reason) {
+    const meaning = HANDSHAKE_REASONS[reason.toLowerCase()];
+    return `TLS handshake failed: ${meaning ? `${meaning} (${reason})` : reason}`;
+  }
+  if (e?.code && !e.code.startsWith('ERR_SSL')) return describeSocketError(err, 'TLS handshake');
+  return `TLS handshake failed: ${String(e?.message ?? err)
+    .replace(/\s+/g, ' ')
+    .trim()
+    .slice(0, 160)}`;
 }
 
 /**
@@ -92,17 +216,10 @@ export function judgeCertificate(
   const cert = socket.getPeerCertificate();
   if (!cert || Object.keys(cert).length === 0) throw new CheckFailed('TLS: the backend sent no certificate');
   const validTo = new Date(cert.valid_to);
-  const validFrom = new Date(cert.valid_from);
   if (options.verify) {
     if (!socket.authorized) {
       const why = String(socket.authorizationError ?? 'unknown reason');
-      const when =
-        why === 'CERT_HAS_EXPIRED'
-          ? ` (expired ${day(validTo)})`
-          : why === 'CERT_NOT_YET_VALID'
-            ? ` (valid from ${day(validFrom)})`
-            : '';
-      throw new CheckFailed(`TLS: certificate not trusted: ${why}${when}`);
+      throw new CheckFailed(`TLS: certificate not trusted: ${why}${untrustedWhy(why, socket, options)}`);
     }
     const name = expectedName(target, options);
     const mismatch = tls.checkServerIdentity(name, cert);
@@ -152,14 +269,7 @@ export async function startTls(
       };
       const onError = (err: Error) => {
         done();
-        const code = (err as NodeJS.ErrnoException).code;
-        reject(
-          new CheckFailed(
-            code?.startsWith('ERR_SSL') || !code
-              ? `TLS handshake failed: ${err.message.slice(0, 160)}`
-              : describeSocketError(err, 'TLS handshake'),
-          ),
-        );
+        reject(new CheckFailed(describeTlsFailure(err)));
       };
       const onClose = () => {
         done();

@@ -6,7 +6,7 @@ import type { Logger } from '../log.js';
  * socket (Node has no AF_UNIX datagram sockets) or the npm package of the same name
  * (READY/STATUS/MAINPID only, newlines passed through into extra fields). Called
  * without --no-block: its barrier keeps it alive until systemd has read the message,
- * so the message is attributed to our unit (see README, "Why systemd-notify (the program)").
+ * so the message is attributed to our unit (see docs/design.md, "Why systemd-notify (the program)").
  */
 export const SYSTEMD_NOTIFY = '/usr/bin/systemd-notify';
 
@@ -63,16 +63,16 @@ export function createNotifier(options: NotifierOptions): Notifier | undefined {
             const words = String(stderr).trim() || how;
             // SIGTERM: the service manager is stopping the unit and swept its cgroup; nothing to report.
             if (err.signal === 'SIGTERM')
-              log.debug({ event: 'notify_stopped', args }, `systemd-notify ${args.join(' ')} stopped by SIGTERM`);
+              log.debug({ event: 'sd_notify_stopped', args }, `systemd-notify ${args.join(' ')} stopped by SIGTERM`);
             else if (!failing)
               log.warn(
-                { event: 'notify_failed', args, code: err.code, signal: err.signal, stderr: String(stderr).trim() },
+                { event: 'sd_notify_failed', args, code: err.code, signal: err.signal, stderr: String(stderr).trim() },
                 `systemd-notify ${args.join(' ')} failed: ${words}`,
               );
             failing ||= err.signal !== 'SIGTERM';
           } else if (failing) {
             failing = false;
-            log.info({ event: 'notify_recovered' }, 'systemd-notify works again');
+            log.info({ event: 'sd_notify_recovered' }, 'systemd-notify works again');
           }
           resolve();
         },

@@ -26,8 +26,11 @@ export interface DaemonProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}): DaemonProcess {
-  const child = spawn(process.execPath, [BIN, ...args], {
+/** `netns`: run it inside that network namespace (`ip netns exec` execs, so the pid is the daemon's). */
+export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): DaemonProcess {
+  const argv = [process.execPath, BIN, ...args];
+  const [program, ...rest] = netns === undefined ? argv : ['ip', 'netns', 'exec', netns, ...argv];
+  const child = spawn(program!, rest, {
     env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

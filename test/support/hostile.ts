@@ -100,19 +100,50 @@ export const endlessChunked = () =>
     });
   });
 
-/** A TLS server with the given certificate; it says `banner` after the handshake when given. */
-export async function tlsServer(files: CertFiles, banner?: string): Promise<Hostile> {
+/**
+ * A TLS server with the given certificate; it says `banner` after the handshake when
+ * given. `renegotiate`: after the handshake (TLS 1.2 only) the server asks for a new
+ * one, once before the banner, or again and again without ever saying it.
+ */
+export async function tlsServer(
+  files: CertFiles,
+  banner?: string,
+  renegotiate?: 'once' | 'forever',
+): Promise<Hostile & { renegotiations(): number }> {
   const sockets = new Set<tls.TLSSocket>();
-  const server = tls.createServer({ key: fs.readFileSync(files.key), cert: fs.readFileSync(files.cert) }, (socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    if (banner) socket.write(banner);
-  });
+  let renegotiations = 0;
+  const again = (socket: tls.TLSSocket, then: () => void) =>
+    socket.renegotiate({ rejectUnauthorized: false }, (err) => {
+      if (err || socket.destroyed) return;
+      renegotiations++;
+      then();
+    });
+  const server = tls.createServer(
+    {
+      key: fs.readFileSync(files.key),
+      cert: fs.readFileSync(files.cert),
+      ...(renegotiate ? { maxVersion: 'TLSv1.2' as const } : {}),
+    },
+    (socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+      const greet = () => {
+        if (banner) socket.write(banner);
+      };
+      if (renegotiate === 'once') again(socket, greet);
+      else if (renegotiate === 'forever') {
+        const loop = () => again(socket, loop);
+        loop();
+      } else greet();
+    },
+  );
   server.on('tlsClientError', () => undefined);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
     port: (server.address() as net.AddressInfo).port,
     written: () => 0,
+    renegotiations: () => renegotiations,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -120,6 +151,26 @@ export async function tlsServer(files: CertFiles, banner?: string): Promise<Host
       }),
   };
 }
+
+/** Reads the ClientHello and then says nothing: a handshake stalled on the server's side. */
+export async function stallAfterClientHello(): Promise<Hostile & { clientHellos(): number }> {
+  let hellos = 0;
+  const server = await hostile((socket) =>
+    socket.once('data', (data: Buffer) => {
+      if (data[0] === 0x16) hellos++; // a TLS handshake record
+    }),
+  );
+  return { ...server, clientHellos: () => hellos };
+}
+
+/** Answers the ClientHello with `reply` (bytes that are not a ServerHello) and stays open. */
+export const answerClientHello = (reply: Buffer) =>
+  hostile((socket, count) =>
+    socket.once('data', () => {
+      socket.write(reply);
+      count(reply.length);
+    }),
+  );
 
 /**
  * A listener whose accept queue is full: python3 listens with backlog 1 and never

@@ -1,3 +1,4 @@
+import { EXIT } from '../../exit-codes.js';
 import type { Plan } from '../../plan/compile.js';
 import { renderIptablesCondition } from './iptables.js';
 import { renderIpsetOnly, renderIptablesIpset } from './iptables-ipset.js';
@@ -42,7 +43,7 @@ export function printRules(
     io.err(
       `nf-healthd: unknown rules format '${chosen}' (expected ${RULES_FORMATS.join(', ')}). Try 'nf-healthd --help'.\n`,
     );
-    return 64;
+    return EXIT.usage;
   }
   let text: string;
   try {
@@ -50,7 +51,7 @@ export function printRules(
   } catch (err) {
     if (!(err instanceof RulesError)) throw err;
     io.err(`${plan.source}: cannot render --format ${chosen}:\n${err.problems.map((p) => `  ${p}\n`).join('')}`);
-    return 78;
+    return EXIT.config;
   }
   io.out(text);
   return 0;

@@ -50,7 +50,7 @@ export function renderIptables(plan: RulesPlan, live: LivenessMatch, header: str
 }
 
 function serviceMatch(s: PlannedService): string {
-  return `-d ${s.vip}/32${s.inInterface ? ` -i ${s.inInterface}` : ''} -p tcp -m tcp --dport ${s.port}`;
+  return `-d ${s.vip}/32${s.inInterface ? ` -i ${s.inInterface}` : ''} -p ${s.protocol} -m ${s.protocol} --dport ${s.port}`;
 }
 
 function serviceChain(s: PlannedService, live: LivenessMatch): string[] {

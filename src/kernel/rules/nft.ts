@@ -6,7 +6,7 @@ import { formatMark, markTable, type PlannedService, RulesError, type RulesPlan 
 const ELEMENTS_PER_LINE = 10;
 
 /** The expression that picks a slot for a new connection (nft's `numgen` or `jhash`). */
-export function slotLookup(b: Balancing, family: 4 | 6): string {
+export function slotLookup(b: Balancing, family: 4 | 6, protocol: PlannedService['protocol']): string {
   const ip = family === 6 ? 'ip6' : 'ip';
   const mod = `mod ${b.slots}`;
   switch (b.scheduler) {
@@ -16,7 +16,8 @@ export function slotLookup(b: Balancing, family: 4 | 6): string {
       return `numgen random ${mod}`;
     case 'maglev': {
       const seed = `seed 0x${b.seed.toString(16).padStart(8, '0')}`;
-      const key = b.hash === 'flow' ? `${ip} saddr . tcp sport . ${ip} daddr . tcp dport` : `${ip} saddr`;
+      const key =
+        b.hash === 'flow' ? `${ip} saddr . ${protocol} sport . ${ip} daddr . ${protocol} dport` : `${ip} saddr`;
       return `jhash ${key} ${mod} ${seed}`;
     }
   }
@@ -102,9 +103,9 @@ export function renderNft(plan: RulesPlan, source: string): string {
     const rule = (text: string) => out.push(`${t}${t}${text}`);
     rule('meta mark set ct mark');
     rule('meta mark != 0x0 return');
-    rule(`meta mark set ${slotLookup(s.balancing, s.family)} map @${s.balancing.map}`);
-    // Nobody to serve: say so at once rather than let the client's SYNs time out.
-    rule('meta mark 0x0 reject with tcp reset');
+    rule(`meta mark set ${slotLookup(s.balancing, s.family, s.protocol)} map @${s.balancing.map}`);
+    // Nobody to serve: say so at once (a TCP reset; ICMP port unreachable for UDP) rather than let clients time out.
+    rule(`meta mark 0x0 reject${s.protocol === 'tcp' ? ' with tcp reset' : ''}`);
     rule('ct mark set meta mark');
     out.push(`${t}}`);
   }
@@ -120,5 +121,5 @@ export function renderNft(plan: RulesPlan, source: string): string {
 }
 
 function serviceMatch(s: PlannedService): string {
-  return `${s.inInterface ? `iifname "${s.inInterface}" ` : ''}${s.family === 6 ? 'ip6' : 'ip'} daddr ${s.vip} tcp dport ${s.port}`;
+  return `${s.inInterface ? `iifname "${s.inInterface}" ` : ''}${s.family === 6 ? 'ip6' : 'ip'} daddr ${s.vip} ${s.protocol} dport ${s.port}`;
 }

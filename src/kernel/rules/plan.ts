@@ -40,6 +40,8 @@ export interface PlannedService {
   vip: string;
   family: 4 | 6;
   port: number;
+  /** The transport the rules match; the writers are per backend and do not care. */
+  protocol: 'tcp' | 'udp';
   inInterface: string | undefined;
   chain: string;
   nftChain: string;
@@ -142,6 +144,7 @@ export function planRules(source: Plan): RulesPlan {
       vip: service.vip,
       family,
       port: service.port,
+      protocol: service.protocol,
       inInterface: service.inInterface,
       chain,
       nftChain: nftChain(service.name),
@@ -187,11 +190,12 @@ export function markTable(
   plan: RulesPlan,
   extra: (b: PlannedBackend) => string,
   share: (s: PlannedService, b: PlannedBackend) => string = (s, b) =>
-    `${s.slots.filter((i) => s.backends[i] === b).length}/${s.slots.length} of new connections`,
+    `${s.slots.filter((i) => s.backends[i] === b).length}/${s.slots.length} of new ${s.protocol === 'udp' ? 'flows' : 'connections'}`,
 ): string[] {
   const lines: string[] = [];
   for (const s of plan.services) {
-    lines.push(`# service ${s.name}: ${s.vip} port ${s.port}${s.inInterface ? ` on ${s.inInterface}` : ''}`);
+    const proto = s.protocol === 'tcp' ? '' : `/${s.protocol}`;
+    lines.push(`# service ${s.name}: ${s.vip} port ${s.port}${proto}${s.inInterface ? ` on ${s.inInterface}` : ''}`);
     for (const b of s.backends)
       lines.push(`#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${share(s, b)}${extra(b)}`);
   }
