@@ -172,20 +172,15 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const complete = (slots: (number | undefined)[] | undefined, size: number): Uint32Array | undefined =>
     slots && slots.length === size && slots.every((m) => m !== undefined) ? Uint32Array.from(slots) : undefined;
 
-  /** Reads the tables whose kernel content is unknown, so a write moves only what must move. */
-  const tableBatch = async (): Promise<TableChange[]> => {
+  /**
+   * The tables to write. One whose kernel content is unknown (start, a new writer, after a
+   * failure) is not read first: it is flushed and filled in the same transaction, which
+   * costs less than listing it (BENCHMARKS.md, "Balancing table").
+   */
+  const tableBatch = (): TableChange[] => {
     if (!tablesOn()) return [];
     const wantedNow = [...dirtyTables].map((key) => wantedTables.get(key)).filter((w) => w !== undefined);
     dirtyTables.clear();
-    const unknown = wantedNow.filter((w) => !knownTables.has(w.target.key));
-    if (unknown.length > 0) {
-      const read = await timed(() => writer.readTables!(unknown.map((w) => w.target)));
-      for (const w of unknown) {
-        const r = read.get(w.target.key);
-        const held = r && 'slots' in r ? complete(r.slots, w.slots.length) : undefined;
-        if (held) knownTables.set(w.target.key, held);
-      }
-    }
     const batch: TableChange[] = [];
     for (const w of wantedNow) {
       const known = knownTables.get(w.target.key);
@@ -256,7 +251,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const write = async () => {
     const wantedNow = [...dirty].map((key) => wanted.get(key)).filter((w) => w !== undefined);
     dirty.clear();
-    const tables = await tableBatch();
+    const tables = tableBatch();
     if (wantedNow.length === 0 && tables.length === 0) return;
     const batch = wantedNow.length > 0 ? await alreadyThere(wantedNow) : [];
     if (batch.length === 0 && tables.length === 0) return;
@@ -303,7 +298,10 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   let tableReadMs = 0;
   let tableReadAt = Number.NEGATIVE_INFINITY;
   const readBackTables = async () => {
-    const all = [...wantedTables.values()];
+    // Changed meanwhile, or failing already: the write decides (and no listing is spent on them).
+    const all = [...wantedTables.values()].filter(
+      (w) => !dirtyTables.has(w.target.key) && !retryingTables.has(w.target.key),
+    );
     if (!tablesOn() || all.length === 0) return;
     if (performance.now() - tableReadAt < 10 * tableReadMs) return;
     tableReadAt = performance.now();

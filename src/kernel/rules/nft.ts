@@ -2,6 +2,8 @@ import type { Balancing } from '../../plan/compile.js';
 import { MAX_TABLE_SLOTS, slotsNeeded } from '../../plan/kernel-names.js';
 import { formatMark, markTable, type PlannedService, RulesError, type RulesPlan } from './plan.js';
 
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+
 /** Map elements per line in the rendered table. */
 const ELEMENTS_PER_LINE = 10;
 
@@ -72,7 +74,16 @@ export function renderNft(plan: RulesPlan, source: string): string {
     ...markTable(
       plan,
       () => '',
-      (s, b) => `${s.table.shares.get(b.name) ?? 0}/${s.balancing.slots} slots${b.backup ? ' (backup)' : ''}`,
+      (s, b) => {
+        const slots = s.table.shares.get(b.name) ?? 0;
+        const of = s.balancing.slots;
+        const divisor = gcd(slots, of);
+        const share =
+          slots === 0
+            ? ''
+            : ` (${slots / divisor}/${of / divisor} of new ${s.protocol === 'udp' ? 'flows' : 'connections'})`;
+        return `${slots}/${of} slots${share}${b.backup ? ' (backup)' : ''}`;
+      },
     ),
     `table ${family} ${table}`,
     `delete table ${family} ${table}`,
