@@ -7,6 +7,7 @@ import { type BackendState, initialHealth, isSettling, observe } from './health/
 import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
 import { nextCheckDelay } from './health/pace.js';
 import { createScheduler } from './health/scheduler.js';
+import { createBalancer } from './kernel/balancer.js';
 import { createKernelLoop, type KernelLoop } from './kernel/loop.js';
 import { createWriter } from './kernel/writers/registry.js';
 import type { Writer } from './kernel/writers/types.js';
@@ -78,6 +79,22 @@ export function createDaemon(options: DaemonOptions): Daemon {
       if (outcome.confirmed) b.written = { up, confirmed: true, at: Date.now() };
       else if (b.written) b.written.confirmed = false;
       emit('onSync', b, outcome);
+    },
+  });
+  /** The services' balancing tables (nft writer): recomputed on transitions, slow start steps and reloads. */
+  const balancer = createBalancer({
+    log,
+    kernel,
+    state: (spec) => {
+      const b = runtimes.get(spec.id);
+      // Drain and maint take a backend out of the table for new connections, whatever its health.
+      return { up: b?.health.state === 'up', adminOut: b?.admin !== undefined && b.admin.state !== 'ready' };
+    },
+    onTable(service, table) {
+      for (const spec of service.backends) {
+        const b = runtimes.get(spec.id);
+        if (b) b.share = { slots: table.shares.get(spec.name) ?? 0, of: table.slots.length, mode: table.mode };
+      }
     },
   });
   const shutdown = new AbortController();
@@ -160,6 +177,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
       else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
       emit('onTransition', b, from, to);
+      balancer.changed(spec, to);
     } else if (log.isLevelEnabled('debug')) {
       // The check path: no log object is built unless someone reads debug.
       log.debug(
@@ -219,6 +237,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         track(b);
         want(b);
       }
+      balancer.setPlan(plan);
       await Promise.all(fresh.map((b) => check(b)));
       if (shutdown.signal.aborted) return;
       await kernel.settled();
@@ -283,6 +302,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         want(b);
         schedule(b, 0);
       }
+      balancer.setPlan(plan);
       log.info(
         { event: 'reloaded', backends: runtimes.size, added: diff.added.length, removed: diff.removed.length },
         `configuration reloaded: ${runtimes.size} backends (${diff.added.length} added, ${diff.removed.length} removed)`,
@@ -295,6 +315,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       emit('onStopping');
       shutdown.abort();
       await scheduler.stop();
+      balancer.stop();
       await kernel.stop();
       emit('onStopped');
     },
@@ -333,6 +354,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         `backend ${b.spec.name} set ${state} (was ${previous})${deadlineMs === undefined ? '' : `, flows left after ${deadlineMs / 1000}s are deleted`}`,
       );
       want(b);
+      balancer.changed(b.spec);
       await kernel.settled();
       emit('onAdmin', b, previous);
       return { ok: true, backend: b, previous };

@@ -87,6 +87,29 @@ export const EVENTS = {
   },
   writer_resumed: { level: 'info', when: 'the stalled writer call returned' },
   writer_bug: { level: 'error', when: 'the writer loop caught an unexpected error (a bug: report it); it goes on' },
+  // Balancing table (nft writer; docs/balancing.md)
+  table_changed: {
+    level: 'info',
+    when: "a backend's state change moved slots of its service's table: where its share went (or came from), the new shares",
+  },
+  table_written: { level: 'debug', when: 'the writer wrote a balancing table: how many slots moved' },
+  backup_active: {
+    level: 'warn',
+    when: 'no primary backend of a service is up: its backup backends take the new connections',
+  },
+  panic_started: {
+    level: 'warn',
+    when: 'the live primary weight of a service fell below its panicThreshold: new connections spread over all its backends, live or not',
+  },
+  panic_ended: { level: 'info', when: 'a service that panicked no longer does' },
+  balancing_normal: {
+    level: 'info',
+    when: 'a service in panic, backup or reset mode sends new connections to its live primaries again',
+  },
+  service_rejecting: {
+    level: 'error',
+    when: 'no backend of a service can serve (none up, no backup, no panic): new connections get a TCP reset from the balancer',
+  },
   // Operating parts
   state_file_read: { level: 'info', when: 'at start: the state file was read and how many backends resume from it' },
   state_resumed: { level: 'debug', when: 'one backend resumes its state from the state file' },

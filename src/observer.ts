@@ -4,6 +4,7 @@ import type { DampingState } from './health/damping.js';
 import type { BackendState, Health } from './health/hysteresis.js';
 import type { Scheduler } from './health/scheduler.js';
 import type { SyncOutcome, WriterHealth } from './kernel/loop.js';
+import type { TableMode } from './kernel/table.js';
 import type { Logger } from './log.js';
 import type { BackendPlan, Plan } from './plan/compile.js';
 import type { ProbeResult } from './probes/types.js';
@@ -31,6 +32,8 @@ export interface BackendStatus {
   admin?: AdminStatus;
   /** Open flows in conntrack carrying the backend's mark, at the latest count (absent: not counted). */
   connections?: number;
+  /** Its slots in its service's balancing table (nft writer), and the service's mode. */
+  share?: { slots: number; of: number; mode: TableMode };
 }
 
 /** What a restart may resume for one backend (from the state file). */

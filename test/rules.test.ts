@@ -110,11 +110,17 @@ describe('rules: text', () => {
     expect(text).toContain(`${IPSET_LINE_PREFIX}add nfh-web3 10.0.0.2`);
   });
 
-  it('renders nft with a numgen map, the live-mark set and a DNAT map', () => {
+  it('renders nft with a slot map per service, the live-mark set, a reset when nobody serves and a DNAT map', () => {
     const text = render(three, 'nft');
-    expect(text).toContain('meta mark set numgen inc mod 4 map { 0 : 0x101, 1 : 0x102, 2 : 0x103, 3 : 0x101 }');
+    expect(text).toContain('meta mark set numgen inc mod 420 map @slots_web');
+    expect(text).toContain('\tmap slots_web {\n\t\ttypeof numgen inc mod 2 : meta mark\n');
+    expect(text).toContain('elements = { 0 : 0x101, 1 : 0x102, 2 : 0x103, 3 : 0x101, 4 : 0x101,');
+    expect(text).toContain('#   mark 0x101: backend web1 192.168.1.1:80, 210/420 slots');
     expect(text).toContain('elements = { 0x101, 0x102, 0x103, 0x201, 0x202 }');
-    expect(text).toContain('meta mark != @up meta mark set 0x0');
+    expect(text).toContain('meta mark 0x0 reject with tcp reset');
+    expect(render(three.replace('port: 25', 'port: 25\n    scheduler: maglev'), 'nft')).toMatch(
+      /meta mark set jhash ip6 saddr mod 509 seed 0x[0-9a-f]{8} map @slots_v6/,
+    );
     expect(text).toContain(
       'iifname "eth1" ip daddr 10.0.0.2 tcp dport 80 dnat ip to meta mark map { 0x101 : 192.168.1.1 . 80, 0x102 : 192.168.1.2 . 80, 0x103 : 192.168.1.3 . 8080 }',
     );
@@ -124,7 +130,11 @@ describe('rules: text', () => {
   });
 
   it('starts the sets empty with initialState down', () => {
-    expect(render(base('writer: { type: nft }', 'initialState: down'), 'nft')).not.toContain('elements');
+    const down = render(base('writer: { type: nft }', 'initialState: down'), 'nft');
+    expect(down).not.toContain('elements = { 0x');
+    // Nobody up: every slot says 0x0, which the chain answers with a reset.
+    expect(down).not.toMatch(/\d+ : 0x(?!0\b)/);
+    expect(down).toContain('#   mark 0x101: backend mail1 192.168.0.1:25, 0/240 slots');
     expect(render(base('writer: { type: ipset }', 'initialState: down'), 'ipset')).not.toContain('add ');
   });
 
@@ -146,6 +156,9 @@ describe('rules: text', () => {
     ]);
     expect(problems(three, 'iptables-ipset')).toEqual([expect.stringContaining('vip fd00::10 is IPv6')]);
     expect(problems(base().replace('192.168.0.1 }', '192.168.0.1, weight: 1000 }'), 'nft')).toEqual([
+      expect.stringContaining('need 100100 slots to split within 1 %'),
+    ]);
+    expect(problems(base().replace('192.168.0.1 }', '192.168.0.1, weight: 1000 }'), 'iptables')).toEqual([
       expect.stringContaining('need 1001 slots'),
     ]);
     const longName = base('writer: { type: nft }').replace(

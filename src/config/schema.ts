@@ -35,6 +35,15 @@ const timing = {
       "Period between checks of a backend that has been down for at least this long (HAProxy's downinter); default: `interval`. Shorter than `interval` is refused.",
     ),
 };
+/** Slow start: a backend that comes up ramps its share from 10 % to its weight over this time (off unless set). */
+const slowStart = duration
+  .optional()
+  .describe(
+    'Slow start: after coming up, the backend ramps its share of new connections from 10 % to its weight over this time, in steps (off unless set).',
+  );
+
+export const SCHEDULERS = ['roundrobin', 'random', 'maglev'] as const;
+
 export const TIMING_DEFAULTS = { interval: 2000, fastInterval: 500, timeout: 1500, rise: 2, fall: 3 } as const;
 
 export const backendSchema = z.strictObject({
@@ -70,6 +79,11 @@ export const backendSchema = z.strictObject({
     .optional()
     .describe("Several checks instead of `check`, replacing the service's: up only when every one passes."),
   ...timing,
+  backup: z
+    .boolean()
+    .optional()
+    .describe('A backup backend gets new connections only while no primary backend of its service is up.'),
+  slowStart,
 });
 
 export const serviceSchema = z.strictObject({
@@ -115,6 +129,27 @@ export const serviceSchema = z.strictObject({
       'Flows deleted when a backend goes down by health: `stale` (its UDP flows and unanswered SYNs), `all` (established TCP too: clients get a reset), `none` (docs/drain.md).',
     ),
   ...timing,
+  scheduler: z
+    .enum(SCHEDULERS)
+    .optional()
+    .describe(
+      'How new connections are spread over the slot table: roundrobin (default, nft numgen inc), random (numgen random) or maglev (consistent hashing, see hash).',
+    ),
+  hash: z
+    .enum(['source', 'flow'])
+    .optional()
+    .describe(
+      'What maglev hashes: source (the client address, default: a client stays on its backend) or flow (addresses and ports).',
+    ),
+  panicThreshold: z
+    .number()
+    .min(0)
+    .max(100)
+    .optional()
+    .describe(
+      'Panic threshold in percent: when the live primary weight falls below it, new connections spread over every backend that is not administratively out, live or not.',
+    ),
+  slowStart,
 });
 
 export const logSchema = z.strictObject({
@@ -132,7 +167,7 @@ export const logSchema = z.strictObject({
 
 export const configSchema = z.strictObject({
   defaults: z
-    .strictObject(timing)
+    .strictObject({ ...timing, slowStart })
     .default({})
     .describe(
       "Timing for every backend; a service's or backend's own value wins (backend, then service, then defaults).",

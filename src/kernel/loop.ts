@@ -1,5 +1,6 @@
 import type { Logger } from '../log.js';
-import type { ReadOutcome, Writer, WriterTarget } from './writers/types.js';
+import { changedSlots } from './table.js';
+import type { ReadOutcome, TableChange, TableTarget, Writer, WriterTarget } from './writers/types.js';
 
 /** What one target's latest kernel operation gave, for the observers (state file, metrics). */
 export interface SyncOutcome {
@@ -32,6 +33,8 @@ export interface KernelLoopOptions {
   stallAfterMs: number;
   /** Called per target after every write or read-back that concerned it. */
   onOutcome?(key: string, up: boolean, outcome: SyncOutcome): void;
+  /** Called per balancing table after every write or read-back that concerned it. */
+  onTableOutcome?(key: string, outcome: SyncOutcome): void;
 }
 
 /**
@@ -46,6 +49,12 @@ export interface KernelLoop {
   want(target: WriterTarget, up: boolean): void;
   /** The target is no longer driven (backend removed): left as it is in the kernel. */
   forget(key: string): void;
+  /**
+   * Records the wanted content of a balancing table (writers with `readTables`; the
+   * others ignore it). Written in the same transaction as the set changes of the burst.
+   */
+  wantTable(target: TableTarget, slots: Uint32Array): void;
+  forgetTable(key: string): void;
   /** A new writer (reload changed `writer:`): everything wanted is applied again through it. */
   setWriter(writer: Writer): Promise<void>;
   setReadBack(ms: number): void;
@@ -87,6 +96,15 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   let attempts = 0;
   let requested = 0;
   const waiters: { mark: number; resolve: () => void }[] = [];
+  /** Balancing tables: wanted content, what the kernel is known to hold, which to write. */
+  const wantedTables = new Map<string, { target: TableTarget; slots: Uint32Array }>();
+  const knownTables = new Map<string, Uint32Array>();
+  const dirtyTables = new Set<string>();
+  const retryingTables = new Set<string>();
+  const driftedTables = new Map<string, string>();
+  const tablesOn = () => writer.readTables !== undefined;
+  const sameSlots = (a: Uint32Array | undefined, b: Uint32Array) => a !== undefined && changedSlots(a, b).length === 0;
+  const pendingWrites = () => dirty.size + (tablesOn() ? dirtyTables.size : 0);
 
   const outcome = (key: string, up: boolean, o: SyncOutcome) => options.onOutcome?.(key, up, o);
 
@@ -150,14 +168,100 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     });
   };
 
+  /** A table read as complete content, or undefined when a slot is missing or the read failed. */
+  const complete = (slots: (number | undefined)[] | undefined, size: number): Uint32Array | undefined =>
+    slots && slots.length === size && slots.every((m) => m !== undefined) ? Uint32Array.from(slots) : undefined;
+
+  /**
+   * The tables to write. One whose kernel content is unknown (start, a new writer, after a
+   * failure) is not read first: it is flushed and filled in the same transaction, which
+   * costs less than listing it (BENCHMARKS.md, "Balancing table").
+   */
+  const tableBatch = (): TableChange[] => {
+    if (!tablesOn()) return [];
+    const wantedNow = [...dirtyTables].map((key) => wantedTables.get(key)).filter((w) => w !== undefined);
+    dirtyTables.clear();
+    const batch: TableChange[] = [];
+    for (const w of wantedNow) {
+      const known = knownTables.get(w.target.key);
+      if (sameSlots(known, w.slots) && !driftedTables.has(w.target.key)) {
+        tableRecovered(w.target);
+        options.onTableOutcome?.(w.target.key, { confirmed: true, wrote: false });
+        continue;
+      }
+      batch.push({ target: w.target, slots: w.slots, known });
+    }
+    return batch;
+  };
+
+  const tableRecovered = (target: TableTarget) => {
+    if (failing.delete(target.key))
+      log.info({ event: 'write_recovered', target: target.label }, `writing ${target.label} works again`);
+  };
+
+  const tableWritten = (tables: readonly TableChange[], errors: Map<string, NodeJS.ErrnoException>) => {
+    let anyFailed = false;
+    for (const t of tables) {
+      const error = errors.get(t.target.key);
+      if (error) {
+        anyFailed = true;
+        knownTables.delete(t.target.key);
+        if (wantedTables.has(t.target.key)) retryingTables.add(t.target.key);
+        const sig = `${error.code ?? error.message}`;
+        if (failing.get(t.target.key) !== sig) {
+          failing.set(t.target.key, sig);
+          log.error(
+            { event: 'write_failed', target: t.target.label, code: error.code },
+            `cannot write ${t.target.label}: ${error.code ?? error.message}: ${writer.hint(error, t.target)}`,
+          );
+        }
+        failingSince ??= performance.now();
+        lastError = `${t.target.label}: ${error.code ?? error.message}`;
+        options.onTableOutcome?.(t.target.key, { confirmed: false, wrote: false, error });
+        continue;
+      }
+      tableRecovered(t.target);
+      if (log.isLevelEnabled('debug'))
+        log.debug(
+          {
+            event: 'table_written',
+            target: t.target.label,
+            moved: t.known ? changedSlots(t.known, t.slots).length : t.slots.length,
+          },
+          `wrote ${t.target.label}`,
+        );
+      knownTables.set(t.target.key, t.slots);
+      const found = driftedTables.get(t.target.key);
+      driftedTables.delete(t.target.key);
+      if (found !== undefined) {
+        log.warn(
+          { event: 'drift_repaired', target: t.target.label, found },
+          `${t.target.label} held ${found} behind our back (rules reloaded or written by hand); wrote the table back`,
+        );
+      }
+      options.onTableOutcome?.(t.target.key, {
+        confirmed: true,
+        wrote: true,
+        ...(found === undefined ? {} : { drift: found }),
+      });
+    }
+    return anyFailed;
+  };
+
   const write = async () => {
     const wantedNow = [...dirty].map((key) => wanted.get(key)).filter((w) => w !== undefined);
     dirty.clear();
-    if (wantedNow.length === 0) return;
-    const batch = await alreadyThere(wantedNow);
-    if (batch.length === 0) return;
-    const errors = await timed(() => writer.write(batch.map((w) => ({ target: w.target, up: w.up }))));
-    let anyFailed = false;
+    const tables = tableBatch();
+    if (wantedNow.length === 0 && tables.length === 0) return;
+    const batch = wantedNow.length > 0 ? await alreadyThere(wantedNow) : [];
+    if (batch.length === 0 && tables.length === 0) return;
+    const errors = await timed(() =>
+      writer.write(
+        batch.map((w) => ({ target: w.target, up: w.up })),
+        tables,
+      ),
+    );
+    let anyFailed = tableWritten(tables, errors);
     for (const w of batch) {
       const current = wanted.get(w.target.key);
       const error = errors.get(w.target.key);
@@ -190,7 +294,42 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     }
   };
 
+  /** Big tables take long to list (a 25,000-slot map ~4 s on a busy machine): read them back at most 10 % of the time. */
+  let tableReadMs = 0;
+  let tableReadAt = Number.NEGATIVE_INFINITY;
+  const readBackTables = async () => {
+    // Changed meanwhile, or failing already: the write decides (and no listing is spent on them).
+    const all = [...wantedTables.values()].filter(
+      (w) => !dirtyTables.has(w.target.key) && !retryingTables.has(w.target.key),
+    );
+    if (!tablesOn() || all.length === 0) return;
+    if (performance.now() - tableReadAt < 10 * tableReadMs) return;
+    tableReadAt = performance.now();
+    const read = await timed(() => writer.readTables!(all.map((w) => w.target)));
+    tableReadMs = performance.now() - tableReadAt;
+    for (const w of all) {
+      const key = w.target.key;
+      if (wantedTables.get(key) !== w || dirtyTables.has(key) || retryingTables.has(key)) continue;
+      const r = read.get(key);
+      const held = r && 'slots' in r ? complete(r.slots, w.slots.length) : undefined;
+      if (!r || 'error' in r) {
+        knownTables.delete(key);
+        dirtyTables.add(key);
+      } else if (!sameSlots(held, w.slots)) {
+        knownTables.delete(key);
+        if (held) knownTables.set(key, held);
+        const moved = held ? changedSlots(held, w.slots).length : w.slots.length;
+        driftedTables.set(key, held ? `${moved} of ${w.slots.length} slots changed` : 'slots missing');
+        dirtyTables.add(key);
+      } else if (!sameSlots(knownTables.get(key), w.slots)) {
+        knownTables.set(key, w.slots);
+        options.onTableOutcome?.(key, { confirmed: true, wrote: false });
+      }
+    }
+  };
+
   const readBack = async () => {
+    await readBackTables();
     const all = [...wanted.values()];
     if (all.length === 0) return;
     const read = await timed(() => writer.read(all.map((w) => w.target)));
@@ -227,11 +366,11 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const turn = async () => {
     const mark = requested;
     try {
-      if (dirty.size > 0) await write();
+      if (pendingWrites() > 0) await write();
       if (readBackDue) {
         readBackDue = false;
         await readBack();
-        if (dirty.size > 0) await write();
+        if (pendingWrites() > 0) await write();
       }
     } catch (err) {
       // Writers never reject; a bug here must not stop the loop.
@@ -252,7 +391,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     if (busy) return;
     busy = turn().finally(() => {
       busy = undefined;
-      if (dirty.size > 0 || readBackDue || waiters.length > 0) kick();
+      if (pendingWrites() > 0 || readBackDue || waiters.length > 0) kick();
     });
   };
 
@@ -261,11 +400,13 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     retryTimer = undefined;
     for (const key of retrying) dirty.add(key);
     retrying.clear();
+    for (const key of retryingTables) dirtyTables.add(key);
+    retryingTables.clear();
     kick();
   }
 
   function kick() {
-    if (kicked || (stopped && dirty.size === 0)) return;
+    if (kicked || (stopped && pendingWrites() === 0)) return;
     kicked = true;
     setImmediate(run);
   }
@@ -292,6 +433,25 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       dirty.add(target.key);
       kick();
     },
+    wantTable(target, slots) {
+      const before = wantedTables.get(target.key);
+      if (before && sameSlots(before.slots, slots) && before.target.label === target.label) return;
+      wantedTables.set(target.key, { target, slots });
+      driftedTables.delete(target.key);
+      requested++;
+      if (sameSlots(knownTables.get(target.key), slots)) return;
+      retryingTables.delete(target.key);
+      dirtyTables.add(target.key);
+      kick();
+    },
+    forgetTable(key) {
+      wantedTables.delete(key);
+      knownTables.delete(key);
+      dirtyTables.delete(key);
+      retryingTables.delete(key);
+      driftedTables.delete(key);
+      failing.delete(key);
+    },
     forget(key) {
       wanted.delete(key);
       known.delete(key);
@@ -311,6 +471,9 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       retries = 0;
       retrying.clear();
       for (const key of wanted.keys()) dirty.add(key);
+      knownTables.clear();
+      retryingTables.clear();
+      for (const key of wantedTables.keys()) dirtyTables.add(key);
       requested++;
       kick();
     },
@@ -325,11 +488,12 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     },
     settled() {
       const mark = requested;
-      if (attempts >= mark && dirty.size === 0 && retrying.size === 0) return Promise.resolve();
+      const retryingAny = retrying.size + (tablesOn() ? retryingTables.size : 0) > 0;
+      if (attempts >= mark && pendingWrites() === 0 && !retryingAny) return Promise.resolve();
       return new Promise((resolve) => {
         waiters.push({ mark, resolve });
         // A retry waiting out its backoff: the caller asked for one attempt now.
-        if (retrying.size > 0) retryNow();
+        if (retryingAny) retryNow();
         else kick();
       });
     },
@@ -337,7 +501,9 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       busySince,
       failingSince,
       lastError,
-      pending: [...wanted].filter(([key, w]) => known.get(key) !== w.up).length,
+      pending:
+        [...wanted].filter(([key, w]) => known.get(key) !== w.up).length +
+        (tablesOn() ? [...wantedTables].filter(([key, w]) => !sameSlots(knownTables.get(key), w.slots)).length : 0),
     }),
     async stop() {
       clearInterval(readBackTimer);
@@ -347,7 +513,9 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       while (busy) await busy;
       for (const key of retrying) dirty.add(key);
       retrying.clear();
-      if (dirty.size > 0) await write();
+      for (const key of retryingTables) dirtyTables.add(key);
+      retryingTables.clear();
+      if (pendingWrites() > 0) await write();
       stopped = true;
       clearTimeout(retryTimer);
       await writer.close?.();

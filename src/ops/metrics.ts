@@ -127,6 +127,41 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
       },
     });
   new Gauge({
+    name: 'nfh_backend_slots',
+    help: "Slots of its service's balancing table the backend holds (nft writer): its share of new connections is this over nfh_service_slots",
+    labelNames: backendLabels,
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends())
+        if (b.share) this.set({ service: b.spec.service, backend: b.spec.name }, b.share.slots);
+    },
+  });
+  new Gauge({
+    name: 'nfh_service_slots',
+    help: "Slots of the service's balancing table (nft writer)",
+    labelNames: ['service'],
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends()) if (b.share) this.set({ service: b.spec.service }, b.share.of);
+    },
+  });
+  new Gauge({
+    name: 'nfh_service_mode',
+    help: "1 for the mode the service's balancing table is in: normal, backup (no primary up), panic (below panicThreshold), reject (nobody to serve)",
+    labelNames: ['service', 'mode'],
+    registers,
+    collect() {
+      this.reset();
+      const modes = new Map<string, string>();
+      for (const b of daemon.backends()) if (b.share) modes.set(b.spec.service, b.share.mode);
+      for (const [service, current] of modes)
+        for (const mode of ['normal', 'backup', 'panic', 'reject'])
+          this.set({ service, mode }, mode === current ? 1 : 0);
+    },
+  });
+  new Gauge({
     name: 'nfh_backend_held',
     help: '1 while flap damping holds the backend down',
     labelNames: backendLabels,

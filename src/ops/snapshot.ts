@@ -38,6 +38,8 @@ export interface BackendSnapshot {
   admin?: { state: AdminState; since: string; deadline?: string; drainedAt?: string; deadlineDoneAt?: string };
   /** Open flows in conntrack with the backend's mark, at the latest count. */
   connections?: number;
+  /** Its slots in its service's balancing table (nft writer), and the service's mode (normal, backup, panic, reject). */
+  share?: { slots: number; of: number; mode: string };
 }
 
 export interface Snapshot {
@@ -83,6 +85,7 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
   };
   if (b.last) out.last = { at: iso(b.last.at), up: b.last.up, detail: b.last.detail, latencyMs: b.last.latencyMs };
   if (b.written) out.written = { up: b.written.up, confirmed: b.written.confirmed, at: iso(b.written.at) };
+  if (b.share) out.share = { ...b.share };
   if (b.damping) {
     out.damping = b.damping;
     if (isHeld(b.damping, now)) out.held = { until: iso(b.damping.heldUntil!), reason: b.damping.reason ?? 'flapping' };

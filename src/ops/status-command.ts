@@ -57,12 +57,40 @@ function stateWords(b: BackendSnapshot, now: number): string {
 /** Down by health and not in maintenance: what makes `status` exit 2. */
 const isDown = (b: BackendSnapshot) => b.state === 'down' && b.admin?.state !== 'maint';
 
+/** `33.3%` of the service's slots, or `-` without a balancing table. */
+function shareText(b: BackendSnapshot): string {
+  return b.share ? `${((100 * b.share.slots) / b.share.of).toFixed(1)}%` : '-';
+}
+
+/** One line per service whose table is not in its normal mode: panic, backups serving, resets. */
+function serviceModes(state: Snapshot): string[] {
+  const modes = new Map<string, string>();
+  for (const b of state.backends) if (b.share && b.share.mode !== 'normal') modes.set(b.service, b.share.mode);
+  const words: Record<string, string> = {
+    panic: 'PANIC: too few primaries pass their checks; new connections spread over all of them, live or not',
+    backup: 'no primary is up: the backup backends serve',
+    reject: 'no backend can serve: new connections get a TCP reset',
+  };
+  return [...modes].map(([service, mode]) => `  ${service}: ${words[mode] ?? mode}`);
+}
+
 export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
   // Connection counts (from conntrack): a column while there is something to see, open
   // connections or a backend drained or in maintenance; not a column of zeros.
   const counted = state.backends.some((b) => (b.connections ?? 0) > 0 || b.admin !== undefined);
+  const withShares = state.backends.some((b) => b.share);
   const rows = [
-    ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE', ...(counted ? ['CONNS'] : [])],
+    [
+      'BACKEND',
+      'STATE',
+      'SINCE',
+      'LAST CHECK',
+      'LATENCY',
+      'TARGET',
+      'VALUE',
+      ...(withShares ? ['SHARE'] : []),
+      ...(counted ? ['CONNS'] : []),
+    ],
     ...state.backends.map((b) => {
       const last = b.last
         ? `${b.last.up ? 'ok' : 'FAIL'} ${ago(now - Date.parse(b.last.at))} ago: ${b.last.detail}`
@@ -75,6 +103,7 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
         b.last ? `${Math.round(b.last.latencyMs)}ms` : '-',
         b.target.label,
         writtenValue(b, config),
+        ...(withShares ? [shareText(b)] : []),
         ...(counted ? [b.connections === undefined ? '-' : String(b.connections)] : []),
       ];
     }),
@@ -89,7 +118,8 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
   });
   const up = state.backends.filter((b) => b.state === 'up').length;
   const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
-  return `${[head, '', ...lines, ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
+  const modes = serviceModes(state);
+  return `${[head, '', ...lines, ...(modes.length > 0 ? ['', 'Services:', ...modes] : []), ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
 }
 
 export async function statusCommand(

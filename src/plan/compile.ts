@@ -11,9 +11,14 @@ import {
   type BackendKernelNames,
   backendMark,
   conditionOf,
+  hashSeed,
   ipsetName,
   type KernelKey,
   kernelKey,
+  MAX_TABLE_SLOTS,
+  nftSlotMap,
+  slotsNeeded,
+  tableSlots,
 } from './kernel-names.js';
 
 /** One backend with every default applied and every derived name: what the scheduler, probes and writers use. */
@@ -25,6 +30,10 @@ export interface BackendPlan extends EffectiveTiming {
   readonly address: string;
   readonly port: number;
   readonly weight: number;
+  /** Gets new connections only while no primary of its service is up. */
+  readonly backup: boolean;
+  /** Slow start ramp in ms; 0: off. */
+  readonly slowStart: number;
   /** The first of `checks` (what a backend with one check has). */
   readonly check: CheckConfig;
   /** Every check; the backend is up when all pass. */
@@ -46,6 +55,22 @@ export interface ServicePlan {
   readonly protocol: ServiceConfig['protocol'];
   readonly inInterface: string | undefined;
   readonly backends: readonly BackendPlan[];
+  readonly balancing: Balancing;
+}
+
+/** How a service's slot table is built and looked up (src/kernel/table.ts). */
+export interface Balancing {
+  readonly scheduler: 'roundrobin' | 'random' | 'maglev';
+  /** maglev only: what the balancer hashes. */
+  readonly hash: 'source' | 'flow';
+  /** Slots of the table (S in `mod S`). */
+  readonly slots: number;
+  /** jhash seed (maglev). */
+  readonly seed: number;
+  /** nft map slot -> mark. */
+  readonly map: string;
+  /** Percent of the primary weight below which the service panics; undefined: never. */
+  readonly panicThreshold: number | undefined;
 }
 
 /** Everything derived from one validated config, computed once; a reload compiles a new one and diffs. */
@@ -60,6 +85,21 @@ export interface Plan {
   readonly byId: ReadonlyMap<string, BackendPlan>;
   /** Every TLS `ca` file the checks name: their trusted stores are built before the first check. */
   readonly caFiles: readonly string[];
+}
+
+function balancingOf(service: ServiceConfig): Balancing {
+  const scheduler = service.scheduler ?? 'roundrobin';
+  return {
+    scheduler,
+    hash: service.hash ?? 'source',
+    slots: tableSlots(
+      scheduler,
+      service.backends.map((b) => b.weight),
+    ),
+    seed: hashSeed(service.name),
+    map: nftSlotMap(service.name),
+    panicThreshold: service.panicThreshold,
+  };
 }
 
 /** A backend's own check(s), else its service's, else a TCP connect. */
@@ -102,6 +142,8 @@ export function compilePlan(config: Config, source: string): Plan {
         address: backend.address,
         port,
         weight: backend.weight,
+        backup: backend.backup ?? false,
+        slowStart: backend.slowStart ?? service.slowStart ?? config.defaults.slowStart ?? 0,
         check: checks[0]!,
         checks,
         probe,
@@ -118,6 +160,7 @@ export function compilePlan(config: Config, source: string): Plan {
       protocol: service.protocol,
       inInterface: service.inInterface,
       backends: Object.freeze(backends),
+      balancing: Object.freeze(balancingOf(service)),
     });
   });
   const backends = services.flatMap((s) => s.backends);
@@ -205,6 +248,28 @@ export function planProblems(config: Config): PathProblem[] {
       problems.push({
         path: [...at, 'name'],
         message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up',
+      });
+    }
+    if (service.backends.every((b) => b.backup)) {
+      problems.push({
+        path: [...at, 'backends'],
+        message:
+          'every backend of this service is a backup: a backup stands in for primaries, so at least one must not be "backup: true"',
+      });
+    }
+    if (service.hash !== undefined && (service.scheduler ?? 'roundrobin') !== 'maglev') {
+      problems.push({
+        path: [...at, 'hash'],
+        message: `hash applies to the maglev scheduler only (this service uses ${service.scheduler ?? 'roundrobin'})`,
+      });
+    }
+    const weights = service.backends.map((b) => b.weight);
+    const exact = slotsNeeded(weights);
+    // Only the nft writer keeps a table; the other writers' rules split by their own slots.
+    if (config.writer.type === 'nft' && exact > MAX_TABLE_SLOTS) {
+      problems.push({
+        path: [...at, 'backends'],
+        message: `weights ${Math.min(...weights)} to ${Math.max(...weights)} over ${weights.length} backends need ${exact} slots to split within 1 %; the table has at most ${MAX_TABLE_SLOTS}: use closer weights`,
       });
     }
     service.backends.forEach((backend, bi) => {

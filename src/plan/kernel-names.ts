@@ -66,6 +66,42 @@ export function nftChain(serviceName: string): string {
   return `svc_${serviceName}`;
 }
 
+/** The nft map from slot to backend mark that the daemon keeps right (`rules --format nft` declares it). */
+export function nftSlotMap(serviceName: string): string {
+  return `slots_${serviceName}`;
+}
+
+/** Largest slot table: 65,537 is the Maglev paper's prime; a map that size costs seconds per nft listing. */
+export const MAX_TABLE_SLOTS = 65_537;
+/** lcm(1..6): up to six equal backends (and weights like 1:2:3) split exactly with roundrobin. */
+const SLOT_QUANTUM = 60;
+/** Primes for maglev's lookup table (it must be prime so every permutation visits every slot). */
+const MAGLEV_PRIMES = [509, 1021, 2039, 4093, 8191, 16_381, 32_749, 65_537];
+
+/**
+ * Slots of a service's table. Each backend's share is off by less than one slot, so a
+ * table of at least 100 × (weight sum / smallest weight) slots keeps every backend within
+ * 1 % of its exact share, whichever backends are live. Roundrobin and random round that up
+ * to a multiple of 60 (small live sets then split exactly); maglev takes the next prime of
+ * its list. Past MAX_TABLE_SLOTS the split is coarser (planProblems says so).
+ */
+export function tableSlots(scheduler: 'roundrobin' | 'random' | 'maglev', weights: readonly number[]): number {
+  const need = slotsNeeded(weights);
+  if (scheduler === 'maglev') return MAGLEV_PRIMES.find((p) => p >= need) ?? MAX_TABLE_SLOTS;
+  return Math.min(65_520, Math.ceil(need / SLOT_QUANTUM) * SLOT_QUANTUM);
+}
+
+/** Slots for every backend to be within 1 % of its exact share: 100 × weight sum / smallest weight. */
+export function slotsNeeded(weights: readonly number[]): number {
+  const units = weightUnits(weights);
+  return Math.ceil((100 * units.reduce((a, b) => a + b, 0)) / Math.min(...units));
+}
+
+/** The jhash seed of a service: from its name, so two balancers with the same config hash alike. */
+export function hashSeed(serviceName: string): number {
+  return createHash('sha256').update(`nfh-seed:${serviceName}`).digest().readUInt32BE(0);
+}
+
 /** The condition a backend drives: its `condition`, else its name. */
 export function conditionOf(backend: { name: string; condition?: string | undefined }): string {
   return backend.condition ?? backend.name;

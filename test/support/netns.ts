@@ -176,3 +176,22 @@ export async function loadIptablesIpset(ns: Netns, rules: string): Promise<void>
   await ns.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
   await ns.run(['iptables-restore'], rules);
 }
+
+/**
+ * Starts a server inside `ns` and resolves once it prints its first output (its "ready"
+ * line); rejects with its stderr if it exits first.
+ */
+export function startServer(
+  ns: Netns,
+  argv: readonly string[],
+  label: string,
+): { child: ChildProcess; ready: Promise<void> } {
+  const child = ns.spawn(argv);
+  const ready = new Promise<void>((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`${label} exited (${code}): ${err}`)));
+  });
+  return { child, ready };
+}

@@ -2,7 +2,8 @@
 //   node smtp-backend.mjs HOST PORT BANNER
 // Prints "listening" once it accepts connections. SIGUSR1 stops accepting new
 // connections but keeps the open ones talking (a backend that fails its checks
-// while its established connections live on); SIGTERM stops.
+// while its established connections live on); SIGUSR2 accepts again (prints
+// "listening" again; SIGUSR1 prints "closed"); SIGTERM stops.
 import net from 'node:net';
 
 const [host, port, banner] = process.argv.slice(2);
@@ -24,5 +25,13 @@ const server = net.createServer((socket) => {
   });
 });
 server.listen(Number(port), host, () => process.stdout.write('listening\n'));
-process.on('SIGUSR1', () => server.close());
+process.on('SIGUSR1', () => {
+  server.close();
+  process.stdout.write('closed\n');
+});
+process.on('SIGUSR2', () => {
+  if (!server.listening) server.listen(Number(port), host, () => process.stdout.write('listening\n'));
+});
 process.on('SIGTERM', () => process.exit(0));
+// Alive while not accepting (after SIGUSR1), until a signal ends it.
+setInterval(() => undefined, 2 ** 30);

@@ -1,13 +1,17 @@
 // Opens COUNT connections one after another to HOST:PORT from inside the client's
 // namespace, reads each greeting and says QUIT. Prints JSON:
 //   {"answers": {"<first word after 220>": n, ...}, "failures": ["ECONNREFUSED", ...]}
+// COUNT `for:MS` keeps connecting for MS milliseconds and adds "timeline": [[ms, banner
+// or error], ...]. SOURCES (optional, comma-separated local addresses): connection i
+// binds to source i mod n, and "bySource" says which banner each source got last.
 import net from 'node:net';
 
-const [host, port, count, timeoutMs] = process.argv.slice(2);
+const [host, port, count, timeoutMs, sourceList] = process.argv.slice(2);
+const sources = sourceList ? sourceList.split(',') : [];
 
-function greet() {
+function greet(localAddress) {
   return new Promise((resolve) => {
-    const socket = net.connect({ host, port: Number(port) });
+    const socket = net.connect({ host, port: Number(port), ...(localAddress ? { localAddress } : {}) });
     let buffer = '';
     const done = (result) => {
       clearTimeout(timer);
@@ -31,9 +35,18 @@ function greet() {
 
 const answers = {};
 const failures = [];
-for (let i = 0; i < Number(count); i++) {
-  const r = await greet();
+const bySource = {};
+const timeline = [];
+const forMs = count.startsWith('for:') ? Number(count.slice(4)) : undefined;
+const start = performance.now();
+for (let i = 0; forMs === undefined ? i < Number(count) : performance.now() - start < forMs; i++) {
+  const source = sources.length > 0 ? sources[i % sources.length] : undefined;
+  const at = Math.round(performance.now() - start);
+  const r = await greet(source);
   if (r.banner) answers[r.banner] = (answers[r.banner] ?? 0) + 1;
   else failures.push(r.error);
+  if (source) bySource[source] = r.banner ?? r.error;
+  if (forMs !== undefined) timeline.push([at, r.banner ?? r.error]);
 }
-process.stdout.write(`${JSON.stringify({ answers, failures })}\n`);
+const extra = { ...(sources.length > 0 ? { bySource } : {}), ...(forMs !== undefined ? { timeline } : {}) };
+process.stdout.write(`${JSON.stringify({ answers, failures, ...extra })}\n`);

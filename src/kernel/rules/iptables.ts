@@ -27,7 +27,13 @@ export type LivenessMatch = (backend: PlannedBackend) => string;
  *   answers (connection refused, unless it listens there).
  */
 export function renderIptables(plan: RulesPlan, live: LivenessMatch, header: string[]): string {
-  const out: string[] = [...header, '*mangle'];
+  const out: string[] = [
+    ...header,
+    "# When a backend fails, its slots' new connections fall through to the first live backend in config",
+    '# order (earlier backends take more); the nft format with the nft writer spreads them over all live',
+    '# backends by weight instead.',
+    '*mangle',
+  ];
   for (const s of plan.services) out.push(`:${s.chain} - [0:0]`);
   for (const s of plan.services) out.push(...serviceChain(s, live));
   for (const s of plan.services) out.push(`-A PREROUTING ${serviceMatch(s)} -j ${s.chain}`);

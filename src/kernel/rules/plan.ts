@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { conditionName } from '../../config/names.js';
 import { IPSET_DEFAULT_PREFIX, NFT_DEFAULTS, type NftFamily, nftIdentifierPattern } from '../../config/writers.js';
-import type { Plan } from '../../plan/compile.js';
+import type { Balancing, Plan } from '../../plan/compile.js';
 import {
   formatMark,
   iptablesChain,
@@ -12,6 +12,7 @@ import {
   weightedSlots,
   weightUnits,
 } from '../../plan/kernel-names.js';
+import { computeTable, type ServiceTable } from '../table.js';
 
 /**
  * The rules' view of a Plan: what every format renders, with the problems that a
@@ -28,6 +29,7 @@ export interface PlannedBackend {
   /** Port to DNAT to when it differs from the service port, else undefined (address only). */
   dnatPort: number | undefined;
   weight: number;
+  backup: boolean;
   mark: number;
   ipset: string;
   condition: string;
@@ -46,6 +48,11 @@ export interface PlannedService {
   backends: PlannedBackend[];
   /** Backend index for each slot of the split, interleaved (smooth weighted round robin). */
   slots: number[];
+  /** Why the iptables split cannot hold these weights, if it cannot. */
+  iptablesSplit: string | undefined;
+  /** The nft slot table's shape and its initial content (every backend in its initial state). */
+  balancing: Balancing;
+  table: ServiceTable;
 }
 
 export interface RulesPlan {
@@ -71,12 +78,13 @@ export function planRules(source: Plan): RulesPlan {
   const problems: string[] = [];
   // The writer's names when it is the matching one, else the defaults: `rules` and `run` agree.
   const writer = config.writer;
+  const initiallyUp = config.initialState !== 'down';
   const plan: RulesPlan = {
     services: [],
     conditionUpValue: writer.type === 'condition' ? writer.upValue : 0,
     ipsetPrefix: writer.type === 'ipset' ? writer.setPrefix : IPSET_DEFAULT_PREFIX,
     nft: writer.type === 'nft' ? { table: writer.table, family: writer.family, set: writer.set } : { ...NFT_DEFAULTS },
-    initiallyUp: config.initialState !== 'down',
+    initiallyUp,
   };
   if (config.services.length > MAX_SERVICES)
     problems.push(`${config.services.length} services: the marks number at most ${MAX_SERVICES}`);
@@ -100,11 +108,10 @@ export function planRules(source: Plan): RulesPlan {
     const units = weightUnits(weights);
     const divisor = weights[0]! / units[0]!;
     const total = units.reduce((a, b) => a + b, 0);
-    if (total > MAX_SLOTS) {
-      problems.push(
-        `${where}: weights ${weights.join(', ')} need ${total} slots (sum of the weights divided by their common divisor ${divisor}); the split has at most ${MAX_SLOTS}: use smaller weights`,
-      );
-    }
+    const iptablesSplit =
+      total > MAX_SLOTS
+        ? `${where}: weights ${weights.join(', ')} need ${total} slots (sum of the weights divided by their common divisor ${divisor}); the iptables split has at most ${MAX_SLOTS}: use smaller weights`
+        : undefined;
     const chain = iptablesChain(service.name);
     const otherChain = chains.get(chain);
     if (otherChain) problems.push(`${where} and service ${otherChain} map to the same chain ${chain}: rename one`);
@@ -126,6 +133,7 @@ export function planRules(source: Plan): RulesPlan {
         port,
         dnatPort: port === service.port ? undefined : port,
         weight: backend.weight,
+        backup: backend.backup,
         mark: backend.kernel.mark,
         ipset: set,
         condition: backend.kernel.condition,
@@ -142,6 +150,9 @@ export function planRules(source: Plan): RulesPlan {
       nftChain: nftChain(service.name),
       backends,
       slots: total <= MAX_SLOTS ? weightedSlots(units) : [],
+      iptablesSplit,
+      balancing: service.balancing,
+      table: computeTable(service, () => ({ up: initiallyUp })),
     });
   });
   if (!nftIdentifierPattern.test(plan.nft.table))
@@ -156,6 +167,7 @@ export function planRules(source: Plan): RulesPlan {
 export function iptablesProblems(plan: RulesPlan, kind: 'condition' | 'ipset'): string[] {
   const problems: string[] = [];
   for (const s of plan.services) {
+    if (s.iptablesSplit) problems.push(s.iptablesSplit);
     if (s.family === 6)
       problems.push(
         `service ${s.name}: vip ${s.vip} is IPv6; the iptables formats render IPv4 (iptables-restore) only: use --format nft`,
@@ -173,19 +185,19 @@ export function iptablesProblems(plan: RulesPlan, kind: 'condition' | 'ipset'): 
   return problems;
 }
 
-/** Comment lines that tell an operator which mark is which backend. */
-export function markTable(plan: RulesPlan, extra: (b: PlannedBackend) => string): string[] {
+/** Comment lines that tell an operator which mark is which backend (and its share of the split). */
+export function markTable(
+  plan: RulesPlan,
+  extra: (b: PlannedBackend) => string,
+  share: (s: PlannedService, b: PlannedBackend) => string = (s, b) =>
+    `${s.slots.filter((i) => s.backends[i] === b).length}/${s.slots.length} of new ${s.protocol === 'udp' ? 'flows' : 'connections'}`,
+): string[] {
   const lines: string[] = [];
   for (const s of plan.services) {
-    const share = s.slots.length;
     const proto = s.protocol === 'tcp' ? '' : `/${s.protocol}`;
     lines.push(`# service ${s.name}: ${s.vip} port ${s.port}${proto}${s.inInterface ? ` on ${s.inInterface}` : ''}`);
-    for (const b of s.backends) {
-      const slots = s.slots.filter((i) => s.backends[i] === b).length;
-      lines.push(
-        `#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${slots}/${share} of new ${s.protocol === 'udp' ? 'flows' : 'connections'}${extra(b)}`,
-      );
-    }
+    for (const b of s.backends)
+      lines.push(`#   mark ${formatMark(b.mark)}: backend ${b.name} ${b.address}:${b.port}, ${share(s, b)}${extra(b)}`);
   }
   return lines;
 }

@@ -1,9 +1,68 @@
-import type { NftWriterConfig } from '../../config/writers.js';
+import { type NftWriterConfig, nftIdentifierPattern } from '../../config/writers.js';
 import { formatMark } from '../../plan/kernel-names.js';
+import { changedSlots } from '../table.js';
 import { commandError, commandHint, runCommand } from './command.js';
-import { asErrno, type ReadOutcome, type Writer } from './types.js';
+import { asErrno, type ReadOutcome, type TableChange, type TableRead, type Writer } from './types.js';
 
-const MAX_LISTING = 4 * 1024 * 1024;
+/** A 65,537-slot map lists as about 1 MB of JSON. */
+const MAX_LISTING = 16 * 1024 * 1024;
+
+function mapName(key: string): string {
+  if (!nftIdentifierPattern.test(key)) throw new Error(`refusing nft map name ${JSON.stringify(key)}`);
+  return key;
+}
+
+const scalar = (v: unknown): number | undefined =>
+  typeof v === 'number' ? v : ((v as { elem?: { val?: unknown } })?.elem?.val as number | undefined);
+
+/** The maps of `nft -j list table`, by name: slot -> mark pairs (`[key, value]`, the key maybe wrapped in `{elem}`). */
+export function parseNftMapsJson(text: string): Map<string, Map<number, number>> {
+  const doc = JSON.parse(text) as { nftables?: { map?: { name?: unknown; elem?: unknown[] } }[] };
+  const maps = new Map<string, Map<number, number>>();
+  for (const entry of doc.nftables ?? []) {
+    if (!entry.map || typeof entry.map.name !== 'string') continue;
+    const pairs = new Map<number, number>();
+    for (const e of entry.map.elem ?? []) {
+      if (!Array.isArray(e)) continue;
+      const key = scalar(e[0]);
+      const value = scalar(e[1]);
+      if (typeof key === 'number' && typeof value === 'number') pairs.set(key, value);
+    }
+    maps.set(entry.map.name, pairs);
+  }
+  return maps;
+}
+
+/** Elements per `add element` line: one line per thousand keeps nft's parser errors readable. */
+const ELEMENTS_PER_COMMAND = 1000;
+
+/**
+ * The commands that make a map hold `change.slots`. Known content: delete and re-add
+ * only the slots that differ (nft 1.0.6 has no element update), unless more than half
+ * differ: then flush and fill, which costs less (BENCHMARKS.md, table).
+ */
+export function tableCommands(where: string, change: TableChange): string[] {
+  const map = `${where} ${mapName(change.target.key)}`;
+  const { slots, known } = change;
+  const moved = known ? changedSlots(known, slots) : undefined;
+  const lines: string[] = [];
+  const add = (keys: readonly number[]) => {
+    for (let i = 0; i < keys.length; i += ELEMENTS_PER_COMMAND) {
+      const part = keys.slice(i, i + ELEMENTS_PER_COMMAND).map((k) => `${k} : ${formatMark(slots[k]!)}`);
+      lines.push(`add element ${map} { ${part.join(', ')} }`);
+    }
+  };
+  if (moved && moved.length * 2 <= slots.length) {
+    if (moved.length === 0) return lines;
+    for (let i = 0; i < moved.length; i += ELEMENTS_PER_COMMAND)
+      lines.push(`delete element ${map} { ${moved.slice(i, i + ELEMENTS_PER_COMMAND).join(', ')} }`);
+    add(moved);
+  } else {
+    lines.push(`flush map ${map}`);
+    add(Array.from(slots.keys()));
+  }
+  return lines;
+}
 
 function markFromKey(key: string): number {
   const mark = Number(key);
@@ -59,13 +118,48 @@ export function createNftWriter(options: NftWriterConfig): Writer {
       }
       return out;
     },
-    async write(changes) {
+    async readTables(targets) {
+      const out = new Map<string, TableRead>();
+      if (targets.length === 0) return out;
+      try {
+        const result = await runCommand(options.nftPath, ['-j', 'list', 'table', options.family, options.table], {
+          timeoutMs,
+          maxOutput: MAX_LISTING,
+        });
+        if (result.code !== 0) throw commandError('nft', result);
+        const maps = parseNftMapsJson(result.stdout);
+        for (const t of targets) {
+          const pairs = maps.get(mapName(t.key));
+          if (!pairs) {
+            const error = new Error(`nft: no map ${options.family} ${options.table} ${t.key} in the listing`);
+            out.set(t.key, { error: Object.assign(error, { code: 'ENOENT' }) });
+            continue;
+          }
+          const size = Math.max(0, ...pairs.keys()) + 1;
+          out.set(t.key, { slots: Array.from({ length: size }, (_, k) => pairs.get(k)) });
+        }
+      } catch (err) {
+        for (const t of targets) out.set(t.key, { error: asErrno(err) });
+      }
+      return out;
+    },
+    async write(changes, tables = []) {
       const failed = new Map<string, NodeJS.ErrnoException>();
-      if (changes.length === 0) return failed;
+      if (changes.length === 0 && tables.length === 0) return failed;
+      const tableLines: string[] = [];
+      try {
+        for (const t of tables) tableLines.push(...tableCommands(`${options.family} ${options.table}`, t));
+      } catch (err) {
+        for (const t of tables) failed.set(t.target.key, asErrno(err));
+        for (const c of changes) failed.set(c.target.key, asErrno(err));
+        return failed;
+      }
       const lines = changes.flatMap((c) => {
         const element = `element ${where} { ${formatMark(markFromKey(c.target.key))} }`;
         return c.up ? [`add ${element}`] : [`add ${element}`, `delete ${element}`];
       });
+      lines.push(...tableLines);
+      if (lines.length === 0) return failed;
       try {
         const result = await runCommand(options.nftPath, ['-f', '-'], {
           input: `${lines.join('\n')}\n`,
@@ -76,16 +170,18 @@ export function createNftWriter(options: NftWriterConfig): Writer {
       } catch (err) {
         // One transaction: all or nothing.
         for (const c of changes) failed.set(c.target.key, asErrno(err));
+        for (const t of tables) failed.set(t.target.key, asErrno(err));
       }
       return failed;
     },
-    hint(error) {
+    hint(error, target) {
+      const isMap = !target.key.startsWith('0x');
       return commandHint(error, {
         tool: 'nft',
         path: options.nftPath,
         pathKey: 'writer.nftPath',
         install: 'nftables',
-        missing: `set ${where} does not exist: load the rules first (nf-healthd rules --format nft | nft -f -)`,
+        missing: `${isMap ? `map ${options.family} ${options.table} ${target.key}` : `set ${where}`} does not exist: load the rules first (nf-healthd rules --format nft | nft -f -)`,
       });
     },
   };
