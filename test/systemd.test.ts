@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from '
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer, type SmtpServer } from '../demo/smtp-server.js';
 import { smtpFarmYaml } from './support/config.js';
 import { tempDir, waitUntil } from './support/daemon.js';
 import { restartable } from './support/servers.js';
@@ -14,7 +14,7 @@ import { restartable } from './support/servers.js';
  * overlay), sharing the host network so the SMTP greeters on 127.0.0.1 are reachable.
  * The project and the host's node are bind-mounted at the unit's install paths
  * (/opt/nf-healthd, /usr/bin/node). A drop-in changes only what a test needs: a short
- * watchdog, the test-only fault switch, a condition folder under /srv (no xt_condition
+ * watchdog, the test-only fault switch (ExecStart= on the instrumented entry), a condition folder under /srv (no xt_condition
  * module here, so a plain folder stands in for /proc/net/nf_condition).
  */
 
@@ -172,6 +172,9 @@ beforeAll(async () => {
 ReadWritePaths=/srv/nfh/cond
 WatchdogSec=3s
 RestartSec=200ms
+# The instrumented entry (test/instrument/, in the bind-mounted project): the unit's daemon plus the fault switch.
+ExecStart=
+ExecStart=/usr/bin/node /opt/nf-healthd/test/instrument/dist/entry.js run -c /etc/nf-healthd/config.yaml
 Environment=NF_HEALTHD_TEST_WEDGE=loop
 `,
   );

@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { eachLine, waitableList } from './lines.js';
 
 export const BIN = fileURLToPath(new URL('../../bin/nf-healthd.js', import.meta.url));
+/** The daemon plus the test hooks (test/instrument/entry.ts), as built by scripts/test.sh. */
+export const INSTRUMENTED_BIN = fileURLToPath(new URL('../instrument/dist/entry.js', import.meta.url));
 
 /** A unique temp folder, removed by the returned cleanup. */
 export function tempDir(prefix = 'nfh-test-'): { dir: string; cleanup: () => void } {
@@ -26,9 +28,16 @@ export interface DaemonProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** `netns`: run it inside that network namespace (`ip netns exec` execs, so the pid is the daemon's). */
-export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): DaemonProcess {
-  const argv = [process.execPath, BIN, ...args];
+export interface StartOptions {
+  /** Run it inside that network namespace (`ip netns exec` execs, so the pid is the daemon's). */
+  netns?: string;
+  /** The instrumented entry: the test hooks (NF_HEALTHD_TEST_WEDGE, NF_HEALTHD_SAMPLES) armed by `env`. */
+  instrumented?: boolean;
+}
+
+export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}, options: StartOptions = {}): DaemonProcess {
+  const { netns, instrumented = false } = options;
+  const argv = [process.execPath, instrumented ? INSTRUMENTED_BIN : BIN, ...args];
   const [program, ...rest] = netns === undefined ? argv : ['ip', 'netns', 'exec', netns, ...argv];
   const child = spawn(program!, rest, {
     env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env },
