@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +37,8 @@ export interface StartOptions {
 
 export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}, options: StartOptions = {}): DaemonProcess {
   const { netns, instrumented = false } = options;
+  if (instrumented && !existsSync(INSTRUMENTED_BIN))
+    throw new Error(`${INSTRUMENTED_BIN} is missing: run \`node test/instrument/build.mjs\` (npm test does)`);
   const argv = [process.execPath, instrumented ? INSTRUMENTED_BIN : BIN, ...args];
   const [program, ...rest] = netns === undefined ? argv : ['ip', 'netns', 'exec', netns, ...argv];
   const child = spawn(program!, rest, {
