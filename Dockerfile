@@ -1,6 +1,6 @@
 # nf-healthd in a container, for balancer hosts that run services that way.
 # Build:  docker build -t nf-healthd .
-# Run:    see the README, "Docker": host network, NET_ADMIN only, config read-only.
+# Run:    see docs/operating.md, "Docker": host network, NET_ADMIN only, config read-only.
 #
 # Node 26 is the Active LTS line (since 2026-10-28; 24 is in maintenance until 2028-04).
 # Override with --build-arg NODE_IMAGE=node:24-bookworm-slim to stay on Debian 12.

@@ -13,6 +13,7 @@ export default defineConfig({
       'test/config.test.ts',
       'test/daemon.test.ts',
       'test/damping.test.ts',
+      'test/docs.test.ts',
       'test/events.test.ts',
       'test/golden.test.ts',
       'test/hysteresis.test.ts',
@@ -20,6 +21,7 @@ export default defineConfig({
       'test/kernel-loop.test.ts',
       'test/operating-parts.test.ts',
       'test/probes.test.ts',
+      'test/vrrp.test.ts',
     ],
   },
 });

@@ -75,6 +75,15 @@ export const EVENTS = {
   metrics_failed: { level: 'error', when: 'collecting the metrics for a scrape failed' },
   hook: { level: 'debug/warn', when: 'a notify hook ran (debug), or failed or timed out (warn)' },
   hook_bug: { level: 'error', when: 'the hook runner threw (a bug: report it)' },
+  vrrp_track_value: {
+    level: 'info',
+    when: 'the keepalived track file got a new value: the live capacity changed, or FAULT (-254) when none is left or the daemon stops',
+  },
+  vrrp_file_failed: {
+    level: 'error',
+    when: 'the keepalived track file cannot be written, once per episode; retried every second',
+  },
+  vrrp_file_recovered: { level: 'info', when: 'the keepalived track file can be written again' },
   // systemd
   watchdog: { level: 'debug', when: 'the watchdog period in use' },
   watchdog_stalled: { level: 'error', when: 'the checks stalled: watchdog pings stop, systemd restarts the service' },

@@ -297,7 +297,7 @@ services:
 `,
     );
     const samples = path.join(tmp.dir, `${name}-samples.json`);
-    const d = startDaemon(['run', '-c', file], hooksEnv(samples), { instrumented });
+    const d = startDaemon(['run', '-c', file], hooksEnv(samples), undefined, { instrumented });
     try {
       await d.waitForLine((l) => l.event === 'ready');
       d.kill('SIGTERM');

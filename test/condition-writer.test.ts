@@ -71,4 +71,21 @@ describe('condition writer', () => {
     expect(failed.get('../escape')?.message).toMatch(/refusing condition name/);
     expect(existsSync(path.join(dir, '..', 'escape'))).toBe(false);
   });
+
+  it('on EACCES under /proc names the module options for this process (the real one: test/condition-vm)', () => {
+    // The errno object stands in for the kernel's refusal: this kernel has no xt_condition.
+    const denied = Object.assign(new Error('EACCES: permission denied'), { code: 'EACCES' });
+    const proc = createConditionWriter({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 });
+    const hint = proc.hint(denied, { key: 'mail1up', label: '/proc/net/nf_condition/mail1up' });
+    const gid = process.getgid!();
+    expect(hint).toContain(`(uid ${process.getuid!()}, gid ${gid}) may not write it`);
+    expect(hint).toContain(
+      `"options xt_condition condition_gid_perms=${gid} condition_list_perms=0664" in /etc/modprobe.d/`,
+    );
+    const dir = folder();
+    const plain = createConditionWriter({ type: 'condition', dir, upValue: 0 });
+    expect(plain.hint(denied, target(dir, 'mail1up'))).toBe(
+      `this process (uid ${process.getuid!()}, gid ${gid}) may not write in ${dir}`,
+    );
+  });
 });

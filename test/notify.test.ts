@@ -54,7 +54,7 @@ async function setup(env: NodeJS.ProcessEnv = {}, options: StartOptions = {}) {
     configPath,
     socket,
     start(): DaemonProcess {
-      const d = startDaemon(['run', '-c', configPath], { NOTIFY_SOCKET: socket.path, ...env }, options);
+      const d = startDaemon(['run', '-c', configPath], { NOTIFY_SOCKET: socket.path, ...env }, undefined, options);
       cleanups.push(async () => {
         d.kill('SIGKILL');
         await d.exited;

@@ -14,8 +14,9 @@ import { restartable } from './support/servers.js';
  * overlay), sharing the host network so the SMTP greeters on 127.0.0.1 are reachable.
  * The project and the host's node are bind-mounted at the unit's install paths
  * (/opt/nf-healthd, /usr/bin/node). A drop-in changes only what a test needs: a short
- * watchdog, the test-only fault switch (ExecStart= on the instrumented entry), a condition folder under /srv (no xt_condition
- * module here, so a plain folder stands in for /proc/net/nf_condition).
+ * watchdog, the test-only fault switch (ExecStart= on the instrumented entry), a condition
+ * folder under /srv (no xt_condition module here, so a plain folder stands in for
+ * /proc/net/nf_condition).
  */
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -158,7 +159,9 @@ beforeAll(async () => {
     60_000,
   );
 
-  // Install as the README says, plus the test drop-in.
+  // Install as docs/operating.md says, plus the man pages (`npm run man`) and the test drop-in.
+  const man = await run(process.execPath, [path.join(ROOT, 'scripts/man.mjs'), path.join(tmp.dir, 'man')]);
+  if (man.code !== 0) throw new Error(`scripts/man.mjs: ${man.stderr}`);
   writeConfig(
     config([
       { name: 'mail1', port: s1.port },
@@ -183,6 +186,9 @@ Environment=NF_HEALTHD_TEST_WEDGE=loop
     ['cp', '/opt/nf-healthd/systemd/nf-healthd.sysusers', '/etc/sysusers.d/nf-healthd.conf'],
     ['systemd-sysusers'],
     ['cp', '/opt/nf-healthd/systemd/nf-healthd.service', '/etc/systemd/system/nf-healthd.service'],
+    ['mkdir', '-p', '/usr/local/share/man/man8', '/usr/local/share/man/man5'],
+    ['cp', '/srv/nfh/man/nf-healthd.8', '/usr/local/share/man/man8/'],
+    ['cp', '/srv/nfh/man/nf-healthd.yaml.5', '/usr/local/share/man/man5/'],
     ['ln', '-s', '/srv/nfh/config.yaml', '/etc/nf-healthd/config.yaml'],
     ['cp', '/srv/nfh/test.conf', '/etc/systemd/system/nf-healthd.service.d/test.conf'],
     ['chown', 'nf-healthd:nf-healthd', '/srv/nfh/cond'],

@@ -409,7 +409,7 @@ services:
       ['r2', true, `NOERROR, 1 A answer (${ANSWERS[1]}), authoritative`],
     ]);
 
-    const daemon: DaemonProcess = startDaemon(['run', '-c', config], {}, { netns: lab.balancer.name });
+    const daemon: DaemonProcess = startDaemon(['run', '-c', config], {}, lab.balancer.name);
     let finished = false;
     try {
       await daemon.waitForLine((l) => l.event === 'ready', 15_000);

@@ -78,6 +78,7 @@ ${servers.map((s, i) => `      - { name: b${i}, address: 127.0.0.1, port: ${s.po
         WATCHDOG_USEC: '1000000',
         NF_HEALTHD_SAMPLES: samplesFile,
       },
+      undefined,
       { instrumented: true },
     );
     cleanups.push(async () => {

@@ -48,7 +48,11 @@ export const listenAddress = z.union([z.number().int(), z.string()]).transform((
 
 export const httpSchema = z.strictObject({
   /** Off unless set. A bare port means loopback. */
-  listen: listenAddress.optional(),
+  listen: listenAddress
+    .optional()
+    .describe(
+      'Serve `/metrics`, `/status` and `/healthz` here: `9100` or `":9100"` mean 127.0.0.1:9100; `"0.0.0.0:9100"`, `"[::1]:9100"` say where. A reload may move or close it.',
+    ),
 });
 
 /** A program and its arguments: run directly, never through a shell. */
@@ -62,43 +66,86 @@ const argv = z
 
 export const notifySchema = z.strictObject({
   /** Run when a backend goes up. */
-  up: argv.optional(),
+  up: argv.optional().describe('Program and arguments run when a backend goes up (an absolute path; no shell).'),
   /** Run when a backend goes down. */
-  down: argv.optional(),
+  down: argv.optional().describe('Program and arguments run when a backend goes down (an absolute path; no shell).'),
   /** Run on every change, after `up`/`down`. */
-  change: argv.optional(),
+  change: argv.optional().describe('Program and arguments run on every transition, after `up` or `down`.'),
   /** A hook still running after this is killed (SIGKILL) and logged. */
-  timeout: duration.default(10_000),
+  timeout: duration.default(10_000).describe('A hook still running after this is killed (SIGKILL) and logged.'),
   /** Hook processes at once, across all backends. */
-  maxConcurrent: z.number().int().min(1).max(64).default(4),
+  maxConcurrent: z.number().int().min(1).max(64).default(4).describe('Hook processes at once, across all backends.'),
 });
 
 export const dampingSchema = z.strictObject({
   /** State changes are counted inside this sliding window. */
-  window: duration.default(60_000),
+  window: duration.default(60_000).describe('State changes are counted inside this sliding window.'),
   /** This many changes inside `window` count as flapping (4 = down, up, down, up). */
-  changes: z.number().int().min(2).default(4),
+  changes: z
+    .number()
+    .int()
+    .min(2)
+    .default(4)
+    .describe('This many state changes inside `window` count as flapping (4 = down, up, down, up).'),
   /** First hold time; each further hold doubles it, up to `maxHold`. */
-  hold: duration.default(30_000),
-  maxHold: duration.default(600_000),
+  hold: duration
+    .default(30_000)
+    .describe('How long a flapping backend is held down the first time; each further hold doubles it.'),
+  maxHold: duration.default(600_000).describe('The longest hold.'),
   /** Each `decay` of calm after a hold halves the next hold again (one step). */
-  decay: duration.default(300_000),
+  decay: duration.default(300_000).describe('Each `decay` without a state change takes one doubling of the hold back.'),
 });
+
+/** The track-file value that puts a keepalived instance in FAULT (with the track file's weight 1). */
+export const VRRP_FAULT = -254;
+
+export const vrrpSchema = z
+  .strictObject({
+    trackFile: z
+      .string()
+      .startsWith('/', 'expected an absolute path')
+      .describe(
+        "The file keepalived's `track_file` reads (weight 1): 0 with every backend up, a negative number as capacity falls, -254 (FAULT) with none, before the first round of checks and when the daemon stops.",
+      ),
+    penalty: z
+      .number()
+      .int()
+      .min(1)
+      .max(253)
+      .default(100)
+      .describe(
+        'How far the priority drops as capacity nears zero: the value is -ceil(penalty × lost share). Set it above the priority gap between the balancers so that a balancer that lost much of its capacity yields the VIP.',
+      ),
+  })
+  .describe('keepalived integration: a track file whose value follows the live capacity (docs/pair.md).');
 
 export type HttpConfig = z.infer<typeof httpSchema>;
 export type NotifyConfig = z.infer<typeof notifySchema>;
 export type DampingConfig = z.infer<typeof dampingSchema>;
+export type VrrpConfig = z.infer<typeof vrrpSchema>;
 
 export const STATE_FILE_DEFAULT = '/run/nf-healthd/state.json';
 
 /** Top-level keys, spread into the config object in schema.ts. */
 export const operationsKeys = {
   /** Where the daemon keeps its state for `status` and for restarts (replaced atomically). */
-  stateFile: z.string().startsWith('/', 'expected an absolute path').default(STATE_FILE_DEFAULT),
+  stateFile: z
+    .string()
+    .startsWith('/', 'expected an absolute path')
+    .default(STATE_FILE_DEFAULT)
+    .describe(
+      "The daemon's state, for `status` and for restarts: replaced atomically on every change and at least once per `interval`; the folder is created.",
+    ),
   /** A state file older than this is not resumed at start: backends begin at initialState. */
-  stateMaxAge: duration.default(300_000),
-  http: httpSchema.optional(),
-  notify: notifySchema.optional(),
+  stateMaxAge: duration
+    .default(300_000)
+    .describe('A state file older than this is not resumed at start: backends begin at `initialState`.'),
+  http: httpSchema.optional().describe('The HTTP listener for metrics and status; off unless set.'),
+  notify: notifySchema.optional().describe('Programs run on transitions (hooks).'),
   /** Off unless set; `damping: {}` turns it on with the defaults. */
-  damping: dampingSchema.optional(),
+  damping: dampingSchema
+    .optional()
+    .describe('Flap damping: off unless set; `damping: {}` turns it on with the defaults.'),
+  /** Off unless set: keepalived's track file (docs/pair.md). */
+  vrrp: vrrpSchema.optional().describe('keepalived integration (docs/pair.md); off unless set.'),
 };

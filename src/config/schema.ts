@@ -13,56 +13,141 @@ const interfaceName = z
 
 /** Timing keys: settable in `defaults`, per service and per backend. */
 const timing = {
-  interval: duration.optional(),
-  fastInterval: duration.optional(),
-  timeout: duration.optional(),
-  rise: z.number().int().min(1).optional(),
-  fall: z.number().int().min(1).optional(),
+  interval: duration
+    .optional()
+    .describe('Period between checks of a settled backend, start to start, less up to 10% of random jitter.'),
+  fastInterval: duration
+    .optional()
+    .describe(
+      'Period while a backend is changing state (a failure while up, a success while down); at most `interval`.',
+    ),
+  timeout: duration
+    .optional()
+    .describe(
+      'One whole check: DNS, connect, TLS handshake and exchange. More than twice `interval` is refused (checks would fall behind).',
+    ),
+  rise: z.number().int().min(1).optional().describe('Consecutive successes that mark a down backend up.'),
+  fall: z.number().int().min(1).optional().describe('Consecutive failures that mark an up backend down.'),
   /** Period between checks of a backend that has been down for at least this long (HAProxy's downinter); default: interval. */
-  downInterval: duration.optional(),
+  downInterval: duration
+    .optional()
+    .describe(
+      "Period between checks of a backend that has been down for at least this long (HAProxy's downinter); default: `interval`. Shorter than `interval` is refused.",
+    ),
 };
 export const TIMING_DEFAULTS = { interval: 2000, fastInterval: 500, timeout: 1500, rise: 2, fall: 3 } as const;
 
 export const backendSchema = z.strictObject({
-  name: objectName,
-  address,
-  port: port.optional(),
-  condition: conditionName.optional(),
-  weight: z.number().int().min(1).max(1000).default(1),
-  check: checkSchema.optional(),
+  name: objectName.describe(
+    "The backend's name, unique across the config: 1 to 63 of `A-Za-z0-9_.-`, starting with a letter or digit. It names the backend in logs, metrics, hooks and the rules.",
+  ),
+  address: address.describe(
+    'IPv4 address, IPv6 address or host name the check connects to (and, for `rules`, the DNAT target: an address).',
+  ),
+  port: port
+    .optional()
+    .describe(
+      "The traffic port: where the DNAT goes, and the checks unless one sets its own `port`; default: the service's `port`.",
+    ),
+  condition: conditionName
+    .optional()
+    .describe(
+      "Condition writer: the condition name (the file in `writer.dir`); default: the backend's name. 1 to 30 printable characters, no `/`, not `.` or `..` (the kernel's rules).",
+    ),
+  weight: z
+    .number()
+    .int()
+    .min(1)
+    .max(1000)
+    .default(1)
+    .describe('Share of new connections in the rules `nf-healthd rules` prints.'),
+  check: checkSchema.optional().describe("This backend's own check, replacing the service's (see the check types)."),
   /** Several checks instead of `check`: up only when every one passes. */
-  checks: z.array(checkSchema).min(1).max(16).optional(),
+  checks: z
+    .array(checkSchema)
+    .min(1)
+    .max(16)
+    .optional()
+    .describe("Several checks instead of `check`, replacing the service's: up only when every one passes."),
   ...timing,
 });
 
 export const serviceSchema = z.strictObject({
-  name: objectName,
-  vip: ipAddress.optional(),
-  port,
+  name: objectName.describe("The service's name, unique: 1 to 63 of `A-Za-z0-9_.-`, starting with a letter or digit."),
+  vip: ipAddress
+    .optional()
+    .describe('The service address the rules match (needed by `rules`, and by the ipset writer, whose sets hold it).'),
+  port: port.describe("The service port, and the backends' port unless they set their own."),
   /** `udp`: the rules match UDP; such a service needs an explicit check (a UDP port cannot be connect-checked). */
-  protocol: z.enum(['tcp', 'udp']).default('tcp'),
-  inInterface: interfaceName.optional(),
+  protocol: z
+    .enum(['tcp', 'udp'])
+    .default('tcp')
+    .describe(
+      'The transport the rules balance. A `udp` service needs an explicit check: a UDP port cannot be connect-checked.',
+    ),
+  inInterface: interfaceName.optional().describe('The rules match only packets coming in on this interface.'),
   /** Default `tcp` unless `checks` is set (a `udp` service has no default). */
-  check: checkSchema.optional(),
+  check: checkSchema
+    .optional()
+    .describe(
+      "The check for the service's backends; default `{type: tcp}` unless `checks` is set (a `udp` service has no default).",
+    ),
   /** Several checks instead of `check`: up only when every one passes. */
-  checks: z.array(checkSchema).min(1).max(16).optional(),
-  backends: z.array(backendSchema).min(1, 'a service needs at least one backend'),
+  checks: z
+    .array(checkSchema)
+    .min(1)
+    .max(16)
+    .optional()
+    .describe('Several checks instead of `check`: a backend is up only when every one passes.'),
+  backends: z
+    .array(backendSchema)
+    .min(1, 'a service needs at least one backend')
+    .describe('The backends new connections are spread over.'),
   ...timing,
 });
 
 export const logSchema = z.strictObject({
-  level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
-  format: z.enum(['auto', 'json', 'journal', 'pretty']).default('auto'),
+  level: z
+    .enum(['error', 'warn', 'info', 'debug'])
+    .default('info')
+    .describe('The least severe level logged; successful checks log at `debug`.'),
+  format: z
+    .enum(['auto', 'json', 'journal', 'pretty'])
+    .default('auto')
+    .describe(
+      '`json` lines; `journal`: the same with sd-daemon priority prefixes; `pretty`: one readable line per event; `auto`: journal when `JOURNAL_STREAM` is set, else json.',
+    ),
 });
 
 export const configSchema = z.strictObject({
-  defaults: z.strictObject(timing).default({}),
-  initialState: z.enum(['up', 'down', 'kernel']).default('up'),
+  defaults: z
+    .strictObject(timing)
+    .default({})
+    .describe(
+      "Timing for every backend; a service's or backend's own value wins (backend, then service, then defaults).",
+    ),
+  initialState: z
+    .enum(['up', 'down', 'kernel'])
+    .default('up')
+    .describe(
+      'State written for a backend at start when no state file is resumed: `kernel` adopts the value the writer holds now (unreadable or unset counts as up).',
+    ),
   /** Checks in flight at once, across all backends. */
-  concurrency: z.number().int().min(1).max(65_536).default(1000),
-  writer: writerSchema.default({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 }),
-  log: logSchema.default({ level: 'info', format: 'auto' }),
-  services: z.array(serviceSchema).min(1, 'at least one service is needed'),
+  concurrency: z
+    .number()
+    .int()
+    .min(1)
+    .max(65_536)
+    .default(1000)
+    .describe('Checks in flight at once, across all backends.'),
+  writer: writerSchema
+    .default({ type: 'condition', dir: '/proc/net/nf_condition', upValue: 0 })
+    .describe('What the daemon drives in the kernel: condition files, ipset sets or an nft set.'),
+  log: logSchema.default({ level: 'info', format: 'auto' }).describe('Logging: JSON lines on stdout.'),
+  services: z
+    .array(serviceSchema)
+    .min(1, 'at least one service is needed')
+    .describe('The balanced services and their backends.'),
   ...operationsKeys,
 });
 

@@ -4,5 +4,12 @@ import { stateDumpPlugin } from './dump-plugin.js';
 import { hooksPlugin } from './hooks-plugin.js';
 import { httpPlugin } from './http-plugin.js';
 import { stateFilePlugin } from './state-plugin.js';
+import { vrrpPlugin } from './vrrp-plugin.js';
 
-export const operationsPlugins: DaemonPlugin[] = [stateFilePlugin, stateDumpPlugin, httpPlugin, hooksPlugin];
+export const operationsPlugins: DaemonPlugin[] = [
+  stateFilePlugin,
+  stateDumpPlugin,
+  httpPlugin,
+  hooksPlugin,
+  vrrpPlugin,
+];

@@ -10,12 +10,13 @@ import type { Snapshot } from './snapshot.js';
 /** Largest state file we read back: thousands of backends fit, a wrong path does not hurt. */
 const MAX_BYTES = 64 * 1024 * 1024;
 
-export async function writeStateFile(file: string, state: Snapshot): Promise<void> {
+/** Replaces `file` with `text` atomically: a reader sees the old content or the new, never a part. */
+export async function writeFileAtomically(file: string, text: string): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o755 });
   const tmp = `${file}.${process.pid}.tmp`;
   const handle = await open(tmp, 'w', 0o644);
   try {
-    await handle.writeFile(`${JSON.stringify(state, null, 1)}\n`);
+    await handle.writeFile(text);
     // The rename must not reach the disk before the data: a crash leaves old or new, not empty.
     await handle.sync();
   } finally {
@@ -27,6 +28,10 @@ export async function writeStateFile(file: string, state: Snapshot): Promise<voi
     await unlink(tmp).catch(() => undefined);
     throw err;
   }
+}
+
+export function writeStateFile(file: string, state: Snapshot): Promise<void> {
+  return writeFileAtomically(file, `${JSON.stringify(state, null, 1)}\n`);
 }
 
 const dampingSchema = z.object({

@@ -24,19 +24,38 @@ const rcode = z.enum(RCODES);
 /** RFC 1035 4.2.1: a UDP reply to a query without EDNS is at most 512 bytes. */
 export const DNS_UDP_MAX = 512;
 
-export const dnsSchema = z.strictObject({
-  type: z.literal('dns'),
-  /** The name asked for; the root by default, as keepalived's DNS_CHECK does. */
-  name: dnsName.default('.'),
-  /** The record type asked for (`type` is the check's own key). */
-  recordType: recordType.default('SOA'),
-  /** The response code(s) that mean up. */
-  rcode: z.union([rcode, z.array(rcode).min(1)]).default('NOERROR'),
-  /** Up only with at least this many answers of `recordType`. */
-  minAnswers: z.number().int().min(1).max(1000).optional(),
-  /** Largest reply accepted, in bytes. */
-  maxBytes: z.number().int().min(DNS_UDP_MAX).max(65_535).default(DNS_UDP_MAX),
-});
+export const dnsSchema = z
+  .strictObject({
+    type: z.literal('dns'),
+    /** The name asked for; the root by default, as keepalived's DNS_CHECK does. */
+    name: dnsName.default('.').describe("The name asked for; the root by default, as keepalived's DNS_CHECK does."),
+    /** The record type asked for (`type` is the check's own key). */
+    recordType: recordType.default('SOA').describe("The record type asked for (`type` is the check's own key)."),
+    /** The response code(s) that mean up. */
+    rcode: z
+      .union([rcode, z.array(rcode).min(1)])
+      .default('NOERROR')
+      .describe('The response code, or a list of them, that means up.'),
+    /** Up only with at least this many answers of `recordType`. */
+    minAnswers: z
+      .number()
+      .int()
+      .min(1)
+      .max(1000)
+      .optional()
+      .describe('Up only with at least this many answers of `recordType`.'),
+    /** Largest reply accepted, in bytes. */
+    maxBytes: z
+      .number()
+      .int()
+      .min(DNS_UDP_MAX)
+      .max(65_535)
+      .default(DNS_UDP_MAX)
+      .describe('Largest reply accepted, in bytes (512: a UDP reply without EDNS, RFC 1035).'),
+  })
+  .describe(
+    'One DNS query over UDP with a fresh random ID and source port: up when the reply carries that ID and question, an expected `rcode`, and with `minAnswers` that many records.',
+  );
 export type DnsOptions = z.infer<typeof dnsSchema>;
 
 /** The question of each check config, encoded once, not on every check. */

@@ -15,17 +15,25 @@ const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'expected an 
  */
 export const execProbe = defineProbe({
   type: 'exec',
-  schema: z.strictObject({
-    type: z.literal('exec'),
-    command: z.array(z.string().min(1)).min(1, 'the program to run, then its arguments'),
-    env: z.record(envName, z.string()).default({}),
-    maxOutputBytes: z
-      .number()
-      .int()
-      .min(1)
-      .max(1024 * 1024)
-      .default(4096),
-  }),
+  schema: z
+    .strictObject({
+      type: z.literal('exec'),
+      command: z
+        .array(z.string().min(1))
+        .min(1, 'the program to run, then its arguments')
+        .describe(
+          'The program and its arguments, run directly (no shell) with `PATH`, `env` and NFH_ADDRESS, NFH_PORT, NFH_BACKEND, NFH_SERVICE.',
+        ),
+      env: z.record(envName, z.string()).default({}).describe("Variables added to the program's environment."),
+      maxOutputBytes: z
+        .number()
+        .int()
+        .min(1)
+        .max(1024 * 1024)
+        .default(4096)
+        .describe('Output read from the program; past this it gets EPIPE. The first non-empty line is the detail.'),
+    })
+    .describe('Up when a program exits 0; its process group is killed at the timeout and when it exits.'),
   run(target, options, signal) {
     return new Promise((resolve, reject) => {
       if (signal.aborted) return reject(abortedDuring(signal, `starting ${options.command[0]}`));

@@ -17,21 +17,34 @@ const statusRange = z.union([
 ]);
 
 export const httpOptions = {
-  path: z.string().startsWith('/', 'a path starts with /').default('/'),
-  method: z.enum(['GET', 'HEAD']).default('GET'),
-  host: z.string().min(1).optional(),
-  expectStatus: z.array(statusRange).min(1).default(['200-399']),
-  expectBody: z.string().min(1).optional(),
+  path: z.string().startsWith('/', 'a path starts with /').default('/').describe('The request path.'),
+  method: z.enum(['GET', 'HEAD']).default('GET').describe('The request method.'),
+  host: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('The `Host` header; default: the address (and port), or `servername` for `https`.'),
+  expectStatus: z
+    .array(statusRange)
+    .min(1)
+    .default(['200-399'])
+    .describe('Status codes (`200`) or ranges (`"300-399"`) that mean up. Redirects are reported, never followed.'),
+  expectBody: z.string().min(1).optional().describe('A substring the body must contain.'),
   /** How much of the body is searched for expectBody. */
   maxBodyBytes: z
     .number()
     .int()
     .min(1)
     .max(16 * 1024 * 1024)
-    .default(65_536),
+    .default(65_536)
+    .describe('How much of the body is searched for `expectBody`.'),
 };
 
-export const httpSchema = z.strictObject({ type: z.literal('http'), ...httpOptions });
+export const httpSchema = z
+  .strictObject({ type: z.literal('http'), ...httpOptions })
+  .describe(
+    'Up when the HTTP status matches `expectStatus`, and the body holds `expectBody`. A fresh connection per check.',
+  );
 export type HttpOptions = z.infer<typeof httpSchema>;
 
 export function statusMatches(status: number, expect: readonly (number | string)[]): boolean {

@@ -12,7 +12,9 @@ import { defineProbe } from './types.js';
  */
 export const httpsProbe = defineProbe({
   type: 'https',
-  schema: z.strictObject({ type: z.literal('https'), ...httpOptions, ...tlsOptions }),
+  schema: z
+    .strictObject({ type: z.literal('https'), ...httpOptions, ...tlsOptions })
+    .describe('As `http`, over TLS whose certificate passes (judged right after the handshake).'),
   async run(target, options, signal) {
     const tlsConnect = await connectOptions(target, options);
     let note = '';

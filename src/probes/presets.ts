@@ -9,7 +9,10 @@ import { defineProbe } from './types.js';
  */
 
 /** `tls: true` runs the whole exchange over TLS (POP3S, IMAPS, Redis with TLS). */
-const implicitTls = { tls: z.boolean().default(false), ...tlsOptions };
+const implicitTls = {
+  tls: z.boolean().default(false).describe('Implicit TLS: the whole exchange over TLS (POP3S, IMAPS, Redis with TLS).'),
+  ...tlsOptions,
+};
 
 function withTls(options: TlsOptions & { tls: boolean }, steps: Step[]): Step[] {
   return options.tls ? [{ kind: 'tls', options: pickTlsOptions(options), phase: 'TLS handshake' }, ...steps] : steps;
@@ -20,7 +23,9 @@ const hostname = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/, 'expected
 /** POP3 (RFC 1939): the greeting starts `+OK`. */
 export const pop3Probe = defineProbe({
   type: 'pop3',
-  schema: z.strictObject({ type: z.literal('pop3'), ...implicitTls }),
+  schema: z
+    .strictObject({ type: z.literal('pop3'), ...implicitTls })
+    .describe('Up when the greeting starts `+OK`; then QUIT.'),
   run: (target, options, signal) =>
     converse(
       target,
@@ -32,7 +37,9 @@ export const pop3Probe = defineProbe({
 /** IMAP (RFC 9051): the greeting is `* OK` (`* PREAUTH` is a session already, `* BYE` a refusal). */
 export const imapProbe = defineProbe({
   type: 'imap',
-  schema: z.strictObject({ type: z.literal('imap'), ...implicitTls }),
+  schema: z
+    .strictObject({ type: z.literal('imap'), ...implicitTls })
+    .describe('Up when the greeting is `* OK` (or `* PREAUTH`); then `a1 LOGOUT`.'),
   run: (target, options, signal) =>
     converse(
       target,
@@ -47,7 +54,9 @@ export const imapProbe = defineProbe({
 /** FTP (RFC 959): a 220 greeting, multi-line replies with free text between `220-` and `220 `. */
 export const ftpProbe = defineProbe({
   type: 'ftp',
-  schema: z.strictObject({ type: z.literal('ftp') }),
+  schema: z
+    .strictObject({ type: z.literal('ftp') })
+    .describe('Up when the greeting is 220 (RFC 959 multi-line replies); then QUIT.'),
   run: (target, _options, signal) =>
     converse(
       target,
@@ -63,7 +72,11 @@ export const ftpProbe = defineProbe({
  */
 export const sshProbe = defineProbe({
   type: 'ssh',
-  schema: z.strictObject({ type: z.literal('ssh') }),
+  schema: z
+    .strictObject({ type: z.literal('ssh') })
+    .describe(
+      'Up when the server sends its `SSH-2.0-` (or `SSH-1.99-`) version line; answered with ours before closing.',
+    ),
   run: (target, _options, signal) =>
     converse(
       target,
@@ -80,7 +93,9 @@ export const sshProbe = defineProbe({
 /** Redis: PING answered by `+PONG` (a `-NOAUTH` or `-LOADING` answer is down, with the words). */
 export const redisProbe = defineProbe({
   type: 'redis',
-  schema: z.strictObject({ type: z.literal('redis'), ...implicitTls }),
+  schema: z
+    .strictObject({ type: z.literal('redis'), ...implicitTls })
+    .describe('Up when `PING` is answered `+PONG` (`-NOAUTH`, `-LOADING` are down with their words); then QUIT.'),
   run: (target, options, signal) =>
     converse(
       target,
@@ -98,7 +113,12 @@ export const redisProbe = defineProbe({
 /** LMTP (RFC 2033): a 220 greeting, then LHLO answered by a (multi-line) 250. */
 export const lmtpProbe = defineProbe({
   type: 'lmtp',
-  schema: z.strictObject({ type: z.literal('lmtp'), lhlo: hostname.default('localhost') }),
+  schema: z
+    .strictObject({
+      type: z.literal('lmtp'),
+      lhlo: hostname.default('localhost').describe('The name sent with LHLO.'),
+    })
+    .describe('Up when the greeting is 220 and LHLO is answered 250; then QUIT.'),
   run(target, options, signal) {
     const conversation: Conversation = {
       steps: [

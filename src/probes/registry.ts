@@ -16,29 +16,39 @@ import { udpProbe } from './udp.js';
 /** Keys every check has, whatever its type. */
 const common = {
   /** Probe this port instead of the backend's traffic port (HAProxy's `port`, keepalived's `connect_port`). */
-  port: port.optional(),
+  port: port
+    .optional()
+    .describe(
+      "Probe this port instead of the backend's traffic port (HAProxy's `port`, keepalived's `connect_port`); default: the backend's `port`.",
+    ),
 };
+
+/** Gives `extended` the description of `original` (`extend` drops it; the configuration reference shows it). */
+function describedAs<T extends z.ZodType>(extended: T, original: z.ZodType): T {
+  if (original.description !== undefined) z.globalRegistry.add(extended, { description: original.description });
+  return extended;
+}
 
 /**
  * Every check type the daemon knows, picked by `type`, each with the common keys. Adding a
  * check is one file exporting a ProbeDefinition plus one line in each list below.
  */
 export const checkSchema = z.discriminatedUnion('type', [
-  tcpProbe.schema.extend(common),
-  smtpProbe.schema.extend(common),
-  httpProbe.schema.extend(common),
-  tlsProbe.schema.extend(common),
-  httpsProbe.schema.extend(common),
-  expectProbe.schema.extend(common),
-  execProbe.schema.extend(common),
-  pop3Probe.schema.extend(common),
-  imapProbe.schema.extend(common),
-  ftpProbe.schema.extend(common),
-  sshProbe.schema.extend(common),
-  redisProbe.schema.extend(common),
-  lmtpProbe.schema.extend(common),
-  dnsProbe.schema.extend(common),
-  udpProbe.schema.extend(common),
+  describedAs(tcpProbe.schema.extend(common), tcpProbe.schema),
+  describedAs(smtpProbe.schema.extend(common), smtpProbe.schema),
+  describedAs(httpProbe.schema.extend(common), httpProbe.schema),
+  describedAs(tlsProbe.schema.extend(common), tlsProbe.schema),
+  describedAs(httpsProbe.schema.extend(common), httpsProbe.schema),
+  describedAs(expectProbe.schema.extend(common), expectProbe.schema),
+  describedAs(execProbe.schema.extend(common), execProbe.schema),
+  describedAs(pop3Probe.schema.extend(common), pop3Probe.schema),
+  describedAs(imapProbe.schema.extend(common), imapProbe.schema),
+  describedAs(ftpProbe.schema.extend(common), ftpProbe.schema),
+  describedAs(sshProbe.schema.extend(common), sshProbe.schema),
+  describedAs(redisProbe.schema.extend(common), redisProbe.schema),
+  describedAs(lmtpProbe.schema.extend(common), lmtpProbe.schema),
+  describedAs(dnsProbe.schema.extend(common), dnsProbe.schema),
+  describedAs(udpProbe.schema.extend(common), udpProbe.schema),
 ]);
 export type CheckConfig = z.infer<typeof checkSchema>;
 export type CheckType = CheckConfig['type'];

@@ -17,13 +17,24 @@ const hostname = z
  */
 export const smtpProbe = defineProbe({
   type: 'smtp',
-  schema: z.strictObject({
-    type: z.literal('smtp'),
-    ehlo: hostname.optional(),
-    /** EHLO, require STARTTLS among the extensions, STARTTLS, handshake, EHLO again. */
-    starttls: z.boolean().default(false),
-    ...tlsOptions,
-  }),
+  schema: z
+    .strictObject({
+      type: z.literal('smtp'),
+      ehlo: hostname
+        .optional()
+        .describe(
+          'Send EHLO with this name after the greeting and require 250 (with `starttls`, default `localhost`).',
+        ),
+      /** EHLO, require STARTTLS among the extensions, STARTTLS, handshake, EHLO again. */
+      starttls: z
+        .boolean()
+        .default(false)
+        .describe(
+          'EHLO, require STARTTLS among the extensions, STARTTLS, TLS handshake (certificate judged), EHLO again.',
+        ),
+      ...tlsOptions,
+    })
+    .describe('Up when the greeting is 220 (RFC 5321 multi-line replies), and with `ehlo` the EHLO reply 250.'),
   run(target, options, signal) {
     const steps: Step[] = [{ kind: 'reply', code: '220', phase: 'greeting' }];
     if (options.starttls) {

@@ -5,7 +5,9 @@ import { defineProbe } from './types.js';
 /** Up when the backend accepts a TCP connection within the timeout. */
 export const tcpProbe = defineProbe({
   type: 'tcp',
-  schema: z.strictObject({ type: z.literal('tcp') }),
+  schema: z
+    .strictObject({ type: z.literal('tcp') })
+    .describe('Up when the backend accepts the connection (then closed with a reset: no TIME_WAIT left behind).'),
   async run(target, _options, signal) {
     const socket = await connect(target, signal);
     // A reset instead of FIN: connect checks at thousands per second must not fill

@@ -14,13 +14,30 @@ export const tlsOptions = {
   servername: z
     .string()
     .regex(/^[A-Za-z0-9*][A-Za-z0-9.-]{0,252}$/, 'expected a host name')
-    .optional(),
+    .optional()
+    .describe(
+      "SNI and the name the certificate must carry; default: the backend's address. SNI is sent for host names only (RFC 6066); for `https` also the `Host` header unless `host` is set.",
+    ),
   /** Check the chain against the trusted CAs and the name against the certificate. */
-  verify: z.boolean().default(true),
+  verify: z
+    .boolean()
+    .default(true)
+    .describe('Check the chain against the trusted CAs and the name against the certificate.'),
   /** A PEM file of CA certificates trusted in addition to the system's. */
-  ca: z.string().regex(/^\//, 'expected an absolute path to a PEM file').optional(),
+  ca: z
+    .string()
+    .regex(/^\//, 'expected an absolute path to a PEM file')
+    .optional()
+    .describe(
+      "Absolute path of a PEM file of CA certificates trusted in addition to the system's (re-read when it changes).",
+    ),
   /** Down when the certificate expires in fewer days than this. */
-  minValidDays: z.number().min(0).max(3650).optional(),
+  minValidDays: z
+    .number()
+    .min(0)
+    .max(3650)
+    .optional()
+    .describe('Down when the certificate expires in fewer days than this; works with `verify: false` too.'),
 };
 
 const tlsOptionsSchema = z.object(tlsOptions);

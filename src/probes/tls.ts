@@ -9,7 +9,9 @@ import { defineProbe } from './types.js';
  */
 export const tlsProbe = defineProbe({
   type: 'tls',
-  schema: z.strictObject({ type: z.literal('tls'), ...tlsOptions }),
+  schema: z
+    .strictObject({ type: z.literal('tls'), ...tlsOptions })
+    .describe('Up when a TLS handshake completes and the certificate passes.'),
   async run(target, options, signal) {
     const tcp = await connect(target, signal);
     const { socket, note } = await startTls(tcp, target, options, signal);

@@ -22,15 +22,24 @@ const text = z
 /** Bytes as text or `{ hex: "..." }`. */
 const bytes = z.union([text, z.strictObject({ hex })]);
 
-export const udpSchema = z.strictObject({
-  type: z.literal('udp'),
-  /** The request datagram; YAML escapes ("\r\n", "\xff") for control bytes. */
-  send: bytes,
-  /** What the reply must contain (text or hex bytes) or match (`regex`); any reply is up without it. */
-  expect: z.union([text, z.strictObject({ hex }), z.strictObject({ regex })]).optional(),
-  /** Largest reply accepted, in bytes. */
-  maxBytes: z.number().int().min(1).max(65_535).default(4096),
-});
+export const udpSchema = z
+  .strictObject({
+    type: z.literal('udp'),
+    /** The request datagram; YAML escapes ("\r\n", "\xff") for control bytes. */
+    send: bytes.describe(
+      'The request datagram: text (YAML escapes such as `"\\r\\n"`, `"\\xff"` for control bytes, one byte per character) or `{hex: "..."}`.',
+    ),
+    /** What the reply must contain (text or hex bytes) or match (`regex`); any reply is up without it. */
+    expect: z
+      .union([text, z.strictObject({ hex }), z.strictObject({ regex })])
+      .optional()
+      .describe(
+        'What the reply must contain (text or `{hex: "..."}`) or match (`{regex: "..."}`); without it any reply is up.',
+      ),
+    /** Largest reply accepted, in bytes. */
+    maxBytes: z.number().int().min(1).max(65_535).default(4096).describe('Largest reply accepted, in bytes.'),
+  })
+  .describe('Generic UDP send/expect: one request datagram; up when the first reply holds the expected bytes.');
 export type UdpOptions = z.infer<typeof udpSchema>;
 
 interface Matcher {

@@ -6,7 +6,7 @@ import type { Logger } from '../log.js';
  * socket (Node has no AF_UNIX datagram sockets) or the npm package of the same name
  * (READY/STATUS/MAINPID only, newlines passed through into extra fields). Called
  * without --no-block: its barrier keeps it alive until systemd has read the message,
- * so the message is attributed to our unit (see README, "Why systemd-notify (the program)").
+ * so the message is attributed to our unit (see docs/design.md, "Why systemd-notify (the program)").
  */
 export const SYSTEMD_NOTIFY = '/usr/bin/systemd-notify';
 

@@ -29,14 +29,18 @@ export interface DaemonProcess {
 }
 
 export interface StartOptions {
-  /** Run it inside that network namespace (`ip netns exec` execs, so the pid is the daemon's). */
-  netns?: string;
   /** The instrumented entry: the test hooks (NF_HEALTHD_TEST_WEDGE, NF_HEALTHD_SAMPLES) armed by `env`. */
   instrumented?: boolean;
 }
 
-export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}, options: StartOptions = {}): DaemonProcess {
-  const { netns, instrumented = false } = options;
+/** `netns`: run it inside that network namespace (`ip netns exec` execs, so the pid is the daemon's). */
+export function startDaemon(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  netns?: string,
+  options: StartOptions = {},
+): DaemonProcess {
+  const { instrumented = false } = options;
   if (instrumented && !existsSync(INSTRUMENTED_BIN))
     throw new Error(`${INSTRUMENTED_BIN} is missing: run \`node test/instrument/build.mjs\` (npm test does)`);
   const argv = [process.execPath, instrumented ? INSTRUMENTED_BIN : BIN, ...args];

@@ -1,21 +1,15 @@
 #!/usr/bin/env bash
 # Builds (once) the Debian 12 rootfs that test/systemd.test.ts boots with systemd-nspawn,
-# and prints its path. Cached under a name keyed by a hash of this script, so an edit
-# here makes a fresh one; built in a temporary folder and renamed into place, so an
-# interrupted build never leaves a half rootfs behind under the final name.
+# and prints its path (cached: see test/support/debian-cache.sh).
 set -euo pipefail
-CACHE=${NFH_ROOTFS_CACHE:-/var/cache/nf-healthd-test}
-MIRROR=${NFH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=systemd,systemd-sysv,dbus,procps
-hash=$(sha256sum "$0" | cut -c1-16)
-root="$CACHE/rootfs-$hash"
-if [ -x "$root/usr/lib/systemd/systemd" ]; then echo "$root"; exit 0; fi
-mkdir -p "$CACHE"
-tmp=$(mktemp -d "$CACHE/.build-XXXXXX")
-trap 'rm -rf --one-file-system "$tmp"' EXIT
-debootstrap --variant=minbase --include="$PACKAGES" bookworm "$tmp/root" "$MIRROR" >"$tmp/log" 2>&1 || { tail -20 "$tmp/log" >&2; exit 1; }
-# The test reads the journal and the unit state only; no getty, no network setup in there.
-chroot "$tmp/root" systemctl mask console-getty.service getty@tty1.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
-echo nfh-test >"$tmp/root/etc/hostname"
-mv -T "$tmp/root" "$root" 2>/dev/null || { [ -x "$root/usr/lib/systemd/systemd" ] || exit 1; }
-echo "$root"
+source "$(dirname "$0")/../support/debian-cache.sh"
+
+build() {
+  local root=$1 work=$2
+  # man-db: systemd-analyze verify runs man for the unit's Documentation=man:... pages.
+  debootstrap_minbase "$root" systemd,systemd-sysv,dbus,procps,man-db "$work/log"
+  # The test reads the journal and the unit state only; no getty, no network setup in there.
+  chroot "$root" systemctl mask console-getty.service getty@tty1.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
+  echo nfh-test >"$root/etc/hostname"
+}
+cached_build rootfs usr/lib/systemd/systemd build

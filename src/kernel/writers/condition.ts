@@ -4,6 +4,19 @@ import type { ConditionWriterConfig } from '../../config/writers.js';
 import { conditionPath } from '../../plan/kernel-names.js';
 import { asErrno, type ReadOutcome, type Writer } from './types.js';
 
+const who = () => `uid ${process.getuid?.()}, gid ${process.getgid?.()}`;
+
+/**
+ * xt_condition makes its files root's, mode 0644, unless the module is loaded with
+ * condition_uid_perms / condition_gid_perms and condition_list_perms: name the exact
+ * options for this process's group, since the fix is a module option, not a chmod
+ * (the kernel recreates the files with its own modes on every rule load).
+ */
+function procPermissionHint(): string {
+  const options = `condition_gid_perms=${process.getgid?.()} condition_list_perms=0664`;
+  return `this process (${who()}) may not write it: xt_condition makes its files root's, mode 0644, unless loaded with ${options} ("options xt_condition ${options}" in /etc/modprobe.d/, then reload the module and the rules; condition_uid_perms=${process.getuid?.()} sets the owner instead), or run as root`;
+}
+
 /**
  * xt_condition's files: open, write, close every time (a descriptor held across a
  * rule reload fails with EIO); the kernel looks only at the first byte.
@@ -64,7 +77,7 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
             : `no loaded rule names condition "${target.key}" yet: the kernel creates the file when a rule with "-m condition --condition ${target.key}" is loaded (is xt_condition from xtables-addons installed, and is nf-healthd in the firewall's network namespace?)`;
         case 'EACCES':
         case 'EPERM':
-          return 'run as root, or load xt_condition with condition_uid_perms/condition_gid_perms and condition_list_perms so that this user may write';
+          return create ? `this process (${who()}) may not write in ${options.dir}` : procPermissionHint();
         case 'EIO':
           return 'the condition went away while writing (rules reloaded); retrying';
         default:
