@@ -19,7 +19,7 @@ export const plugins: DaemonPlugin[] = [systemdPlugin, ...operationsPlugins, out
 export async function runDaemon(configPath: string, plan: Plan, extraPlugins: DaemonPlugin[] = []): Promise<number> {
   const { config } = plan;
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  const daemon = createDaemon({ configPath, plan, log, restore: await loadRestore(plan, log) });
+  const daemon = createDaemon({ configPath, plan, log, ...(await loadRestore(plan, log)) });
   for (const plugin of [...plugins, ...extraPlugins]) {
     const observer = plugin({ daemon, log, configPath });
     if (observer) daemon.addObserver(observer);

@@ -58,7 +58,7 @@ describe('a hanging writer tool', () => {
     writeFileSync(
       configPath,
       `defaults: { interval: 200ms, fastInterval: 100ms, timeout: 150ms, rise: 1, fall: 1 }
-writer: { type: nft, nftPath: ${nft}, commandTimeout: 1s }
+writer: { type: nft, nftPath: ${nft}, commandTimeout: 2s }
 stateFile: ${path.join(tmp.dir, 'state.json')}
 http: { listen: 0 }
 services:
@@ -114,9 +114,9 @@ ${servers.map((s, i) => `      - { name: b${i}, address: 127.0.0.1, port: ${s.po
     expect((await d.exited).code).toBe(0);
     const lag = lagPercentile(JSON.parse(readFileSync(samplesFile, 'utf8')) as SamplesFile, 0.99);
     expect(lag.count).toBeGreaterThan(40);
-    // Checks that waited for the writer would start a whole commandTimeout (1 s) late; the
-    // bound is the check interval, wide enough for a loaded CI machine. The figure on a
-    // quiet machine (p99 under 50 ms) is measured by `npm run bench` (BENCHMARKS.md).
-    expect(lag.ms).toBeLessThan(200);
+    // Checks that waited for the writer would start a whole commandTimeout (2 s) late; the
+    // bound is half of it, wide enough for a loaded CI machine. What the lag is on a quiet
+    // machine is a figure for BENCHMARKS.md, not for a test.
+    expect(lag.ms).toBeLessThan(1000);
   }, 60_000);
 });
