@@ -1,6 +1,7 @@
 /**
  * The two checkers under test, each as a real process pinned to its own core:
- * nf-healthd (`node bin/nf-healthd.js run`) and HAProxy (foreground, checks only),
+ * nf-healthd (`node test/instrument/dist/entry.js run`: the built daemon plus its
+ * timing samples hook) and HAProxy (foreground, checks only),
  * configured alike from one description of the backends.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -33,7 +34,10 @@ export interface CheckerSetup {
   ns?: string;
   /** Extra node options (say, --cpu-prof) for nf-healthd. */
   nodeArgs?: string[];
-  /** nf-healthd's entry point: bin/nf-healthd.js of this repository unless given (before/after comparisons). */
+  /**
+   * nf-healthd's entry point: this repository's instrumented entry (test/instrument/, with the
+   * samples hook) unless given (before/after comparisons: another checkout's instrumented entry).
+   */
   daemonEntry?: string;
 }
 
@@ -44,7 +48,7 @@ export interface CheckerProcess {
   downCount(): Promise<number>;
   /** SIGTERM and wait; resolves with the exit code or signal. */
   stop(): Promise<string>;
-  /** nf-healthd: the timing samples file written at exit (see src/samples.ts). */
+  /** nf-healthd: the timing samples file written at exit (see test/instrument/samples.ts). */
   samplesFile?: string;
   /** nf-healthd: the condition files' folder. */
   conditionDir?: string;
@@ -159,7 +163,7 @@ export async function startNfHealthd(setup: CheckerSetup): Promise<CheckerProces
     [
       process.execPath,
       ...(setup.nodeArgs ?? []),
-      setup.daemonEntry ?? path.join(repoRoot(), 'bin', 'nf-healthd.js'),
+      setup.daemonEntry ?? path.join(repoRoot(), 'test', 'instrument', 'dist', 'entry.js'),
       'run',
       '-c',
       configFile,

@@ -29,7 +29,8 @@ const USAGE = `usage: npm run bench -- [options]
   --nice N              niceness of the checker and the backends (default -10, 0: unchanged;
                         on a shared machine, keeps other work from starving them)
   --profile DIR         run nf-healthd under --cpu-prof, profiles into DIR
-  --daemon FILE         nf-healthd entry point to measure (default bin/nf-healthd.js; for before/after)
+  --daemon FILE         nf-healthd entry point to measure (default test/instrument/dist/entry.js,
+                        the daemon with its samples hook; for before/after)
   --out FILE            Markdown file to write the tables into (default BENCHMARKS.md)
   --no-write            print only
 `;

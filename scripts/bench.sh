@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 wanted=(haproxy gcc libc6-dev iproute2 util-linux)
 bash scripts/debian-packages.sh bench.sh "${wanted[@]}"
 bash scripts/ensure-deps.sh >&2
+# The daemon plus its samples hook (test/instrument/): what the harness runs.
+node test/instrument/build.mjs
 npx tsc -p bench/tsconfig.json
 # 10,000 backends are 10,000 listening sockets plus the connections in flight.
 ulimit -n "$(ulimit -Hn)"

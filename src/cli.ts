@@ -5,6 +5,7 @@ import { ConfigError } from './config/load.js';
 import { EXIT } from './exit-codes.js';
 import { formatTable, hostPort } from './format.js';
 import { printRules } from './kernel/rules/command.js';
+import type { DaemonPlugin } from './observer.js';
 import { setCommand } from './ops/set-command.js';
 import { runStatus } from './ops/status-command.js';
 import type { Plan } from './plan/compile.js';
@@ -63,6 +64,11 @@ export interface Io {
   err: (text: string) => void;
 }
 
+/** What an embedding entry adds to `run` (test/instrument/entry.ts); `bin/nf-healthd.js` passes nothing. */
+export interface MainOptions {
+  plugins?: DaemonPlugin[];
+}
+
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
 function usage(io: Io, message: string): number {
@@ -81,7 +87,7 @@ function load(io: Io, file: string): Plan | undefined {
   }
 }
 
-export async function main(argv: string[], io: Io = stdio): Promise<number> {
+export async function main(argv: string[], io: Io = stdio, options: MainOptions = {}): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
@@ -124,7 +130,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
     case 'run': {
       const plan = load(io, values.config);
       if (!plan) return EXIT.config;
-      return runDaemon(values.config, plan);
+      return runDaemon(values.config, plan, options.plugins);
     }
     default:
       return usage(io, `unknown command '${command}'`);

@@ -142,12 +142,6 @@ export const EVENTS = {
   sd_notify_failed: { level: 'warn', when: 'systemd-notify failed (once per episode); the daemon goes on' },
   sd_notify_recovered: { level: 'info', when: 'systemd-notify works again' },
   sd_notify_stopped: { level: 'debug', when: 'systemd-notify was stopped by SIGTERM while the unit stops' },
-  // Test and benchmark switches (off unless their environment variable is set)
-  test_wedge: {
-    level: 'warn/error',
-    when: 'NF_HEALTHD_TEST_WEDGE is set: the test-only fault switch (never in production)',
-  },
-  samples_failed: { level: 'error', when: 'NF_HEALTHD_SAMPLES is set and the samples file cannot be written' },
 } as const satisfies Record<string, EventInfo>;
 
 export type EventName = keyof typeof EVENTS;

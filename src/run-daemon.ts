@@ -6,20 +6,21 @@ import type { DaemonPlugin } from './observer.js';
 import { operationsPlugins } from './ops/plugins.js';
 import { loadRestore } from './ops/restore.js';
 import type { Plan } from './plan/compile.js';
-import { samplesPlugin } from './samples.js';
 import { systemdPlugin } from './systemd/service.js';
 
-export const plugins: DaemonPlugin[] = [systemdPlugin, samplesPlugin, ...operationsPlugins, outagePlugin];
+export const plugins: DaemonPlugin[] = [systemdPlugin, ...operationsPlugins, outagePlugin];
 
 /**
  * `nf-healthd run`: the daemon with its signals. SIGHUP reloads, SIGTERM and
  * SIGINT stop (checks in flight aborted, writes under way finished), exit 0.
+ * `extraPlugins` run after the daemon's own: the seam for test and benchmark hooks
+ * (test/instrument/); production passes none.
  */
-export async function runDaemon(configPath: string, plan: Plan): Promise<number> {
+export async function runDaemon(configPath: string, plan: Plan, extraPlugins: DaemonPlugin[] = []): Promise<number> {
   const { config } = plan;
   const log = createLogger({ level: config.log.level, format: config.log.format });
   const daemon = createDaemon({ configPath, plan, log, ...(await loadRestore(plan, log)) });
-  for (const plugin of plugins) {
+  for (const plugin of [...plugins, ...extraPlugins]) {
     const observer = plugin({ daemon, log, configPath });
     if (observer) daemon.addObserver(observer);
   }

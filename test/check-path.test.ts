@@ -1,7 +1,7 @@
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer } from '../demo/smtp-server.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import { caContextsBuilt, prepareCaFiles } from '../src/probes/tls-options.js';

@@ -1,9 +1,10 @@
 import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer, type SmtpServer } from '../demo/smtp-server.js';
+import type { SamplesFile } from './instrument/samples.js';
 import { BIN, type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { closedPort, restartable, tcpServer } from './support/servers.js';
 
@@ -274,5 +275,50 @@ services:
     // A bound, not a benchmark: it did not wait for the 10 s timeout.
     expect(performance.now() - t0).toBeLessThan(3000);
     await silent.close();
+  });
+});
+
+describe('test hooks (test/instrument/) stay out of the shipped daemon', () => {
+  const hooksEnv = (samples: string) => ({ NF_HEALTHD_TEST_WEDGE: 'scheduler', NF_HEALTHD_SAMPLES: samples });
+  async function runOnce(name: string, instrumented: boolean) {
+    const mx = createSmtpServer();
+    await mx.start();
+    const dir = path.join(tmp.dir, name);
+    const file = configFile(
+      `${name}.yaml`,
+      `defaults: {interval: 300ms, fastInterval: 100ms, timeout: 250ms}
+writer: {type: condition, dir: ${dir}}
+stateFile: ${tmp.dir}/${name}-state.json
+services:
+  - name: mail
+    port: ${mx.port}
+    check: {type: smtp}
+    backends: [{name: mx, address: 127.0.0.1}]
+`,
+    );
+    const samples = path.join(tmp.dir, `${name}-samples.json`);
+    const d = startDaemon(['run', '-c', file], hooksEnv(samples), undefined, { instrumented });
+    try {
+      await d.waitForLine((l) => l.event === 'ready');
+      d.kill('SIGTERM');
+      expect(await d.exited).toEqual({ code: 0, signal: null });
+    } finally {
+      d.kill('SIGKILL');
+      await mx.stop();
+    }
+    return { d, samples: existsSync(samples) ? (JSON.parse(readFileSync(samples, 'utf8')) as SamplesFile) : undefined };
+  }
+
+  it('bin/nf-healthd.js ignores NF_HEALTHD_TEST_WEDGE and NF_HEALTHD_SAMPLES', async () => {
+    const { d, samples } = await runOnce('plain', false);
+    expect(d.lines.filter((l) => l.event === 'test_wedge')).toEqual([]);
+    expect(samples).toBeUndefined();
+  });
+
+  it('the instrumented entry arms both: the fault switch says so, the samples file is written at stop', async () => {
+    const { d, samples } = await runOnce('instrumented', true);
+    expect(d.lines.find((l) => l.event === 'test_wedge')).toMatchObject({ level: 'warn', mode: 'scheduler' });
+    expect(Object.keys(samples?.latency ?? {}).length).toBeGreaterThan(0);
+    expect(samples?.memory.rss).toBeGreaterThan(0);
   });
 });

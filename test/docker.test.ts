@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer, type SmtpServer } from '../demo/smtp-server.js';
 import { tempDir, waitUntil } from './support/daemon.js';
 import { type Dockerd, startDockerd } from './support/dockerd.js';
 import { run } from './support/exec.js';

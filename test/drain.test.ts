@@ -4,7 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createSmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer } from '../demo/smtp-server.js';
 import { CLIENT_IDLE_MS, MAX_CLIENTS } from '../src/ops/control-socket.js';
 import { smtpFarmYaml } from './support/config.js';
 import { BIN, type DaemonProcess, type LogLine, startDaemon, waitUntil } from './support/daemon.js';

@@ -1,7 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createSmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer } from '../demo/smtp-server.js';
 import { createLogger, resolveLogFormat } from '../src/log.js';
 import { startDaemon, tempDir } from './support/daemon.js';
 

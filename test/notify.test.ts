@@ -1,13 +1,13 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { createSmtpServer, type SmtpServer } from '../demo/smtp-server.js';
 import type { Daemon } from '../src/daemon.js';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
 import { createLogger } from '../src/log.js';
 import { createNotifier, notifyArgs, watchdogPeriodMs } from '../src/systemd/notify.js';
 import { systemdPlugin } from '../src/systemd/service.js';
 import { smtpFarmYaml } from './support/config.js';
-import { type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
+import { type DaemonProcess, type StartOptions, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { notifySocket, text } from './support/notify-socket.js';
 import { restartable } from './support/servers.js';
 
@@ -41,7 +41,7 @@ function configYaml(dir: string, backends: { name: string; port: number }[]): st
   });
 }
 
-async function setup(env: NodeJS.ProcessEnv = {}) {
+async function setup(env: NodeJS.ProcessEnv = {}, options: StartOptions = {}) {
   const tmp = tempDir('nfh-notify-');
   cleanups.push(tmp.cleanup);
   const cond = path.join(tmp.dir, 'cond');
@@ -54,7 +54,7 @@ async function setup(env: NodeJS.ProcessEnv = {}) {
     configPath,
     socket,
     start(): DaemonProcess {
-      const d = startDaemon(['run', '-c', configPath], { NOTIFY_SOCKET: socket.path, ...env });
+      const d = startDaemon(['run', '-c', configPath], { NOTIFY_SOCKET: socket.path, ...env }, undefined, options);
       cleanups.push(async () => {
         d.kill('SIGKILL');
         await d.exited;
@@ -146,7 +146,7 @@ describe('sd_notify through systemd-notify, against a real datagram socket', () 
 
   it('WATCHDOG=1 at half of WATCHDOG_USEC while checks progress; a stalled scheduler stops the pings', async () => {
     const s1 = await smtp();
-    const t = await setup({ WATCHDOG_USEC: '400000', NF_HEALTHD_TEST_WEDGE: 'scheduler' });
+    const t = await setup({ WATCHDOG_USEC: '400000', NF_HEALTHD_TEST_WEDGE: 'scheduler' }, { instrumented: true });
     writeFileSync(t.configPath, configYaml(t.cond, [{ name: 'mail1', port: s1.port }]));
     const d = t.start();
     const ready = await t.socket.waitFor((m) => m.fields.includes('READY=1'));
@@ -158,7 +158,7 @@ describe('sd_notify through systemd-notify, against a real datagram socket', () 
     expect(t.socket.messages.map(text).filter((m) => m !== 'WATCHDOG=1')).toEqual(['READY=1\nSTATUS=1/1 up']);
 
     const line = d.lines.length;
-    d.kill('SIGUSR2'); // the test-only fault switch: stop every check job, keep the event loop
+    d.kill('SIGUSR2'); // the test-only fault switch (test/instrument/wedge.ts): stop every check job, keep the event loop
     const stalled = await d.waitForLine((l) => l.event === 'watchdog_stalled', 10_000, line);
     expect(stalled.level).toBe('error');
     const pings = t.socket.messages.length;

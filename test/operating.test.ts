@@ -1,7 +1,7 @@
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { SmtpServer } from '../src/demo/smtp-server.js';
+import type { SmtpServer } from '../demo/smtp-server.js';
 import type { Snapshot } from '../src/ops/snapshot.js';
 import { cli } from './support/cli.js';
 import { smtpFarmYaml } from './support/config.js';

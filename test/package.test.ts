@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { SmtpServer } from '../src/demo/smtp-server.js';
+import type { SmtpServer } from '../demo/smtp-server.js';
 import { waitUntil } from './support/daemon.js';
 import { type Result, run } from './support/exec.js';
 import { bootContainer, type Container, type ServiceHost, serviceHost } from './support/nspawn.js';

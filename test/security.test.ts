@@ -3,7 +3,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
+import { createSmtpServer, type SmtpServer } from '../demo/smtp-server.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import { cli } from './support/cli.js';

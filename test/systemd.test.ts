@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { SmtpServer } from '../src/demo/smtp-server.js';
+import type { SmtpServer } from '../demo/smtp-server.js';
 import { waitUntil } from './support/daemon.js';
 import { bootContainer, type Container, type ServiceHost, serviceHost } from './support/nspawn.js';
 
@@ -12,8 +12,9 @@ import { bootContainer, type Container, type ServiceHost, serviceHost } from './
  * reachable). The project and the host's node are bind-mounted at the unit's install
  * paths (/usr/lib/nf-healthd, /usr/libexec/nf-healthd/node); test/package.test.ts
  * installs the Debian package instead. A drop-in changes only what a test needs: a
- * short watchdog, the test-only fault switch, a condition folder under /srv (no
- * xt_condition module here, so a plain folder stands in for /proc/net/nf_condition).
+ * short watchdog, the test-only fault switch (ExecStart= on the instrumented entry), a
+ * condition folder under /srv (no xt_condition module here, so a plain folder stands in
+ * for /proc/net/nf_condition).
  */
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -65,6 +66,9 @@ beforeAll(async () => {
 ReadWritePaths=/srv/nfh/cond
 WatchdogSec=3s
 RestartSec=200ms
+# The instrumented entry (test/instrument/, in the bind-mounted project): the unit's daemon plus the fault switch.
+ExecStart=
+ExecStart=/usr/libexec/nf-healthd/node /usr/lib/nf-healthd/test/instrument/dist/entry.js run -c /etc/nf-healthd/config.yaml
 Environment=NF_HEALTHD_TEST_WEDGE=loop
 `,
   );

@@ -2,7 +2,7 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bucketUpperMs, type SamplesFile } from '../src/samples.js';
+import { bucketUpperMs, type SamplesFile } from './instrument/samples.js';
 import { type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
 import { notifySocket, text } from './support/notify-socket.js';
 import { tcpServer } from './support/servers.js';
@@ -71,11 +71,16 @@ ${servers.map((s, i) => `      - { name: b${i}, address: 127.0.0.1, port: ${s.po
     );
     const socket = await notifySocket(tmp.dir);
     cleanups.push(() => socket.close());
-    const d: DaemonProcess = startDaemon(['run', '-c', configPath], {
-      NOTIFY_SOCKET: socket.path,
-      WATCHDOG_USEC: '1000000',
-      NF_HEALTHD_SAMPLES: samplesFile,
-    });
+    const d: DaemonProcess = startDaemon(
+      ['run', '-c', configPath],
+      {
+        NOTIFY_SOCKET: socket.path,
+        WATCHDOG_USEC: '1000000',
+        NF_HEALTHD_SAMPLES: samplesFile,
+      },
+      undefined,
+      { instrumented: true },
+    );
     cleanups.push(async () => {
       d.kill('SIGKILL');
       await d.exited;

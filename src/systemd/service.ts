@@ -2,7 +2,6 @@ import { type Daemon, type DaemonObserver, summarize } from '../daemon.js';
 import { assessLiveness } from '../health/liveness.js';
 import type { Logger } from '../log.js';
 import { createNotifier, monotonicUsec, type Notifier, watchdogPeriodMs } from './notify.js';
-import { installTestWedge } from './test-wedge.js';
 
 export interface SystemdContext {
   daemon: Daemon;
@@ -24,7 +23,6 @@ const WRITER_WATCH_MS = 1000;
 export function systemdPlugin(context: SystemdContext): DaemonObserver | undefined {
   const { daemon, log } = context;
   const env = context.env ?? process.env;
-  installTestWedge(daemon, log, env);
   const notifier = context.notifier ?? createNotifier({ log, env });
   if (!notifier) return undefined;
 

@@ -1,11 +1,13 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { eachLine, waitableList } from './lines.js';
 
 export const BIN = fileURLToPath(new URL('../../bin/nf-healthd.js', import.meta.url));
+/** The daemon plus the test hooks (test/instrument/entry.ts), as built by scripts/test.sh. */
+export const INSTRUMENTED_BIN = fileURLToPath(new URL('../instrument/dist/entry.js', import.meta.url));
 
 /** A unique temp folder, removed by the returned cleanup. */
 export function tempDir(prefix = 'nfh-test-'): { dir: string; cleanup: () => void } {
@@ -26,9 +28,22 @@ export interface DaemonProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
+export interface StartOptions {
+  /** The instrumented entry: the test hooks (NF_HEALTHD_TEST_WEDGE, NF_HEALTHD_SAMPLES) armed by `env`. */
+  instrumented?: boolean;
+}
+
 /** `netns`: run it inside that network namespace (`ip netns exec` execs, so the pid is the daemon's). */
-export function startDaemon(args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): DaemonProcess {
-  const argv = [process.execPath, BIN, ...args];
+export function startDaemon(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  netns?: string,
+  options: StartOptions = {},
+): DaemonProcess {
+  const { instrumented = false } = options;
+  if (instrumented && !existsSync(INSTRUMENTED_BIN))
+    throw new Error(`${INSTRUMENTED_BIN} is missing: run \`node test/instrument/build.mjs\` (npm test does)`);
+  const argv = [process.execPath, instrumented ? INSTRUMENTED_BIN : BIN, ...args];
   const [program, ...rest] = netns === undefined ? argv : ['ip', 'netns', 'exec', netns, ...argv];
   const child = spawn(program!, rest, {
     env: { ...process.env, JOURNAL_STREAM: '', NOTIFY_SOCKET: '', ...env },

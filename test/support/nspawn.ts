@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createSmtpServer, type SmtpServer } from '../../src/demo/smtp-server.js';
+import { createSmtpServer, type SmtpServer } from '../../demo/smtp-server.js';
 import { smtpFarmYaml } from './config.js';
 import { tempDir, waitUntil } from './daemon.js';
 import { type Result, run } from './exec.js';

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import net from 'node:net';
-import { createSmtpServer, type SmtpServer } from '../../src/demo/smtp-server.js';
+import { createSmtpServer, type SmtpServer } from '../../demo/smtp-server.js';
 
 /** A loopback TCP server on port 0 running `onConnection`; close() ends it and every socket. */
 export async function tcpServer(onConnection: (socket: net.Socket) => void, host = '127.0.0.1') {
@@ -129,7 +129,7 @@ export function restartable<S extends { port: number; start(): Promise<void>; st
 }
 
 /**
- * A started SMTP greeter (src/demo) that restarts on its own port (see `restartable`),
+ * A started SMTP greeter (demo/) that restarts on its own port (see `restartable`),
  * added to `list` so the test's cleanup stops it.
  */
 export async function startSmtp(list: SmtpServer[]): Promise<SmtpServer> {

@@ -1,11 +1,12 @@
 import { writeFileSync } from 'node:fs';
-import type { DaemonPlugin } from './observer.js';
+import type { DaemonPlugin } from '../../src/observer.js';
 
 /**
  * Opt-in timing samples for the benchmark (`NF_HEALTHD_SAMPLES=FILE`): per wall-clock
  * second, a log-bucket histogram of scheduling lag (actual minus planned start) and of
  * check latency, written to FILE as JSON when the daemon stops. Histograms instead of
  * raw samples keep memory flat at 10,000 checks a second (the benchmark measures RSS).
+ * Only the instrumented entry (test/instrument/entry.ts) carries it, never dist/.
  */
 export const SAMPLES_ENV = 'NF_HEALTHD_SAMPLES';
 
