@@ -5,6 +5,7 @@ import { ConfigError } from './config/load.js';
 import { EXIT } from './exit-codes.js';
 import { formatTable, hostPort } from './format.js';
 import { printRules } from './kernel/rules/command.js';
+import { setCommand } from './ops/set-command.js';
 import { runStatus } from './ops/status-command.js';
 import type { Plan } from './plan/compile.js';
 import { loadPlan } from './plan/load.js';
@@ -32,11 +33,18 @@ Usage:
                                        iptables (xt_condition), iptables-ipset, ipset (the
                                        sets alone) or nft, by default the one writer.type
                                        drives (exit 78 when the config cannot be expressed)
+  nf-healthd set SERVICE/BACKEND ready|drain|maint [--deadline DURATION] [-c FILE]
+                                       tell the running daemon to drain a backend (no new
+                                       connections), put it in maintenance (checks paused
+                                       too) or make it ready again; waits for the kernel
+                                       write (exit 0 applied, 3 not running, 65 unknown
+                                       backend, 77 no permission on the control socket)
 
 Options:
   -c, --config FILE   config file (default ${DEFAULT_CONFIG})
       --json          machine-readable output
       --format F      rules: the ruleset format
+      --deadline D    set drain: delete the flows still open after D (30s, 5m)
   -h, --help          this text
   -V, --version       the version
 `;
@@ -45,6 +53,7 @@ const OPTIONS = {
   config: { type: 'string', short: 'c', default: DEFAULT_CONFIG },
   json: { type: 'boolean', default: false },
   format: { type: 'string' },
+  deadline: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', short: 'V', default: false },
 } satisfies ParseArgsConfig['options'];
@@ -90,6 +99,8 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
   }
   const [command, ...rest] = positionals;
   if (command === undefined) return usage(io, 'a command is needed (run, check, probe)');
+  if (command === 'set') return setCommand(io, values.config, rest, values.deadline);
+  if (values.deadline !== undefined) return usage(io, '--deadline goes with set ... drain only');
   if (rest.length > 0) return usage(io, `unexpected argument '${rest[0]}'`);
   switch (command) {
     case 'check': {

@@ -1,6 +1,7 @@
 import pLimit, { type LimitFunction } from 'p-limit';
 import { ConfigError, formatProblem } from './config/load.js';
 import type { WriterConfig } from './config/writers.js';
+import { type AdminStatus, closestName, eligible } from './health/admin.js';
 import { damp } from './health/damping.js';
 import { type BackendState, initialHealth, isSettling, observe } from './health/hysteresis.js';
 import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
@@ -31,6 +32,8 @@ export interface DaemonOptions {
   random?: () => number;
   /** At start: the saved status of an unchanged backend, to resume instead of initialState. */
   restore?: (spec: BackendPlan) => ResumedStatus | undefined;
+  /** At start: the saved administrative state of a backend (kept whatever the state file's age). */
+  restoreAdmin?: (spec: BackendPlan) => AdminStatus | undefined;
   /** Runs one check; the real probes by default (scheduling tests pass a scripted one). */
   runCheck?: typeof runCheck;
 }
@@ -82,7 +85,11 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const balancer = createBalancer({
     log,
     kernel,
-    state: (spec) => ({ up: runtimes.get(spec.id)?.health.state === 'up' }),
+    state: (spec) => {
+      const b = runtimes.get(spec.id);
+      // Drain and maint take a backend out of rotation for new connections, even in panic.
+      return { up: b?.health.state === 'up', adminOut: b?.admin !== undefined && b.admin.state !== 'ready' };
+    },
     onTable(service, table) {
       for (const spec of service.backends) {
         const b = runtimes.get(spec.id);
@@ -101,7 +108,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
   let progressAt = performance.now();
 
   /** Hands the backend's wanted state to the writer loop; never waits for the kernel. */
-  const want = (b: BackendStatus) => kernel.want(b.spec.target, b.health.state === 'up');
+  const want = (b: BackendStatus) => kernel.want(b.spec.target, eligible(b.health.state === 'up', b.admin));
 
   const track = (b: BackendStatus) => {
     runtimes.set(b.spec.id, b);
@@ -112,10 +119,14 @@ export function createDaemon(options: DaemonOptions): Daemon {
     if (byKey.get(b.spec.target.key) === b) byKey.delete(b.spec.target.key);
   };
 
+  const inMaintenance = (b: BackendStatus) => b.admin?.state === 'maint';
+
   const check = async (b: BackendStatus) => {
+    if (inMaintenance(b)) return; // maintenance: no connection attempts at all
     const spec = b.spec;
     const result = await limit(() => checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal));
-    if (shutdown.signal.aborted || runtimes.get(spec.id) !== b) return; // aborted checks are no verdict
+    // Aborted checks are no verdict; nor is one that ran while an operator set maintenance.
+    if (shutdown.signal.aborted || runtimes.get(spec.id) !== b || inMaintenance(b)) return;
     progressAt = performance.now();
     const now = Date.now();
     b.last = { ...result, at: now };
@@ -203,8 +214,9 @@ export function createDaemon(options: DaemonOptions): Daemon {
       );
     }
     return specs.map((spec) => {
+      const admin = atStart ? options.restoreAdmin?.(spec) : undefined;
       const resumed = atStart ? options.restore?.(spec) : undefined;
-      if (resumed) return { spec, ...resumed };
+      if (resumed) return { spec, ...resumed, ...(admin ? { admin } : {}) };
       const found = adopted.get(spec.id);
       const state: BackendState = initialState === 'kernel' ? (found ?? 'up') : initialState;
       const reason =
@@ -213,7 +225,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
           : found
             ? `adopted ${state} from ${spec.target.label}`
             : `${spec.target.label} unreadable or unset: assumed up`;
-      return { spec, health: initialHealth(state), since: Date.now(), reason };
+      return { spec, health: initialHealth(state), since: Date.now(), reason, ...(admin ? { admin } : {}) };
     });
   };
 
@@ -315,6 +327,38 @@ export function createDaemon(options: DaemonOptions): Daemon {
     scheduler: () => scheduler,
     writerHealth: () => kernel.health(),
     addObserver: (o) => observers.push(o),
+    async setAdmin(id, state, deadlineMs) {
+      const b = runtimes.get(id);
+      if (!b) {
+        const suggestion = closestName(id, runtimes.keys());
+        return { ok: false, problem: `no backend ${id} in the running config`, ...(suggestion ? { suggestion } : {}) };
+      }
+      const previous = b.admin?.state ?? 'ready';
+      const now = Date.now();
+      if (previous === 'maint' && state !== 'maint') {
+        // Nothing was checked during maintenance: it has to earn `up` again, `rise` checks in a row.
+        b.health = initialHealth('down');
+        b.since = now;
+        b.reason = `out of maintenance: up after ${b.spec.rise} passing checks`;
+      }
+      b.admin =
+        state === 'ready'
+          ? undefined
+          : {
+              state,
+              since: now,
+              ...(state === 'drain' && deadlineMs !== undefined ? { deadline: now + deadlineMs } : {}),
+            };
+      log.info(
+        { event: 'admin_state', service: b.spec.service, backend: b.spec.name, state, previous, deadlineMs },
+        `backend ${b.spec.name} set ${state} (was ${previous})${deadlineMs === undefined ? '' : `, flows left after ${deadlineMs / 1000}s are deleted`}`,
+      );
+      want(b);
+      balancer.changed(b.spec);
+      await kernel.settled();
+      emit('onAdmin', b, previous);
+      return { ok: true, backend: b, previous };
+    },
     checksInFlight: () => ({ active: limit.activeCount, pending: limit.pendingCount }),
   };
   return daemon;

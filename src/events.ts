@@ -43,6 +43,34 @@ export const EVENTS = {
   damping_released: { level: 'info', when: 'a flap damping hold ended' },
   check_job_failed: { level: 'error', when: 'a check job threw (a bug: report it); the schedule goes on' },
   observer_failed: { level: 'error', when: 'an operating part (metrics, state file, hooks) threw; the rest go on' },
+  // Administrative state and the connection lifecycle
+  admin_state: {
+    level: 'info',
+    when: 'an operator set a backend ready, drain or maint (`nf-healthd set`, or the HTTP admin API)',
+  },
+  drained: { level: 'info', when: 'a draining backend has no open connection left: safe to take it down' },
+  drain_deadline: {
+    level: 'warn',
+    when: 'a drain deadline passed: the flows still open were deleted (their clients get a reset), with the count',
+  },
+  flows_reaped: {
+    level: 'info/debug',
+    when: 'a backend went down: its UDP flows and unanswered SYNs (all flows with reapOnDown: all) were deleted',
+  },
+  conntrack_failed: {
+    level: 'error',
+    when: 'conntrack cannot list or delete flows (once per episode): counts, drain deadlines and reaping wait',
+  },
+  conntrack_missing: {
+    level: 'info',
+    when: 'conntrackPath does not exist: no connection counts, drain deadlines or reaping (install conntrack)',
+  },
+  conntrack_recovered: { level: 'info', when: 'conntrack works again' },
+  control_listening: { level: 'info', when: 'the control socket for `nf-healthd set` is bound: its path' },
+  control_failed: {
+    level: 'error',
+    when: 'the control socket cannot be bound (or another daemon answers on it), or a request failed inside',
+  },
   // Kernel side
   write_failed: {
     level: 'error',

@@ -1,4 +1,5 @@
 import type { Config } from './config/schema.js';
+import type { AdminState, AdminStatus } from './health/admin.js';
 import type { DampingState } from './health/damping.js';
 import type { BackendState, Health } from './health/hysteresis.js';
 import type { Scheduler } from './health/scheduler.js';
@@ -29,10 +30,19 @@ export interface BackendStatus {
   damping?: DampingState;
   /** Its slots in its service's balancing table (nft writer), and the service's mode. */
   share?: { slots: number; of: number; mode: TableMode };
+  /** Set by an operator (`nf-healthd set`); absent means `ready`. */
+  admin?: AdminStatus;
+  /** Open flows in conntrack carrying the backend's mark, at the latest count (absent: not counted). */
+  connections?: number;
 }
 
 /** What a restart may resume for one backend (from the state file). */
 export type ResumedStatus = Pick<BackendStatus, 'health' | 'since' | 'reason' | 'last' | 'damping'>;
+
+/** The outcome of `Daemon.setAdmin`. */
+export type SetAdminResult =
+  | { ok: true; backend: BackendStatus; previous: AdminState }
+  | { ok: false; problem: string; suggestion?: string };
 
 /** Plain callbacks for the parts that watch the daemon (sd_notify, metrics, state file, hooks). */
 export interface DaemonObserver {
@@ -48,6 +58,8 @@ export interface DaemonObserver {
   onStopped?(): void;
   /** The writer loop wrote or read back this backend's kernel key. */
   onSync?(backend: BackendStatus, outcome: SyncOutcome): void;
+  /** An operator set the backend's administrative state (already applied to the kernel). */
+  onAdmin?(backend: BackendStatus, previous: AdminState): void;
 }
 
 export interface Daemon {
@@ -66,6 +78,11 @@ export interface Daemon {
   /** The writer loop's health, for the liveness measure. */
   writerHealth(): WriterHealth;
   addObserver(observer: DaemonObserver): void;
+  /**
+   * Sets a backend's administrative state; resolves once the writer loop has tried the
+   * kernel write (`settled()`). `deadlineMs`: drain only, flows left after it are deleted.
+   */
+  setAdmin(id: string, state: AdminState, deadlineMs?: number): Promise<SetAdminResult>;
   /** Checks holding a concurrency slot now, and checks waiting for one. */
   checksInFlight(): { active: number; pending: number };
 }

@@ -18,7 +18,7 @@ export const plugins: DaemonPlugin[] = [systemdPlugin, samplesPlugin, ...operati
 export async function runDaemon(configPath: string, plan: Plan): Promise<number> {
   const { config } = plan;
   const log = createLogger({ level: config.log.level, format: config.log.format });
-  const daemon = createDaemon({ configPath, plan, log, restore: await loadRestore(plan, log) });
+  const daemon = createDaemon({ configPath, plan, log, ...(await loadRestore(plan, log)) });
   for (const plugin of plugins) {
     const observer = plugin({ daemon, log, configPath });
     if (observer) daemon.addObserver(observer);

@@ -43,7 +43,7 @@ describe('generated configuration reference', () => {
 });
 
 /** Files other branches add in the same round of merges; links to them are checked once they exist. */
-const ARRIVING = new Set(['docs/install.md']);
+const ARRIVING = new Set<string>();
 
 function markdownFiles(): string[] {
   const walk = (dir: string): string[] =>

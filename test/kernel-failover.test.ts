@@ -3,8 +3,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { IPSET_LINE_PREFIX } from '../src/kernel/rules/iptables-ipset.js';
-import { cleanupNetns, createNetns, link, type Netns, startServer, tempFolder } from './support/netns.js';
+import { balancerLab, cleanupNetns, loadIptablesIpset, type Netns, tempFolder } from './support/netns.js';
 
 // The whole system on a real kernel: a client, a balancer holding the VIP with
 // forwarding on, two backends running SMTP banner servers with their default route
@@ -42,29 +41,21 @@ afterEach(() => cleanupNetns());
 
 async function buildLab(): Promise<Lab> {
   const dir = tempFolder('nfh-kernel-');
-  const client = createNetns('client');
-  const balancer = createNetns('lb');
-  const b1 = createNetns('be1');
-  const b2 = createNetns('be2');
-  await link(balancer, 'to-client', '10.201.1.1/24', client, 'eth0', '10.201.1.2/24');
-  await link(balancer, 'to-be1', '10.201.2.1/24', b1, 'eth0', '10.201.2.2/24');
-  await link(balancer, 'to-be2', '10.201.3.1/24', b2, 'eth0', '10.201.3.2/24');
-  await balancer.run(['ip', 'addr', 'add', `${VIP}/32`, 'dev', 'lo']);
-  await balancer.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-  await client.run(['ip', 'route', 'add', 'default', 'via', '10.201.1.1']);
-  // The return-route requirement: replies must pass the balancer to be un-NATed.
-  await b1.run(['ip', 'route', 'add', 'default', 'via', '10.201.2.1']);
-  await b2.run(['ip', 'route', 'add', 'default', 'via', '10.201.3.1']);
-  const lab: Lab = { client, balancer, backends: [b1, b2], dir, servers: [] };
+  const { client, balancer, backends } = await balancerLab('10.201', VIP);
+  const lab: Lab = { client, balancer, backends, dir, servers: [] };
   await Promise.all([startBackend(lab, 0), startBackend(lab, 1)]);
   return lab;
 }
 
 function startBackend(lab: Lab, i: 0 | 1): Promise<void> {
-  const argv = [process.execPath, BACKEND, '0.0.0.0', '25', `backend${i + 1} ESMTP`];
-  const { child, ready } = startServer(lab.backends[i], argv, `backend ${i + 1}`);
+  const child = lab.backends[i].spawn([process.execPath, BACKEND, '0.0.0.0', '25', `backend${i + 1} ESMTP`]);
   lab.servers[i] = child;
-  return ready;
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`backend ${i + 1} exited (${code}): ${err}`)));
+  });
 }
 
 function killBackend(lab: Lab, i: 0 | 1): void {
@@ -193,14 +184,7 @@ interface Variant {
 const ipsetVariant: Variant = {
   format: 'iptables-ipset',
   writer: '{ type: ipset }',
-  async load(lab, rules) {
-    const sets = rules
-      .split('\n')
-      .filter((l) => l.startsWith(IPSET_LINE_PREFIX))
-      .map((l) => l.slice(IPSET_LINE_PREFIX.length));
-    await lab.balancer.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
-    await lab.balancer.run(['iptables-restore'], rules);
-  },
+  load: (lab, rules) => loadIptablesIpset(lab.balancer, rules),
   async members(lab) {
     const saved = await lab.balancer.run(['ipset', 'list', '-o', 'save']);
     return [saved.includes(`add nfh-mail1 ${VIP}`), saved.includes(`add nfh-mail2 ${VIP}`)];

@@ -1,85 +1,36 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSmtpServer, type SmtpServer } from '../src/demo/smtp-server.js';
-import { smtpFarmYaml } from './support/config.js';
-import { tempDir, waitUntil } from './support/daemon.js';
-import { restartable } from './support/servers.js';
+import type { SmtpServer } from '../src/demo/smtp-server.js';
+import { waitUntil } from './support/daemon.js';
+import { bootContainer, type Container, type ServiceHost, serviceHost } from './support/nspawn.js';
 
 /*
- * The unit under a real systemd 252: a Debian 12 minbase rootfs (debootstrap, cached by
- * test/systemd/rootfs.sh) booted once with systemd-nspawn (read-only, writes to a tmpfs
- * overlay), sharing the host network so the SMTP greeters on 127.0.0.1 are reachable.
- * The project and the host's node are bind-mounted at the unit's install paths
- * (/opt/nf-healthd, /usr/bin/node). A drop-in changes only what a test needs: a short
- * watchdog, the test-only fault switch, a condition folder under /srv (no xt_condition
- * module here, so a plain folder stands in for /proc/net/nf_condition).
+ * The unit under a real systemd 252 (test/support/nspawn.ts: Debian 12 booted with
+ * systemd-nspawn, sharing the host network so the SMTP greeters on 127.0.0.1 are
+ * reachable). The project and the host's node are bind-mounted at the unit's install
+ * paths (/usr/lib/nf-healthd, /usr/libexec/nf-healthd/node); test/package.test.ts
+ * installs the Debian package instead. A drop-in changes only what a test needs: a
+ * short watchdog, the test-only fault switch, a condition folder under /srv (no
+ * xt_condition module here, so a plain folder stands in for /proc/net/nf_condition).
  */
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SCRIPTS = path.join(ROOT, 'test/systemd');
-const name = `nfh-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function run(file: string, args: string[], timeout = 60_000): Promise<Result> {
-  return new Promise((resolve) => {
-    execFile(file, args, { timeout, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const code = err
-        ? typeof (err as { code?: unknown }).code === 'number'
-          ? (err as { code: number }).code
-          : 1
-        : 0;
-      resolve({ code, stdout, stderr: stderr || (err && !stdout ? String(err.message) : stderr) });
-    });
-  });
-}
-
-let tmp: ReturnType<typeof tempDir>;
-let nspawn: ChildProcess | undefined;
-let nspawnExited: Promise<void> | undefined;
-let bootLog = '';
-let pid1 = 0;
+let host: ServiceHost;
+let box: Container | undefined;
 let s1: SmtpServer;
 let s2: SmtpServer;
 
-/** A command inside the container (all its namespaces). */
-const inside = (...args: string[]) => run('nsenter', ['-t', String(pid1), '-a', ...args]);
-const systemctl = (...args: string[]) => inside('systemctl', ...args);
-async function show(...props: string[]): Promise<Record<string, string>> {
-  const r = await systemctl('show', 'nf-healthd', ...props.flatMap((p) => ['-p', p]));
-  return Object.fromEntries(
-    r.stdout
-      .trim()
-      .split('\n')
-      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-  );
-}
-const cond = (key: string) => {
-  try {
-    return readFileSync(path.join(tmp.dir, 'cond', key), 'utf8');
-  } catch {
-    return undefined;
-  }
-};
-
-function config(backends: { name: string; port: number }[]): string {
-  return smtpFarmYaml({
-    timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1',
-    conditionDir: '/srv/nfh/cond',
-    backends,
-  });
-}
-/** Polls an async read until accept() holds, every 100 ms (each read is a command in the container). */
+const inside = (...args: string[]) => box!.inside(...args);
+const systemctl = (...args: string[]) => box!.systemctl(...args);
+const show = (...props: string[]) => box!.show('nf-healthd', ...props);
+const cond = (key: string) => host.cond(key);
+const config = (backends: { name: string; port: number }[]) => host.config(backends);
 const eventually = <T>(read: () => Promise<T>, accept: (v: T) => boolean, ms = 10_000) =>
-  waitUntil(read, accept, ms, 100);
-const writeConfig = (text: string) => writeFileSync(path.join(tmp.dir, 'config.yaml'), text);
+  box!.eventually(read, accept, ms);
+const writeConfig = (text: string) => writeFileSync(path.join(host.dir, 'config.yaml'), text);
 
 /** Runs one step of a scenario; a failure names the step. */
 async function step(title: string, body: () => Promise<void>): Promise<void> {
@@ -91,76 +42,16 @@ async function step(title: string, body: () => Promise<void>): Promise<void> {
   }
 }
 
-/** The container's PID 1 as the host sees it: a descendant of nspawn that is PID 1 in its own namespace. */
-function findPid1(nspawnPid: number): number | undefined {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let status: string;
-    try {
-      status = readFileSync(`/proc/${entry}/status`, 'utf8');
-    } catch {
-      continue;
-    }
-    const nspid = /^NSpid:\s+(.*)$/m.exec(status)?.[1]?.split(/\s+/);
-    if (!nspid || nspid.length < 2 || nspid[nspid.length - 1] !== '1') continue;
-    let pid = Number(entry);
-    for (let depth = 0; depth < 6 && pid > 1; depth++) {
-      const ppid = Number(/^PPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-      if (ppid === nspawnPid) return Number(entry);
-      pid = ppid;
-    }
-  }
-  return undefined;
-}
-
 beforeAll(async () => {
-  const rootfs = await run('bash', [path.join(SCRIPTS, 'rootfs.sh')], 600_000);
-  if (rootfs.code !== 0) throw new Error(`rootfs.sh failed: ${rootfs.stderr}`);
-  tmp = tempDir('nfh-systemd-');
-  chmodSync(tmp.dir, 0o755); // the service user reads config.yaml through it
-  mkdirSync(path.join(tmp.dir, 'cond'));
-  s1 = restartable(createSmtpServer());
-  s2 = restartable(createSmtpServer());
-  await s1.start();
-  await s2.start();
+  host = await serviceHost('nfh-systemd-');
+  ({ s1, s2 } = host);
+  box = await bootContainer([
+    `--bind-ro=${ROOT.replace(/\/$/, '')}:/usr/lib/nf-healthd`,
+    `--bind-ro=${process.execPath}:/usr/libexec/nf-healthd/node`,
+    host.bind,
+  ]);
 
-  nspawn = spawn(
-    'bash',
-    [
-      path.join(SCRIPTS, 'nspawn.sh'),
-      'run',
-      name,
-      '-D',
-      rootfs.stdout.trim(),
-      '--volatile=overlay',
-      '--console=pipe',
-      `--bind-ro=${ROOT.replace(/\/$/, '')}:/opt/nf-healthd`,
-      `--bind-ro=${process.execPath}:/usr/bin/node`,
-      `--bind=${tmp.dir}:/srv/nfh`,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  nspawn.stdout!.setEncoding('utf8').on('data', (c: string) => (bootLog = (bootLog + c).slice(-20_000)));
-  nspawn.stderr!.setEncoding('utf8').on('data', (c: string) => (bootLog = (bootLog + c).slice(-20_000)));
-  nspawnExited = new Promise((resolve) => nspawn!.once('exit', () => resolve()));
-  const nspawnPid = nspawn.pid!;
-  pid1 = await waitUntil(
-    () => findPid1(nspawnPid) ?? 0,
-    (p) => p > 0 || nspawn!.exitCode !== null,
-    30_000,
-    50,
-  );
-  if (!pid1) throw new Error(`the container did not boot: ${bootLog}`);
-  // The bus answers a moment after boot; "degraded" is fine (units unrelated to ours).
-  await eventually(
-    async () => (await systemctl('is-system-running')).stdout.trim(),
-    (s) => s === 'running' || s === 'degraded',
-    60_000,
-  );
-
-  // Install as docs/operating.md says, plus the man pages (`npm run man`) and the test drop-in.
-  const man = await run(process.execPath, [path.join(ROOT, 'scripts/man.mjs'), path.join(tmp.dir, 'man')]);
-  if (man.code !== 0) throw new Error(`scripts/man.mjs: ${man.stderr}`);
+  // Install by hand what the package installs, plus the test drop-in.
   writeConfig(
     config([
       { name: 'mail1', port: s1.port },
@@ -168,7 +59,7 @@ beforeAll(async () => {
     ]),
   );
   writeFileSync(
-    path.join(tmp.dir, 'test.conf'),
+    path.join(host.dir, 'test.conf'),
     `# test/systemd.test.ts only
 [Service]
 ReadWritePaths=/srv/nfh/cond
@@ -179,40 +70,30 @@ Environment=NF_HEALTHD_TEST_WEDGE=loop
   );
   const steps = [
     ['mkdir', '-p', '/etc/sysusers.d', '/etc/nf-healthd', '/etc/systemd/system/nf-healthd.service.d'],
-    ['cp', '/opt/nf-healthd/systemd/nf-healthd.sysusers', '/etc/sysusers.d/nf-healthd.conf'],
+    ['cp', '/usr/lib/nf-healthd/systemd/nf-healthd.sysusers', '/etc/sysusers.d/nf-healthd.conf'],
     ['systemd-sysusers'],
-    ['cp', '/opt/nf-healthd/systemd/nf-healthd.service', '/etc/systemd/system/nf-healthd.service'],
-    ['mkdir', '-p', '/usr/local/share/man/man8', '/usr/local/share/man/man5'],
-    ['cp', '/srv/nfh/man/nf-healthd.8', '/usr/local/share/man/man8/'],
-    ['cp', '/srv/nfh/man/nf-healthd.yaml.5', '/usr/local/share/man/man5/'],
+    ['cp', '/usr/lib/nf-healthd/systemd/nf-healthd.service', '/etc/systemd/system/nf-healthd.service'],
     ['ln', '-s', '/srv/nfh/config.yaml', '/etc/nf-healthd/config.yaml'],
     ['cp', '/srv/nfh/test.conf', '/etc/systemd/system/nf-healthd.service.d/test.conf'],
     ['chown', 'nf-healthd:nf-healthd', '/srv/nfh/cond'],
     ['systemctl', 'daemon-reload'],
   ];
-  for (const step of steps) {
-    const r = await inside(...step);
-    if (r.code !== 0) throw new Error(`${step.join(' ')}: ${r.stderr}`);
-  }
+  for (const step of steps) await box.must(...step);
 }, 900_000);
 
 afterAll(async () => {
-  if (nspawn && nspawn.exitCode === null && nspawn.signalCode === null) {
-    nspawn.kill('SIGTERM'); // nspawn turns it into an orderly poweroff of the container
-    const timer = setTimeout(() => nspawn!.kill('SIGKILL'), 20_000);
-    await nspawnExited;
-    clearTimeout(timer);
+  try {
+    await box?.shutdown();
+  } finally {
+    await host?.close();
   }
-  const cleanup = await run('bash', [path.join(SCRIPTS, 'nspawn.sh'), 'cleanup', name]);
-  await s1?.stop();
-  await s2?.stop();
-  tmp?.cleanup();
-  expect(cleanup.code, cleanup.stderr).toBe(0);
 }, 60_000);
 
 describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
   it('passes systemd-analyze verify where it is installed', async () => {
-    const r = await inside('systemd-analyze', 'verify', '/etc/systemd/system/nf-healthd.service');
+    // --man=no: this install is by hand, without the man pages; test/package.test.ts installs
+    // them with the package and test/man.test.ts renders them.
+    const r = await inside('systemd-analyze', 'verify', '--man=no', '/etc/systemd/system/nf-healthd.service');
     expect(r.code, r.stderr).toBe(0);
   });
 
@@ -244,18 +125,7 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
         );
         expect(warnings.stdout).toContain('backend mail2 is down: 1 consecutive failures: connect ECONNREFUSED');
         expect(warnings.stdout).not.toContain('nf-healthd ready');
-        const all = await eventually(
-          () => inside('journalctl', '-u', 'nf-healthd', '-o', 'json', '--no-pager', '_COMM=node'),
-          (r) => r.stdout.includes('mail2 is down'),
-        );
-        const priorities = new Map(
-          all.stdout
-            .trim()
-            .split('\n')
-            .map((l) => JSON.parse(l) as { MESSAGE: string; PRIORITY: string })
-            .filter((e) => e.MESSAGE.startsWith('{'))
-            .map((e) => [(JSON.parse(e.MESSAGE) as { event?: string }).event, e.PRIORITY]),
-        );
+        const priorities = await box!.priorities('nf-healthd', 'mail2 is down');
         expect(priorities.get('transition')).toBe('4');
         expect(priorities.get('ready')).toBe('6');
         expect(priorities.get('starting')).toBe('6');
@@ -328,9 +198,7 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
       expect(cond('mail1')).toBe('0\n');
     });
     await step('systemctl stop is clean', async () => {
-      const cursor = /-- cursor: (.*)/.exec(
-        (await inside('journalctl', '-u', 'nf-healthd', '-n', '0', '--show-cursor', '--no-pager')).stdout,
-      )![1]!;
+      const cursor = await box!.cursor();
       const r = await systemctl('stop', 'nf-healthd');
       expect(r.code, r.stderr).toBe(0);
       expect(await show('ActiveState', 'SubState', 'Result')).toMatchObject({

@@ -5,14 +5,13 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/config/load.js';
 import { renderRules } from '../src/kernel/rules/command.js';
-import { IPSET_LINE_PREFIX } from '../src/kernel/rules/iptables-ipset.js';
 import { parsePlan } from '../src/plan/load.js';
 import { checkSchema } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import type { ProbeResult } from '../src/probes/types.js';
 import { BIN, type DaemonProcess, startDaemon, waitUntil } from './support/daemon.js';
 import { A, dnsReply, ipv4, udpResponder } from './support/dns.js';
-import { cleanupNetns, createNetns, link, type Netns, tempFolder } from './support/netns.js';
+import { cleanupNetns, createNetns, link, loadIptablesIpset, type Netns, tempFolder } from './support/netns.js';
 import { closedPort } from './support/servers.js';
 
 // UDP services end to end: the dns and udp checks against loopback responders that
@@ -256,13 +255,7 @@ ${check}    backends:
       await ns.run(['nft', '-f', '-'], renderRules(plan, 'nft'));
       const listed = await ns.run(['nft', 'list', 'chain', 'inet', 'nfh', 'prerouting_nat']);
       expect(listed).toMatch(/ip daddr 10\.0\.0\.53 udp dport 53 dnat ip to meta mark map/);
-      const text = renderRules(plan, 'iptables-ipset');
-      const sets = text
-        .split('\n')
-        .filter((l) => l.startsWith(IPSET_LINE_PREFIX))
-        .map((l) => l.slice(IPSET_LINE_PREFIX.length));
-      await ns.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
-      await ns.run(['iptables-restore'], text);
+      await loadIptablesIpset(ns, renderRules(plan, 'iptables-ipset'));
       expect(await ns.run(['iptables', '-t', 'nat', '-S', 'PREROUTING'])).toContain(
         '-A PREROUTING -d 10.0.0.53/32 -p udp -m udp --dport 53 -m mark --mark 0x101 -j DNAT --to-destination 192.168.0.1',
       );

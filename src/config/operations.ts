@@ -1,4 +1,5 @@
 import net from 'node:net';
+import path from 'node:path';
 import { z } from 'zod';
 import { duration } from './duration.js';
 
@@ -53,6 +54,13 @@ export const httpSchema = z.strictObject({
     .describe(
       'Serve `/metrics`, `/status` and `/healthz` here: `9100` or `":9100"` mean 127.0.0.1:9100; `"0.0.0.0:9100"`, `"[::1]:9100"` say where. A reload may move or close it.',
     ),
+  /** Serve `POST /backends/SERVICE/BACKEND/state` (what `nf-healthd set` does). Off: the listener only reads. */
+  adminApi: z
+    .boolean()
+    .default(false)
+    .describe(
+      'Also serve `POST /backends/SERVICE/BACKEND/state` (what `nf-healthd set` does, docs/drain.md). Off: whoever reaches the listener could steer the balancing.',
+    ),
 });
 
 /** A program and its arguments: run directly, never through a shell. */
@@ -71,6 +79,10 @@ export const notifySchema = z.strictObject({
   down: argv.optional().describe('Program and arguments run when a backend goes down (an absolute path; no shell).'),
   /** Run on every change, after `up`/`down`. */
   change: argv.optional().describe('Program and arguments run on every transition, after `up` or `down`.'),
+  /** Run when a draining backend's last open flow is gone (`nf-healthd set ... drain`). */
+  drained: argv
+    .optional()
+    .describe('Program and arguments run when a draining backend has no open connection left (docs/drain.md).'),
   /** A hook still running after this is killed (SIGKILL) and logged. */
   timeout: duration.default(10_000).describe('A hook still running after this is killed (SIGKILL) and logged.'),
   /** Hook processes at once, across all backends. */
@@ -126,6 +138,18 @@ export type VrrpConfig = z.infer<typeof vrrpSchema>;
 
 export const STATE_FILE_DEFAULT = '/run/nf-healthd/state.json';
 
+/**
+ * The control socket of a config: `controlSocket`, else beside the state file, named
+ * after it (`state.json` gives `control.sock`, `edge.json` gives `edge.control.sock`), so
+ * two daemons with different state files never share one.
+ */
+export function controlSocketPath(config: { stateFile: string; controlSocket?: string | undefined }): string {
+  if (config.controlSocket) return config.controlSocket;
+  const dir = path.dirname(config.stateFile);
+  const stem = path.basename(config.stateFile).replace(/\.json$/, '');
+  return path.join(dir, stem === 'state' ? 'control.sock' : `${stem}.control.sock`);
+}
+
 /** Top-level keys, spread into the config object in schema.ts. */
 export const operationsKeys = {
   /** Where the daemon keeps its state for `status` and for restarts (replaced atomically). */
@@ -140,6 +164,24 @@ export const operationsKeys = {
   stateMaxAge: duration
     .default(300_000)
     .describe('A state file older than this is not resumed at start: backends begin at `initialState`.'),
+  /** The unix socket `nf-healthd set` talks to; by default beside the state file. */
+  controlSocket: z
+    .string()
+    .startsWith('/', 'expected an absolute path')
+    // sun_path holds 108 bytes with the NUL.
+    .max(107, 'a unix socket path has at most 107 bytes')
+    .optional()
+    .describe(
+      "The unix socket `nf-healthd set` talks to (mode 0660, the daemon's group); by default beside the state file: `state.json` gives `control.sock`.",
+    ),
+  /** conntrack(8): counts a backend's flows, deletes them at a drain deadline and when it goes down. */
+  conntrackPath: z
+    .string()
+    .startsWith('/', 'expected an absolute path')
+    .default('/usr/sbin/conntrack')
+    .describe(
+      "conntrack(8): counts each backend's open connections, deletes flows at a drain deadline and when a backend goes down.",
+    ),
   http: httpSchema.optional().describe('The HTTP listener for metrics and status; off unless set.'),
   notify: notifySchema.optional().describe('Programs run on transitions (hooks).'),
   /** Off unless set; `damping: {}` turns it on with the defaults. */

@@ -117,6 +117,17 @@ export const serviceSchema = z.strictObject({
     .array(backendSchema)
     .min(1, 'a service needs at least one backend')
     .describe('The backends new connections are spread over.'),
+  /**
+   * Flows deleted from conntrack when a backend goes down by health: `stale` (UDP flows and
+   * unanswered SYNs, which would otherwise keep going to the dead backend), `all`
+   * (established TCP too: its clients get a reset and reconnect elsewhere), or `none`.
+   */
+  reapOnDown: z
+    .enum(['stale', 'all', 'none'])
+    .default('stale')
+    .describe(
+      'Flows deleted when a backend goes down by health: `stale` (its UDP flows and unanswered SYNs), `all` (established TCP too: clients get a reset), `none` (docs/drain.md).',
+    ),
   ...timing,
   scheduler: z
     .enum(SCHEDULERS)

@@ -1,7 +1,8 @@
 /**
  * The optional HTTP listener (`http.listen`, loopback when only a port is given):
  * `/metrics` (Prometheus), `/status` (the state as JSON), `/healthz` (200 while the
- * checks and the writer loop make progress: src/health/liveness.ts). GET and HEAD only; nothing else is served. A reload
+ * checks and the writer loop make progress: src/health/liveness.ts). GET and HEAD only, except
+ * `POST /backends/SERVICE/BACKEND/state` when `http.adminApi` is on (off by default). A reload
  * that changes `http.listen` moves the listener.
  */
 import http from 'node:http';
@@ -11,6 +12,7 @@ import { hostPort } from '../format.js';
 import { assessLiveness } from '../health/liveness.js';
 import type { Logger } from '../log.js';
 import type { Daemon, DaemonObserver, DaemonPlugin } from '../observer.js';
+import { handleRequest, MAX_REQUEST_BYTES } from './control.js';
 import { metricsFor } from './metrics.js';
 import { snapshot } from './snapshot.js';
 import { writePeriod } from './state-plugin.js';
@@ -24,8 +26,73 @@ function send(res: http.ServerResponse, status: number, type: string, body: stri
   res.end(head ? undefined : body);
 }
 
+/** `POST /backends/SERVICE/BACKEND/state` with `{"state": ..., "deadline": ...}`: what `nf-healthd set` does. */
+const ADMIN_PATH = /^\/backends\/([^/]+)\/([^/]+)\/state$/;
+
+function adminRequest(
+  daemon: Daemon,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  service: string,
+  backend: string,
+) {
+  let body = '';
+  let tooLong = false;
+  req.setEncoding('utf8');
+  req.on('data', (chunk: string) => {
+    body += chunk;
+    if (body.length > MAX_REQUEST_BYTES) {
+      tooLong = true;
+      req.destroy();
+    }
+  });
+  req.on('end', () => {
+    if (tooLong) return;
+    let fields: unknown;
+    try {
+      fields = JSON.parse(body);
+    } catch {
+      return send(
+        res,
+        400,
+        'application/json',
+        `${JSON.stringify({ ok: false, error: 'usage', message: 'bad request: not a JSON object' })}\n`,
+        false,
+      );
+    }
+    const request = {
+      op: 'set',
+      backend: `${decodeURIComponent(service)}/${decodeURIComponent(backend)}`,
+      ...(typeof fields === 'object' ? fields : {}),
+    };
+    handleRequest(daemon, request).then(
+      (answer) => {
+        const status = answer.ok
+          ? 200
+          : answer.error === 'unknown_backend'
+            ? 404
+            : answer.error === 'usage'
+              ? 400
+              : 500;
+        send(res, status, 'application/json', `${JSON.stringify(answer)}\n`, false);
+      },
+      () =>
+        send(
+          res,
+          500,
+          'application/json',
+          `${JSON.stringify({ ok: false, error: 'failed', message: 'the request failed inside the daemon' })}\n`,
+          false,
+        ),
+    );
+  });
+}
+
 export function createHttpHandler(daemon: Daemon, options: { configPath: string; ready: () => boolean; log: Logger }) {
   return (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const admin = ADMIN_PATH.exec((req.url ?? '/').split('?')[0]!);
+    if (admin && req.method === 'POST' && daemon.config().http?.adminApi)
+      return adminRequest(daemon, req, res, admin[1]!, admin[2]!);
     const head = req.method === 'HEAD';
     if (req.method !== 'GET' && !head) {
       res.setHeader('allow', 'GET, HEAD');

@@ -14,6 +14,8 @@ export interface Metrics {
   observer: DaemonObserver;
   /** Notify hook runs, by hook (up, down, change) and outcome (ok, failed, timeout, coalesced). */
   hookRuns: Counter<'hook' | 'outcome'>;
+  /** Draining backends whose last open flow went away. */
+  drained: Counter<'service' | 'backend'>;
 }
 
 type Series = { metric: Counter<string> | Histogram<string>; labels: Record<string, string> };
@@ -92,6 +94,38 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
         this.set({ service: b.spec.service, backend: b.spec.name }, b.health.state === 'up' ? 1 : 0);
     },
   });
+  const drained = new Counter({
+    name: 'nfh_drained_total',
+    help: 'Times a draining backend reached 0 open connections',
+    labelNames: backendLabels,
+    registers,
+  });
+  new Gauge({
+    name: 'nfh_backend_connections',
+    help: "Open flows in conntrack carrying the backend's mark (not TIME_WAIT or CLOSE), at the latest count",
+    labelNames: backendLabels,
+    registers,
+    collect() {
+      this.reset();
+      for (const b of daemon.backends())
+        if (b.connections !== undefined) this.set({ service: b.spec.service, backend: b.spec.name }, b.connections);
+    },
+  });
+  for (const [name, state, help] of [
+    ['nfh_backend_draining', 'drain', '1 while an operator drains the backend (no new connections)'],
+    ['nfh_backend_maintenance', 'maint', '1 while the backend is in maintenance (no new connections, no checks)'],
+  ] as const)
+    new Gauge({
+      name,
+      help,
+      labelNames: backendLabels,
+      registers,
+      collect() {
+        this.reset();
+        for (const b of daemon.backends())
+          this.set({ service: b.spec.service, backend: b.spec.name }, b.admin?.state === state ? 1 : 0);
+      },
+    });
   new Gauge({
     name: 'nfh_backend_slots',
     help: "Slots of its service's balancing table the backend holds (nft writer): its share of new connections is this over nfh_service_slots",
@@ -237,5 +271,5 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
       }
     },
   };
-  return { registry, observer, hookRuns };
+  return { registry, observer, hookRuns, drained };
 }

@@ -4,6 +4,7 @@
  * healthy daemon writes nothing to the kernel); the others start at initialState.
  */
 import { formatDuration } from '../config/duration.js';
+import type { AdminStatus } from '../health/admin.js';
 import type { Logger } from '../log.js';
 import type { ResumedStatus } from '../observer.js';
 import type { BackendPlan, Plan } from '../plan/compile.js';
@@ -11,6 +12,26 @@ import { type BackendSnapshot, fingerprint, type Snapshot } from './snapshot.js'
 import { readStateFile } from './state-file.js';
 
 export type Restore = (spec: BackendPlan) => ResumedStatus | undefined;
+export type RestoreAdmin = (spec: BackendPlan) => AdminStatus | undefined;
+
+/**
+ * The administrative states saved in the state file, by backend id. An operator's
+ * decision does not go stale: it is kept whatever the file's age or the backend's checks.
+ */
+export function adminFrom(state: Snapshot): RestoreAdmin {
+  const byId = new Map(state.backends.map((b) => [b.id, b.admin]));
+  const ms = (s: string | undefined) => (s === undefined ? undefined : Date.parse(s));
+  return (spec) => {
+    const saved = byId.get(spec.id);
+    if (!saved) return undefined;
+    const admin: AdminStatus = { state: saved.state, since: Date.parse(saved.since) };
+    for (const key of ['deadline', 'drainedAt', 'deadlineDoneAt'] as const) {
+      const at = ms(saved[key]);
+      if (at !== undefined) admin[key] = at;
+    }
+    return admin;
+  };
+}
 
 export function restoreFrom(
   state: Snapshot,
@@ -41,8 +62,12 @@ export function restoreFrom(
   return { restore, ageMs, usable };
 }
 
-/** Reads the state file once, logs what it will do, and returns the daemon's `restore` option. */
-export async function loadRestore(plan: Plan, log: Logger, now = Date.now()): Promise<Restore | undefined> {
+/** Reads the state file once, logs what it will do, and returns the daemon's `restore` and `restoreAdmin` options. */
+export async function loadRestore(
+  plan: Plan,
+  log: Logger,
+  now = Date.now(),
+): Promise<{ restore?: Restore; restoreAdmin?: RestoreAdmin }> {
   const config = plan.config;
   const file = config.stateFile;
   const read = await readStateFile(file);
@@ -50,15 +75,16 @@ export async function loadRestore(plan: Plan, log: Logger, now = Date.now()): Pr
     if (read.missing)
       log.info({ event: 'state_not_resumed', file }, `no state file at ${file}: backends start ${config.initialState}`);
     else log.warn({ event: 'state_not_resumed', file }, `${read.problem}: backends start ${config.initialState}`);
-    return undefined;
+    return {};
   }
+  const restoreAdmin = adminFrom(read.state);
   const { restore, ageMs, usable } = restoreFrom(read.state, config.stateMaxAge, now);
   if (!usable) {
     log.info(
       { event: 'state_not_resumed', file, ageMs },
       `state file ${file} is ${(ageMs / 1000).toFixed(1)}s old (stateMaxAge ${formatDuration(config.stateMaxAge)}): backends start ${config.initialState}`,
     );
-    return undefined;
+    return { restoreAdmin };
   }
   const logging: Restore = (spec) => {
     const r = restore(spec);
@@ -81,5 +107,5 @@ export async function loadRestore(plan: Plan, log: Logger, now = Date.now()): Pr
     { event: 'state_file_read', file, ageMs, resumed: matching, backends: specs.length },
     `resuming ${matching} of ${specs.length} backends from ${file}, written ${(ageMs / 1000).toFixed(1)}s ago`,
   );
-  return logging;
+  return { restore: logging, restoreAdmin };
 }

@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import type { AdminState } from '../health/admin.js';
 import { type DampingState, isHeld } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
 import type { BackendStatus, Daemon } from '../observer.js';
@@ -35,6 +36,10 @@ export interface BackendSnapshot {
   damping?: DampingState;
   /** Its slots in its service's balancing table (nft writer), and the service's mode (normal, backup, panic, reject). */
   share?: { slots: number; of: number; mode: string };
+  /** Set by an operator (`nf-healthd set`); absent means ready. Times as ISO strings. */
+  admin?: { state: AdminState; since: string; deadline?: string; drainedAt?: string; deadlineDoneAt?: string };
+  /** Open flows in conntrack with the backend's mark, at the latest count. */
+  connections?: number;
 }
 
 export interface Snapshot {
@@ -85,6 +90,14 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
     out.damping = b.damping;
     if (isHeld(b.damping, now)) out.held = { until: iso(b.damping.heldUntil!), reason: b.damping.reason ?? 'flapping' };
   }
+  if (b.admin) {
+    const { state, since, deadline, drainedAt, deadlineDoneAt } = b.admin;
+    out.admin = { state, since: iso(since) };
+    if (deadline !== undefined) out.admin.deadline = iso(deadline);
+    if (drainedAt !== undefined) out.admin.drainedAt = iso(drainedAt);
+    if (deadlineDoneAt !== undefined) out.admin.deadlineDoneAt = iso(deadlineDoneAt);
+  }
+  if (b.connections !== undefined) out.connections = b.connections;
   return out;
 }
 

@@ -5,6 +5,7 @@
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { ADMIN_STATES } from '../health/admin.js';
 import type { Snapshot } from './snapshot.js';
 
 /** Largest state file we read back: thousands of backends fit, a wrong path does not hurt. */
@@ -71,6 +72,16 @@ const snapshotSchema = z.looseObject({
       written: z.object({ up: z.boolean(), confirmed: z.boolean(), at: stamp }).optional(),
       held: z.object({ until: stamp, reason: z.string() }).optional(),
       damping: dampingSchema.optional(),
+      admin: z
+        .object({
+          state: z.enum(ADMIN_STATES),
+          since: stamp,
+          deadline: stamp.optional(),
+          drainedAt: stamp.optional(),
+          deadlineDoneAt: stamp.optional(),
+        })
+        .optional(),
+      connections: z.number().int().min(0).optional(),
     }),
   ),
 });

@@ -60,6 +60,8 @@ export const stateFilePlugin: DaemonPlugin = ({ daemon, log, configPath }) => {
       if (!timer && !stopped) tick();
     },
     onTransition: request,
+    // An operator's decision must survive a restart that comes right after it.
+    onAdmin: request,
     onSync(_b, outcome) {
       if (outcome.wrote || outcome.error || outcome.drift) request();
     },

@@ -62,37 +62,60 @@ function serviceModes(state: Snapshot): string[] {
   return [...modes].map(([service, mode]) => `  ${service}: ${words[mode] ?? mode}`);
 }
 
+/** Health and admin state in a few words: `up`, `DOWN`, `up, draining`, `maintenance`. */
+function stateWords(b: BackendSnapshot, now: number): string {
+  if (b.admin?.state === 'maint') return 'maintenance';
+  const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
+  const health = `${b.state === 'up' ? 'up' : 'DOWN'}${held}`;
+  if (b.admin?.state !== 'drain') return health;
+  return `${health}, ${b.admin.drainedAt ? 'drained' : 'draining'}`;
+}
+
+/** Down by health and not in maintenance: what makes `status` exit 2. */
+const isDown = (b: BackendSnapshot) => b.state === 'down' && b.admin?.state !== 'maint';
+
 export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
+  // Connection counts (from conntrack): a column while there is something to see, open
+  // connections or a backend drained or in maintenance; not a column of zeros.
+  const counted = state.backends.some((b) => (b.connections ?? 0) > 0 || b.admin !== undefined);
   const withShares = state.backends.some((b) => b.share);
   const rows = [
-    ['BACKEND', 'STATE', 'SINCE', 'LAST CHECK', 'LATENCY', 'TARGET', 'VALUE', ...(withShares ? ['SHARE'] : [])],
+    [
+      'BACKEND',
+      'STATE',
+      'SINCE',
+      'LAST CHECK',
+      'LATENCY',
+      'TARGET',
+      'VALUE',
+      ...(counted ? ['CONNS'] : []),
+      ...(withShares ? ['SHARE'] : []),
+    ],
     ...state.backends.map((b) => {
-      const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
       const last = b.last
         ? `${b.last.up ? 'ok' : 'FAIL'} ${ago(now - Date.parse(b.last.at))} ago: ${b.last.detail}`
         : 'not checked yet';
       return [
         `${b.service}/${b.backend}`,
-        `${b.state === 'up' ? 'up' : 'DOWN'}${held}`,
+        stateWords(b, now),
         `${ago(now - Date.parse(b.since))} ago`,
         last,
         b.last ? `${Math.round(b.last.latencyMs)}ms` : '-',
         b.target.label,
         writtenValue(b, config),
+        ...(counted ? [b.connections === undefined ? '-' : String(b.connections)] : []),
         ...(withShares ? [shareText(b)] : []),
       ];
     }),
   ];
   const lines = formatTable(rows);
   // Why each down backend is down: the reason of its latest change (and a damping hold).
-  const reasons = state.backends
-    .filter((b) => b.state === 'down')
-    .map((b) => {
-      const held = b.held
-        ? `held down until ${b.held.until}${b.reason.includes(b.held.reason) ? '' : `: ${b.held.reason}`}; `
-        : '';
-      return `  ${b.service}/${b.backend}: ${held}${b.reason}`;
-    });
+  const reasons = state.backends.filter(isDown).map((b) => {
+    const held = b.held
+      ? `held down until ${b.held.until}${b.reason.includes(b.held.reason) ? '' : `: ${b.held.reason}`}; `
+      : '';
+    return `  ${b.service}/${b.backend}: ${held}${b.reason}`;
+  });
   const up = state.backends.filter((b) => b.state === 'up').length;
   const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
   const modes = serviceModes(state);
@@ -123,7 +146,7 @@ export async function statusCommand(
     io.err(`${stale}\n`);
     return EXIT.notRunning;
   }
-  return state.backends.every((b) => b.state === 'up') ? EXIT.ok : EXIT.down;
+  return state.backends.some(isDown) ? EXIT.down : EXIT.ok;
 }
 
 /** The `status` command: the config names the state file; a broken config falls back to the default path. */

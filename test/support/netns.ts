@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { IPSET_LINE_PREFIX } from '../../src/kernel/rules/iptables-ipset.js';
 
 /**
  * Network namespaces and the processes inside them, for the kernel tests. Every
@@ -154,4 +155,43 @@ export function startServer(
     child.once('exit', (code) => reject(new Error(`${label} exited (${code}): ${err}`)));
   });
   return { child, ready };
+}
+
+/** The balancer topology of the kernel tests: a client, a balancer holding the VIP, two backends. */
+export interface BalancerLab {
+  client: Netns;
+  balancer: Netns;
+  backends: [Netns, Netns];
+}
+
+/**
+ * Builds it on `PREFIX.1.0/24` (client), `PREFIX.2.0/24` and `PREFIX.3.0/24` (backends at
+ * .2, the balancer at .1 on each), with forwarding on and the VIP on the balancer's lo.
+ * `tag` keeps the namespace names apart between test files.
+ */
+export async function balancerLab(prefix: string, vip: string, tag = ''): Promise<BalancerLab> {
+  const client = createNetns(`${tag}client`);
+  const balancer = createNetns(`${tag}lb`);
+  const b1 = createNetns(`${tag}be1`);
+  const b2 = createNetns(`${tag}be2`);
+  await link(balancer, 'to-client', `${prefix}.1.1/24`, client, 'eth0', `${prefix}.1.2/24`);
+  await link(balancer, 'to-be1', `${prefix}.2.1/24`, b1, 'eth0', `${prefix}.2.2/24`);
+  await link(balancer, 'to-be2', `${prefix}.3.1/24`, b2, 'eth0', `${prefix}.3.2/24`);
+  await balancer.run(['ip', 'addr', 'add', `${vip}/32`, 'dev', 'lo']);
+  await balancer.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+  await client.run(['ip', 'route', 'add', 'default', 'via', `${prefix}.1.1`]);
+  // The return-route requirement: replies must pass the balancer to be un-NATed.
+  await b1.run(['ip', 'route', 'add', 'default', 'via', `${prefix}.2.1`]);
+  await b2.run(['ip', 'route', 'add', 'default', 'via', `${prefix}.3.1`]);
+  return { client, balancer, backends: [b1, b2] };
+}
+
+/** Loads `nf-healthd rules --format iptables-ipset` output: its sets (the marked lines), then the rules. */
+export async function loadIptablesIpset(ns: Netns, rules: string): Promise<void> {
+  const sets = rules
+    .split('\n')
+    .filter((l) => l.startsWith(IPSET_LINE_PREFIX))
+    .map((l) => l.slice(IPSET_LINE_PREFIX.length));
+  await ns.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
+  await ns.run(['iptables-restore'], rules);
 }
