@@ -87,7 +87,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     kernel,
     state: (spec) => {
       const b = runtimes.get(spec.id);
-      // Drain and maint take a backend out of the table for new connections, whatever its health.
+      // Drain and maint take a backend out of rotation for new connections, even in panic.
       return { up: b?.health.state === 'up', adminOut: b?.admin !== undefined && b.admin.state !== 'ready' };
     },
     onTable(service, table) {

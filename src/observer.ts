@@ -28,12 +28,12 @@ export interface BackendStatus {
   written?: { up: boolean; confirmed: boolean; at: number };
   /** Flap damping: recent changes and the hold, when `damping` is configured. */
   damping?: DampingState;
+  /** Its slots in its service's balancing table (nft writer), and the service's mode. */
+  share?: { slots: number; of: number; mode: TableMode };
   /** Set by an operator (`nf-healthd set`); absent means `ready`. */
   admin?: AdminStatus;
   /** Open flows in conntrack carrying the backend's mark, at the latest count (absent: not counted). */
   connections?: number;
-  /** Its slots in its service's balancing table (nft writer), and the service's mode. */
-  share?: { slots: number; of: number; mode: TableMode };
 }
 
 /** What a restart may resume for one backend (from the state file). */

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { balancerLab, cleanupNetns, loadIptablesIpset, type Netns, startServer, tempFolder } from './support/netns.js';
+import { balancerLab, cleanupNetns, loadIptablesIpset, type Netns, tempFolder } from './support/netns.js';
 
 // The whole system on a real kernel: a client, a balancer holding the VIP with
 // forwarding on, two backends running SMTP banner servers with their default route
@@ -48,10 +48,14 @@ async function buildLab(): Promise<Lab> {
 }
 
 function startBackend(lab: Lab, i: 0 | 1): Promise<void> {
-  const argv = [process.execPath, BACKEND, '0.0.0.0', '25', `backend${i + 1} ESMTP`];
-  const { child, ready } = startServer(lab.backends[i], argv, `backend ${i + 1}`);
+  const child = lab.backends[i].spawn([process.execPath, BACKEND, '0.0.0.0', '25', `backend${i + 1} ESMTP`]);
   lab.servers[i] = child;
-  return ready;
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`backend ${i + 1} exited (${code}): ${err}`)));
+  });
 }
 
 function killBackend(lab: Lab, i: 0 | 1): void {

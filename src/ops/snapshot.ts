@@ -34,12 +34,12 @@ export interface BackendSnapshot {
   /** Set while flap damping holds the backend down. */
   held?: { until: string; reason: string };
   damping?: DampingState;
+  /** Its slots in its service's balancing table (nft writer), and the service's mode (normal, backup, panic, reject). */
+  share?: { slots: number; of: number; mode: string };
   /** Set by an operator (`nf-healthd set`); absent means ready. Times as ISO strings. */
   admin?: { state: AdminState; since: string; deadline?: string; drainedAt?: string; deadlineDoneAt?: string };
   /** Open flows in conntrack with the backend's mark, at the latest count. */
   connections?: number;
-  /** Its slots in its service's balancing table (nft writer), and the service's mode (normal, backup, panic, reject). */
-  share?: { slots: number; of: number; mode: string };
 }
 
 export interface Snapshot {

@@ -45,18 +45,6 @@ function writtenValue(b: BackendSnapshot, config: Config | undefined): string {
   return b.written.confirmed ? value : `${value} (unconfirmed)`;
 }
 
-/** Health and admin state in a few words: `up`, `DOWN`, `up, draining`, `maintenance`. */
-function stateWords(b: BackendSnapshot, now: number): string {
-  if (b.admin?.state === 'maint') return 'maintenance';
-  const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
-  const health = `${b.state === 'up' ? 'up' : 'DOWN'}${held}`;
-  if (b.admin?.state !== 'drain') return health;
-  return `${health}, ${b.admin.drainedAt ? 'drained' : 'draining'}`;
-}
-
-/** Down by health and not in maintenance: what makes `status` exit 2. */
-const isDown = (b: BackendSnapshot) => b.state === 'down' && b.admin?.state !== 'maint';
-
 /** `33.3%` of the service's slots, or `-` without a balancing table. */
 function shareText(b: BackendSnapshot): string {
   return b.share ? `${((100 * b.share.slots) / b.share.of).toFixed(1)}%` : '-';
@@ -74,6 +62,18 @@ function serviceModes(state: Snapshot): string[] {
   return [...modes].map(([service, mode]) => `  ${service}: ${words[mode] ?? mode}`);
 }
 
+/** Health and admin state in a few words: `up`, `DOWN`, `up, draining`, `maintenance`. */
+function stateWords(b: BackendSnapshot, now: number): string {
+  if (b.admin?.state === 'maint') return 'maintenance';
+  const held = b.held ? ` (held ${ago(Date.parse(b.held.until) - now)})` : '';
+  const health = `${b.state === 'up' ? 'up' : 'DOWN'}${held}`;
+  if (b.admin?.state !== 'drain') return health;
+  return `${health}, ${b.admin.drainedAt ? 'drained' : 'draining'}`;
+}
+
+/** Down by health and not in maintenance: what makes `status` exit 2. */
+const isDown = (b: BackendSnapshot) => b.state === 'down' && b.admin?.state !== 'maint';
+
 export function statusTable(state: Snapshot, config: Config | undefined, now: number): string {
   // Connection counts (from conntrack): a column while there is something to see, open
   // connections or a backend drained or in maintenance; not a column of zeros.
@@ -88,8 +88,8 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
       'LATENCY',
       'TARGET',
       'VALUE',
-      ...(withShares ? ['SHARE'] : []),
       ...(counted ? ['CONNS'] : []),
+      ...(withShares ? ['SHARE'] : []),
     ],
     ...state.backends.map((b) => {
       const last = b.last
@@ -103,8 +103,8 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
         b.last ? `${Math.round(b.last.latencyMs)}ms` : '-',
         b.target.label,
         writtenValue(b, config),
-        ...(withShares ? [shareText(b)] : []),
         ...(counted ? [b.connections === undefined ? '-' : String(b.connections)] : []),
+        ...(withShares ? [shareText(b)] : []),
       ];
     }),
   ];

@@ -138,6 +138,25 @@ export async function link(a: Netns, aIf: string, aAddr: string, b: Netns, bIf: 
   await b.run(['ip', 'link', 'set', bIf, 'up']);
 }
 
+/**
+ * Starts a server inside `ns` and resolves once it prints its first output (its "ready"
+ * line); rejects with its stderr if it exits first.
+ */
+export function startServer(
+  ns: Netns,
+  argv: readonly string[],
+  label: string,
+): { child: ChildProcess; ready: Promise<void> } {
+  const child = ns.spawn(argv);
+  const ready = new Promise<void>((resolve, reject) => {
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`${label} exited (${code}): ${err}`)));
+  });
+  return { child, ready };
+}
+
 /** The balancer topology of the kernel tests: a client, a balancer holding the VIP, two backends. */
 export interface BalancerLab {
   client: Netns;
@@ -175,23 +194,4 @@ export async function loadIptablesIpset(ns: Netns, rules: string): Promise<void>
     .map((l) => l.slice(IPSET_LINE_PREFIX.length));
   await ns.run(['ipset', 'restore', '-exist'], `${sets.join('\n')}\n`);
   await ns.run(['iptables-restore'], rules);
-}
-
-/**
- * Starts a server inside `ns` and resolves once it prints its first output (its "ready"
- * line); rejects with its stderr if it exits first.
- */
-export function startServer(
-  ns: Netns,
-  argv: readonly string[],
-  label: string,
-): { child: ChildProcess; ready: Promise<void> } {
-  const child = ns.spawn(argv);
-  const ready = new Promise<void>((resolve, reject) => {
-    let err = '';
-    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-    child.stdout!.once('data', () => resolve());
-    child.once('exit', (code) => reject(new Error(`${label} exited (${code}): ${err}`)));
-  });
-  return { child, ready };
 }
