@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { balancedMailYaml } from './support/config.js';
 import { balancerLab, cleanupNetns, loadIptablesIpset, type Netns, tempFolder } from './support/netns.js';
 
 // The whole system on a real kernel: a client, a balancer holding the VIP with
@@ -234,22 +235,15 @@ const isTransition = (backend: string, state: string) => (l: LogLine) =>
 async function scenario(variant: Variant): Promise<Record<string, number>> {
   const lab = await buildLab();
   const config = path.join(lab.dir, 'config.yaml');
-  const ms = (n: number) => `${n}ms`;
   writeFileSync(
     config,
-    `defaults: { interval: ${ms(TIMING.interval)}, fastInterval: ${ms(TIMING.fastInterval)}, timeout: ${ms(TIMING.timeout)}, rise: ${TIMING.rise}, fall: ${TIMING.fall} }
-log: { level: info, format: json }
-stateFile: ${path.join(lab.dir, 'state.json')}
-writer: ${variant.writer}
-services:
-  - name: mail
-    vip: ${VIP}
-    port: 25
-    check: { type: smtp }
-    backends:
-      - { name: mail1, address: 10.201.2.2 }
-      - { name: mail2, address: 10.201.3.2 }
-`,
+    balancedMailYaml({
+      timing: TIMING,
+      stateFile: path.join(lab.dir, 'state.json'),
+      writer: variant.writer,
+      vip: VIP,
+      addresses: ['10.201.2.2', '10.201.3.2'],
+    }),
   );
   const rules = await lab.balancer.run([process.execPath, BIN, 'rules', '-c', config, '--format', variant.format]);
   await variant.load(lab, rules);

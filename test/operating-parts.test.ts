@@ -12,16 +12,10 @@ import { fingerprint, type Snapshot } from '../src/ops/snapshot.js';
 import { readStateFile, writeStateFile } from '../src/ops/state-file.js';
 import { staleness, statusTable } from '../src/ops/status-command.js';
 import { parseConfig, parsePlan } from '../src/plan/load.js';
+import { MINIMAL_YAML } from './support/config.js';
 import { tempDir } from './support/daemon.js';
 
-const BASE = `writer: {type: condition, dir: /tmp/x}
-services:
-  - name: mail
-    port: 25
-    check: {type: smtp}
-    backends:
-      - {name: mail1, address: 192.0.2.1}
-`;
+const BASE = MINIMAL_YAML;
 
 function problems(text: string): string[] {
   try {

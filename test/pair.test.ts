@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { balancedMailYaml } from './support/config.js';
 import { BIN, type DaemonProcess, startDaemon } from './support/daemon.js';
 import { eachLine, waitableList } from './support/lines.js';
 import { cleanupNetns, createNetns, type Netns, tempFolder } from './support/netns.js';
@@ -92,20 +93,14 @@ async function plug(
 }
 
 function nfConfig(dir: string, trackFile: string): string {
-  const ms = (n: number) => `${n}ms`;
-  return `defaults: { interval: ${ms(TIMING.interval)}, fastInterval: ${ms(TIMING.fastInterval)}, timeout: ${ms(TIMING.timeout)}, rise: ${TIMING.rise}, fall: ${TIMING.fall} }
-log: { level: info, format: json }
-stateFile: ${path.join(dir, 'state.json')}
-writer: { type: nft }
-vrrp: { trackFile: ${trackFile} }
-services:
-  - name: mail
-    vip: ${VIP}
-    port: 25
-    check: { type: smtp }
-    backends:
-${BACKENDS.map((a, i) => `      - { name: mail${i + 1}, address: ${a} }`).join('\n')}
-`;
+  return balancedMailYaml({
+    timing: TIMING,
+    stateFile: path.join(dir, 'state.json'),
+    writer: '{ type: nft }',
+    extra: `vrrp: { trackFile: ${trackFile} }`,
+    vip: VIP,
+    addresses: BACKENDS,
+  });
 }
 
 /** config/keepalived-pair.conf with its `$NAME=` definitions set for this lab. */

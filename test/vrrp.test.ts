@@ -7,20 +7,14 @@ import { createLogger } from '../src/log.js';
 import type { BackendStatus, Daemon, DaemonObserver } from '../src/observer.js';
 import { liveCapacity, trackValue, vrrpPlugin } from '../src/ops/vrrp-plugin.js';
 import { parseConfig } from '../src/plan/load.js';
+import { MINIMAL_YAML } from './support/config.js';
 import { tempDir } from './support/daemon.js';
 
 // The track file's numbers, and the plugin writing a real file in a real folder. The
 // daemon around the plugin is a stand-in holding backends in given states (the real
 // daemon drives the plugin in test/pair.test.ts, with real keepalived reading the file).
 
-const BASE = `writer: {type: condition, dir: /tmp/x}
-services:
-  - name: mail
-    port: 25
-    check: {type: smtp}
-    backends:
-      - {name: mail1, address: 192.0.2.1}
-`;
+const BASE = MINIMAL_YAML;
 
 function backend(service: string, weight: number, up: boolean): BackendStatus {
   return { spec: { service, weight }, health: { state: up ? 'up' : 'down' } } as unknown as BackendStatus;

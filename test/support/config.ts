@@ -20,3 +20,49 @@ ${c.stateFile ? `stateFile: ${c.stateFile}\n` : ''}${c.extra ? `${c.extra}\n` : 
 ${c.backends.map((b) => `      - {name: ${b.name}, address: 127.0.0.1, port: ${b.port}}`).join('\n')}
 `;
 }
+
+/** The smallest valid config the unit tests parse: one SMTP backend, a condition folder. */
+export const MINIMAL_YAML = `writer: {type: condition, dir: /tmp/x}
+services:
+  - name: mail
+    port: 25
+    check: {type: smtp}
+    backends:
+      - {name: mail1, address: 192.0.2.1}
+`;
+
+/** Check timing in milliseconds, as the kernel tests keep it. */
+export interface Timing {
+  interval: number;
+  fastInterval: number;
+  timeout: number;
+  rise: number;
+  fall: number;
+}
+
+/** A balancer's config in the kernel tests: one SMTP service on a VIP, backends named mail1, mail2, ... */
+export function balancedMailYaml(c: {
+  timing: Timing;
+  stateFile: string;
+  /** The `writer:` value, e.g. `{ type: nft }`. */
+  writer: string;
+  vip: string;
+  addresses: readonly string[];
+  /** Extra top-level YAML lines. */
+  extra?: string;
+}): string {
+  const ms = (n: number) => `${n}ms`;
+  const t = c.timing;
+  return `defaults: { interval: ${ms(t.interval)}, fastInterval: ${ms(t.fastInterval)}, timeout: ${ms(t.timeout)}, rise: ${t.rise}, fall: ${t.fall} }
+log: { level: info, format: json }
+stateFile: ${c.stateFile}
+writer: ${c.writer}
+${c.extra ? `${c.extra}\n` : ''}services:
+  - name: mail
+    vip: ${c.vip}
+    port: 25
+    check: { type: smtp }
+    backends:
+${c.addresses.map((a, i) => `      - { name: mail${i + 1}, address: ${a} }`).join('\n')}
+`;
+}
