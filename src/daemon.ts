@@ -6,9 +6,19 @@ import { damp } from './health/damping.js';
 import { type BackendState, initialHealth, isSettling, observe } from './health/hysteresis.js';
 import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
 import { nextCheckDelay } from './health/pace.js';
+import {
+  addCounts,
+  describeVerdict,
+  ejectionAllowed,
+  NO_COUNTS,
+  type PassiveCounts,
+  passiveVerdict,
+  tally,
+} from './health/passive.js';
 import { createScheduler } from './health/scheduler.js';
 import { createBalancer } from './kernel/balancer.js';
 import { createKernelLoop, type KernelLoop } from './kernel/loop.js';
+import { createPassiveReader } from './kernel/passive-reader.js';
 import { createWriter } from './kernel/writers/registry.js';
 import type { Writer } from './kernel/writers/types.js';
 import type { Logger } from './log.js';
@@ -131,7 +141,14 @@ export function createDaemon(options: DaemonOptions): Daemon {
     const now = Date.now();
     b.last = { ...result, at: now };
     const damping = plan.config.damping;
-    const damped = damp(observe(b.health, result.up, spec), b.damping, damping, now);
+    // Passively ejected: passes count only once its window is over (then `rise` of them).
+    const passiveHeld = b.passive?.heldUntil !== undefined && now < b.passive.heldUntil;
+    if (passiveHeld && result.up && log.isLevelEnabled('debug'))
+      log.debug(
+        { event: 'passive_suppressed', service: spec.service, backend: spec.name },
+        `backend ${spec.name} passes its check but was ejected by passive health: counts from ${new Date(b.passive!.heldUntil!).toISOString()}`,
+      );
+    const damped = damp(observe(b.health, result.up && !passiveHeld, spec), b.damping, damping, now);
     const seen = damped.observation;
     b.damping = damping ? damped.damping : undefined; // turned off by a reload: no hold lingers
     b.health = seen.health;
@@ -158,26 +175,13 @@ export function createDaemon(options: DaemonOptions): Daemon {
     emit('onCheck', b, result);
     if (seen.transition) {
       const { from, to } = seen.transition;
-      b.since = now;
-      b.reason =
+      let reason =
         to === 'down'
           ? `${seen.health.failures} consecutive failures: ${result.detail}`
           : `${seen.health.successes} consecutive successes: ${result.detail}`;
-      if (holdReason) b.reason += `; ${holdReason}`;
-      if (heldFor !== undefined && to === 'up') b.reason += ` (after a ${heldFor / 1000}s flap damping hold)`;
-      const line = {
-        event: 'transition',
-        service: spec.service,
-        backend: spec.name,
-        state: to,
-        previous: from,
-        reason: b.reason,
-        target: spec.target.label,
-      };
-      if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${b.reason}`);
-      else log.info(line, `backend ${spec.name} is up: ${b.reason}`);
-      emit('onTransition', b, from, to);
-      balancer.changed(spec, to);
+      if (holdReason) reason += `; ${holdReason}`;
+      if (heldFor !== undefined && to === 'up') reason += ` (after a ${heldFor / 1000}s flap damping hold)`;
+      transitioned(b, from, to, reason, now);
     } else if (log.isLevelEnabled('debug')) {
       // The check path: no log object is built unless someone reads debug.
       log.debug(
@@ -188,13 +192,97 @@ export function createDaemon(options: DaemonOptions): Daemon {
     want(b);
   };
 
+  /** A state change: reason, log line, observers, the balancing table. */
+  const transitioned = (b: BackendStatus, from: BackendState, to: BackendState, reason: string, now: number) => {
+    const spec = b.spec;
+    b.since = now;
+    b.reason = reason;
+    const line = {
+      event: 'transition',
+      service: spec.service,
+      backend: spec.name,
+      state: to,
+      previous: from,
+      reason,
+      target: spec.target.label,
+    };
+    if (to === 'down') log.warn(line, `backend ${spec.name} is down: ${reason}`);
+    else log.info(line, `backend ${spec.name} is up: ${reason}`);
+    emit('onTransition', b, from, to);
+    balancer.changed(spec, to);
+  };
+
+  const isOut = (b: BackendStatus | undefined) =>
+    b === undefined || b.health.state !== 'up' || (b.admin !== undefined && b.admin.state !== 'ready');
+
+  /**
+   * One read of the passive counters for a backend (docs/passive.md). Failing traffic is
+   * evidence: the backend is checked at fastInterval, and with `eject` it goes down at once
+   * (as `fall` failed checks would) unless that leaves more than maxEjectPercent of its
+   * service out. It comes back through `rise` passing checks once its window is over.
+   */
+  const passiveCounts = (spec: BackendPlan, read: PassiveCounts, window: PassiveCounts, now: number) => {
+    const b = runtimes.get(spec.id);
+    const service = plan.services.find((s) => s.name === spec.service);
+    const config = service?.passive;
+    if (!b || !service || !config) return;
+    const verdict = passiveVerdict(window, config);
+    const totals = addCounts(b.passive?.totals ?? NO_COUNTS, read);
+    // Unanswered since start: monotonic, exact once every answer is in.
+    const unanswered = Math.max(b.passive?.totals.unanswered ?? 0, tally(totals).unanswered);
+    const p = (b.passive = {
+      ...b.passive,
+      totals: { ...tally(totals), unanswered },
+      latest: verdict,
+      windowMs: config.window,
+    });
+    const fields = { service: spec.service, backend: spec.name, ...verdict.tally };
+    if (verdict.kind !== 'failing') {
+      if (p.failingSince === undefined) return;
+      p.failingSince = undefined;
+      p.capped = false;
+      log.info(
+        { event: 'passive_recovered', ...fields },
+        `backend ${spec.name}: passive: real traffic no longer fails: ${describeVerdict(verdict, config.window)}${verdict.kind === 'quiet' ? `, below minConnections ${config.minConnections}` : ''}`,
+      );
+      return;
+    }
+    const what = describeVerdict(verdict, config.window);
+    if (p.failingSince === undefined) {
+      p.failingSince = now;
+      log.warn(
+        { event: 'passive_failing', ...fields, ratio: verdict.ratio, eject: config.eject },
+        `backend ${spec.name}: passive: ${what}, at least ${config.failureRatio}: checking it at fastInterval${config.eject ? '' : ' (passive.eject is off: it stays in)'}`,
+      );
+    }
+    if (!config.eject || isOut(b)) return;
+    const out = service.backends.filter((s) => isOut(runtimes.get(s.id))).length;
+    if (!ejectionAllowed(service.backends.length, out, config.maxEjectPercent)) {
+      if (p.capped) return;
+      p.capped = true;
+      log.warn(
+        { event: 'passive_eject_capped', ...fields, ratio: verdict.ratio, out, backends: service.backends.length },
+        `backend ${spec.name}: passive: kept in although failing: ${out} of ${service.backends.length} backends of ${spec.service} are out already and maxEjectPercent ${config.maxEjectPercent} lets passive health take at most ${Math.floor((service.backends.length * config.maxEjectPercent) / 100)} out`,
+      );
+      return;
+    }
+    p.heldUntil = now + config.window;
+    b.health = { state: 'down', successes: 0, failures: Math.max(b.health.failures, spec.fall) };
+    transitioned(b, 'up', 'down', `passive: ${what}`, now);
+    want(b);
+  };
+  const passive = createPassiveReader({ log, read: () => kernel.readCounters(), onCounts: passiveCounts });
+
   const schedule = (b: BackendStatus, firstDelay: number) => {
     scheduler.add(
       {
         id: b.spec.id,
         run: () => check(b),
-        nextDelay: () =>
-          nextCheckDelay({ health: b.health, since: b.since, heldUntil: b.damping?.heldUntil }, b.spec, Date.now()),
+        nextDelay: () => {
+          const heldUntil = Math.max(b.damping?.heldUntil ?? 0, b.passive?.heldUntil ?? 0) || undefined;
+          const delay = nextCheckDelay({ health: b.health, since: b.since, heldUntil }, b.spec, Date.now());
+          return b.passive?.failingSince === undefined ? delay : Math.min(delay, b.spec.fastInterval);
+        },
       },
       firstDelay,
     );
@@ -238,6 +326,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         want(b);
       }
       balancer.setPlan(plan);
+      passive.setPlan(plan);
       await Promise.all(fresh.map((b) => check(b)));
       if (shutdown.signal.aborted) return;
       await kernel.settled();
@@ -303,6 +392,8 @@ export function createDaemon(options: DaemonOptions): Daemon {
         schedule(b, 0);
       }
       balancer.setPlan(plan);
+      passive.setPlan(plan);
+      for (const b of runtimes.values()) if (!b.spec.passive) delete b.passive;
       log.info(
         { event: 'reloaded', backends: runtimes.size, added: diff.added.length, removed: diff.removed.length },
         `configuration reloaded: ${runtimes.size} backends (${diff.added.length} added, ${diff.removed.length} removed)`,
@@ -315,6 +406,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       emit('onStopping');
       shutdown.abort();
       await scheduler.stop();
+      passive.stop();
       balancer.stop();
       await kernel.stop();
       emit('onStopped');

@@ -41,6 +41,27 @@ export const EVENTS = {
   damping_hold: { level: 'warn/info', when: 'flap damping holds a backend down, with the reason and the end' },
   damping_suppressed: { level: 'debug', when: 'a held backend passes its checks but stays down until the hold ends' },
   damping_released: { level: 'info', when: 'a flap damping hold ended' },
+  passive_failing: {
+    level: 'warn',
+    when: 'real traffic fails on a backend (passive health): the share of its new connections unanswered or reset, and what follows (fastInterval; ejection with passive.eject)',
+  },
+  passive_recovered: {
+    level: 'info',
+    when: "a backend's real traffic no longer fails (or became too quiet for a verdict)",
+  },
+  passive_eject_capped: {
+    level: 'warn',
+    when: 'a passively failing backend is kept in: ejecting it would leave more than passive.maxEjectPercent of its service out (once per episode)',
+  },
+  passive_suppressed: {
+    level: 'debug',
+    when: 'a passively ejected backend passes a check before its window is over: not counted',
+  },
+  passive_read_failed: {
+    level: 'error',
+    when: 'the passive counters cannot be read (`nft reset counters`): no passive verdicts meanwhile',
+  },
+  passive_read_recovered: { level: 'info', when: 'the passive counters can be read again' },
   check_job_failed: { level: 'error', when: 'a check job threw (a bug: report it); the schedule goes on' },
   observer_failed: { level: 'error', when: 'an operating part (metrics, state file, hooks) threw; the rest go on' },
   // Administrative state and the connection lifecycle

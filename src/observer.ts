@@ -2,6 +2,7 @@ import type { Config } from './config/schema.js';
 import type { AdminState, AdminStatus } from './health/admin.js';
 import type { DampingState } from './health/damping.js';
 import type { BackendState, Health } from './health/hysteresis.js';
+import type { PassiveStatus } from './health/passive.js';
 import type { Scheduler } from './health/scheduler.js';
 import type { SyncOutcome, WriterHealth } from './kernel/loop.js';
 import type { TableMode } from './kernel/table.js';
@@ -34,6 +35,8 @@ export interface BackendStatus {
   admin?: AdminStatus;
   /** Open flows in conntrack carrying the backend's mark, at the latest count (absent: not counted). */
   connections?: number;
+  /** Passive health from the kernel's counters of real traffic, when its service has `passive`. */
+  passive?: PassiveStatus;
 }
 
 /** What a restart may resume for one backend (from the state file). */

@@ -3,6 +3,7 @@ import { checkSchema } from '../probes/registry.js';
 import { duration } from './duration.js';
 import { address, conditionName, ipAddress, objectName, port } from './names.js';
 import { operationsKeys } from './operations.js';
+import { passiveSchema } from './passive.js';
 import { writerSchema } from './writers.js';
 
 export { address, conditionName, ipAddress, objectName, port };
@@ -150,6 +151,7 @@ export const serviceSchema = z.strictObject({
       'Panic threshold in percent: when the live primary weight falls below it, new connections spread over every backend that is not administratively out, live or not.',
     ),
   slowStart,
+  passive: passiveSchema.optional(),
 });
 
 export const logSchema = z.strictObject({

@@ -60,6 +60,8 @@ export interface KernelLoop {
   setReadBack(ms: number): void;
   /** One read through the writer between the loop's own operations (`initialState: kernel`). */
   read(targets: readonly WriterTarget[]): Promise<Map<string, ReadOutcome>>;
+  /** The writer's passive counters, read and zeroed in one call (undefined: this writer has none). */
+  readCounters(): Promise<Map<string, number>> | undefined;
   /** Resolves once every change wanted before the call has been tried once (applied or failed). */
   settled(): Promise<void>;
   health(): WriterHealth;
@@ -486,6 +488,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       while (busy) await busy;
       return writer.read(targets);
     },
+    readCounters: () => writer.readCounters?.(),
     settled() {
       const mark = requested;
       const retryingAny = retrying.size + (tablesOn() ? retryingTables.size : 0) > 0;

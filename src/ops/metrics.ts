@@ -8,6 +8,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 import { isHeld } from '../health/damping.js';
 import type { Daemon, DaemonObserver } from '../observer.js';
 import { checkLabel } from '../probes/run.js';
+import { registerPassiveMetrics } from './passive-metrics.js';
 
 export interface Metrics {
   registry: Registry;
@@ -83,6 +84,7 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
     registers,
   });
 
+  registerPassiveMetrics(registers, daemon);
   new Gauge({
     name: 'nfh_backend_up',
     help: 'Backend state as written to the kernel side: 1 up, 0 down',

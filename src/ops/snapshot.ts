@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { AdminState } from '../health/admin.js';
 import { type DampingState, isHeld } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
+import { describeVerdict, type PassiveStatus } from '../health/passive.js';
 import type { BackendStatus, Daemon } from '../observer.js';
 import type { BackendPlan } from '../plan/compile.js';
 import { checkLabel } from '../probes/run.js';
@@ -40,6 +41,25 @@ export interface BackendSnapshot {
   admin?: { state: AdminState; since: string; deadline?: string; drainedAt?: string; deadlineDoneAt?: string };
   /** Open flows in conntrack with the backend's mark, at the latest count. */
   connections?: number;
+  /** Passive health over the latest window (docs/passive.md), when its service has `passive`. */
+  passive?: PassiveSnapshot;
+}
+
+export interface PassiveSnapshot {
+  windowMs: number;
+  /** Counts of the latest window. */
+  new: number;
+  answered: number;
+  reset: number;
+  unanswered: number;
+  /** Unanswered or reset share of the window's new connections; absent below minConnections. */
+  ratio?: number;
+  /** Since when its real traffic has been failing; absent: not failing. */
+  failingSince?: string;
+  /** Ejected by passive health: passing checks count again from this time. */
+  heldUntil?: string;
+  /** Words for status: `100 of 100 new connections in the latest 2s unanswered, 0 reset (ratio 1.00)`. */
+  detail: string;
 }
 
 export interface Snapshot {
@@ -98,6 +118,16 @@ export function backendSnapshot(b: BackendStatus, now: number): BackendSnapshot 
     if (deadlineDoneAt !== undefined) out.admin.deadlineDoneAt = iso(deadlineDoneAt);
   }
   if (b.connections !== undefined) out.connections = b.connections;
+  if (b.passive) out.passive = passiveSnapshot(b.passive, now);
+  return out;
+}
+
+function passiveSnapshot(p: PassiveStatus, now: number): PassiveSnapshot {
+  const { tally, kind } = p.latest;
+  const out: PassiveSnapshot = { windowMs: p.windowMs, ...tally, detail: describeVerdict(p.latest, p.windowMs) };
+  if (kind !== 'quiet') out.ratio = p.latest.ratio;
+  if (p.failingSince !== undefined) out.failingSince = iso(p.failingSince);
+  if (p.heldUntil !== undefined && p.heldUntil > now) out.heldUntil = iso(p.heldUntil);
   return out;
 }
 

@@ -82,6 +82,19 @@ const snapshotSchema = z.looseObject({
         })
         .optional(),
       connections: z.number().int().min(0).optional(),
+      passive: z
+        .object({
+          windowMs: z.number(),
+          new: z.number(),
+          answered: z.number(),
+          reset: z.number(),
+          unanswered: z.number(),
+          ratio: z.number().optional(),
+          failingSince: stamp.optional(),
+          heldUntil: stamp.optional(),
+          detail: z.string(),
+        })
+        .optional(),
     }),
   ),
 });

@@ -119,7 +119,13 @@ export function statusTable(state: Snapshot, config: Config | undefined, now: nu
   const up = state.backends.filter((b) => b.state === 'up').length;
   const head = `${up}/${state.backends.length} backends up (state of pid ${state.pid}, ${ago(now - Date.parse(state.writtenAt))} old)`;
   const modes = serviceModes(state);
-  return `${[head, '', ...lines, ...(modes.length > 0 ? ['', 'Services:', ...modes] : []), ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
+  // Real traffic failing (passive health), whether or not it took the backend out.
+  const passive = state.backends.flatMap((b) =>
+    b.passive?.failingSince
+      ? [`  ${b.service}/${b.backend}: failing since ${b.passive.failingSince}: ${b.passive.detail}`]
+      : [],
+  );
+  return `${[head, '', ...lines, ...(modes.length > 0 ? ['', 'Services:', ...modes] : []), ...(passive.length > 0 ? ['', 'Passive:', ...passive] : []), ...(reasons.length > 0 ? ['', 'Down:', ...reasons] : [])].join('\n')}\n`;
 }
 
 export async function statusCommand(

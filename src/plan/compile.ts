@@ -1,6 +1,7 @@
 import { formatDuration } from '../config/duration.js';
 import type { PathProblem } from '../config/load.js';
 import { conditionName } from '../config/names.js';
+import type { PassiveConfig } from '../config/passive.js';
 import { type Config, type EffectiveTiming, effectiveTiming, type ServiceConfig } from '../config/schema.js';
 import type { WriterConfig } from '../config/writers.js';
 import { IPSET_DEFAULT_PREFIX } from '../config/writers.js';
@@ -17,6 +18,8 @@ import {
   kernelKey,
   MAX_TABLE_SLOTS,
   nftSlotMap,
+  type PassiveCounterNames,
+  passiveCounterNames,
   slotsNeeded,
   tableSlots,
 } from './kernel-names.js';
@@ -46,6 +49,8 @@ export interface BackendPlan extends EffectiveTiming {
   readonly kernel: BackendKernelNames;
   /** What the configured writer flips for it. */
   readonly target: KernelKey;
+  /** Its passive counters' names, when its service has `passive` (docs/passive.md). */
+  readonly passive: PassiveCounterNames | undefined;
 }
 
 export interface ServicePlan {
@@ -56,6 +61,8 @@ export interface ServicePlan {
   readonly inInterface: string | undefined;
   readonly backends: readonly BackendPlan[];
   readonly balancing: Balancing;
+  /** Passive health with every default applied; undefined: off. */
+  readonly passive: PassiveConfig | undefined;
 }
 
 /** How a service's slot table is built and looked up (src/kernel/table.ts). */
@@ -150,6 +157,7 @@ export function compilePlan(config: Config, source: string): Plan {
         probes: Object.freeze(checks.map((check) => checkTarget(probe, check))),
         kernel: Object.freeze(kernel),
         target: Object.freeze(kernelKey(writer, kernel, service.vip)),
+        passive: service.passive ? Object.freeze(passiveCounterNames(kernel.mark)) : undefined,
         ...effectiveTiming(config.defaults, service, backend),
       });
     });
@@ -161,6 +169,7 @@ export function compilePlan(config: Config, source: string): Plan {
       inInterface: service.inInterface,
       backends: Object.freeze(backends),
       balancing: Object.freeze(balancingOf(service)),
+      passive: service.passive ? Object.freeze({ ...service.passive }) : undefined,
     });
   });
   const backends = services.flatMap((s) => s.backends);
@@ -248,6 +257,12 @@ export function planProblems(config: Config): PathProblem[] {
       problems.push({
         path: [...at, 'name'],
         message: 'the ipset writer needs a vip on every service: its sets hold the VIP while a backend is up',
+      });
+    }
+    if (service.passive && config.writer.type !== 'nft') {
+      problems.push({
+        path: [...at, 'passive'],
+        message: `passive needs the nft writer (this config uses ${config.writer.type}): the counters it reads are named nft counters, read and zeroed in one call (docs/passive.md)`,
       });
     }
     if (service.backends.every((b) => b.backup)) {

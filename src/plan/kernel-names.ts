@@ -66,6 +66,27 @@ export function nftChain(serviceName: string): string {
   return `svc_${serviceName}`;
 }
 
+/** What the passive counters count per backend (docs/passive.md). */
+export const PASSIVE_KINDS = ['new', 'answered', 'reset'] as const;
+export type PassiveKind = (typeof PASSIVE_KINDS)[number];
+
+/** The named nft counters of one backend's passive health, by what they count. */
+export type PassiveCounterNames = Readonly<Record<PassiveKind, string>>;
+
+/** `pn_0x101`, `pa_0x101`, `pr_0x101`: named nft counters, keyed by the backend's mark. */
+export function passiveCounterNames(mark: number): PassiveCounterNames {
+  const m = formatMark(mark);
+  return { new: `pn_${m}`, answered: `pa_${m}`, reset: `pr_${m}` };
+}
+
+/** The nft map from backend mark to its counter of this kind (one map per kind for the whole table). */
+export function passiveCounterMap(kind: PassiveKind): string {
+  return `passive_${kind}`;
+}
+
+/** The ct label bit that marks a UDP flow whose first reply was counted (so each flow counts once). */
+export const PASSIVE_REPLIED_LABEL = 1;
+
 /** The nft map from slot to backend mark that the daemon keeps right (`rules --format nft` declares it). */
 export function nftSlotMap(serviceName: string): string {
   return `slots_${serviceName}`;

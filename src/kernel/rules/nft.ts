@@ -1,5 +1,11 @@
 import type { Balancing } from '../../plan/compile.js';
-import { MAX_TABLE_SLOTS, slotsNeeded } from '../../plan/kernel-names.js';
+import {
+  MAX_TABLE_SLOTS,
+  PASSIVE_KINDS,
+  PASSIVE_REPLIED_LABEL,
+  passiveCounterMap,
+  slotsNeeded,
+} from '../../plan/kernel-names.js';
 import { formatMark, markTable, type PlannedService, RulesError, type RulesPlan } from './plan.js';
 
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
@@ -118,8 +124,12 @@ export function renderNft(plan: RulesPlan, source: string): string {
     // Nobody to serve: say so at once (a TCP reset; ICMP port unreachable for UDP) rather than let clients time out.
     rule(`meta mark 0x0 reject${s.protocol === 'tcp' ? ' with tcp reset' : ''}`);
     rule('ct mark set meta mark');
+    // Passive health: one count per new connection, here where its backend is chosen (a
+    // retransmitted SYN finds the ct mark set and returned above).
+    if (s.backends.some((b) => b.passive)) rule(`counter name meta mark map @${passiveCounterMap('new')}`);
     out.push(`${t}}`);
   }
+  out.push(...passiveLines(plan));
   out.push('', `${t}chain prerouting_nat {`, `${t}${t}type nat hook prerouting priority dstnat; policy accept;`);
   for (const s of plan.services) {
     const ip = s.family === 6 ? 'ip6' : 'ip';
@@ -129,6 +139,47 @@ export function renderNft(plan: RulesPlan, source: string): string {
   }
   out.push(`${t}}`, '}', '');
   return out.join('\n');
+}
+
+/**
+ * Passive health (docs/passive.md): a counter per backend and kind, a map per kind from
+ * mark to counter, and a forward-hook chain that counts what the backends send back. After
+ * DNAT both directions of a balanced connection are forwarded; the reply direction is told
+ * by conntrack and the backend by the connection's mark. A SYN-ACK answers a TCP connection,
+ * a RST resets it; a UDP flow counts as answered at its first reply, once (a ct label bit).
+ */
+function passiveLines(plan: RulesPlan): string[] {
+  const backends = plan.services.flatMap((s) => s.backends.filter((b) => b.passive));
+  if (backends.length === 0) return [];
+  const t = '\t';
+  const out: string[] = [];
+  for (const b of backends)
+    for (const kind of PASSIVE_KINDS) out.push('', `${t}counter ${b.passive![kind]} {`, `${t}}`);
+  for (const kind of PASSIVE_KINDS) {
+    const elements = backends.map((b) => `${formatMark(b.mark)} : "${b.passive![kind]}"`).join(', ');
+    out.push(
+      '',
+      `${t}map ${passiveCounterMap(kind)} {`,
+      `${t}${t}type mark : counter`,
+      `${t}${t}elements = { ${elements} }`,
+      `${t}}`,
+    );
+  }
+  const answered = passiveCounterMap('answered');
+  const reset = passiveCounterMap('reset');
+  out.push(
+    '',
+    `${t}chain passive_reply {`,
+    `${t}${t}type filter hook forward priority filter; policy accept;`,
+    `${t}${t}ct direction original return`,
+    `${t}${t}ct mark 0x0 return`,
+    `${t}${t}tcp flags & (syn | ack) == syn | ack counter name ct mark map @${answered}`,
+    `${t}${t}tcp flags & rst == rst counter name ct mark map @${reset}`,
+    `${t}${t}meta l4proto udp ct label ${PASSIVE_REPLIED_LABEL} return`,
+    `${t}${t}meta l4proto udp ct label set ${PASSIVE_REPLIED_LABEL} counter name ct mark map @${answered}`,
+    `${t}}`,
+  );
+  return out;
 }
 
 function serviceMatch(s: PlannedService): string {

@@ -9,6 +9,7 @@ import {
   MAX_SERVICES,
   MAX_SLOTS,
   nftChain,
+  type PassiveCounterNames,
   weightedSlots,
   weightUnits,
 } from '../../plan/kernel-names.js';
@@ -33,6 +34,8 @@ export interface PlannedBackend {
   mark: number;
   ipset: string;
   condition: string;
+  /** Its passive counters (nft format), when its service has `passive`. */
+  passive: PassiveCounterNames | undefined;
 }
 
 export interface PlannedService {
@@ -137,6 +140,7 @@ export function planRules(source: Plan): RulesPlan {
         mark: backend.kernel.mark,
         ipset: set,
         condition: backend.kernel.condition,
+        passive: backend.passive,
       };
     });
     plan.services.push({

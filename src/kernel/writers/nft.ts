@@ -33,6 +33,17 @@ export function parseNftMapsJson(text: string): Map<string, Map<number, number>>
   return maps;
 }
 
+/** Named counters of `nft -j reset counters table`: packets by name (their values before the reset). */
+export function parseNftCountersJson(text: string): Map<string, number> {
+  const doc = JSON.parse(text) as { nftables?: { counter?: { name?: unknown; packets?: unknown } }[] };
+  const counters = new Map<string, number>();
+  for (const entry of doc.nftables ?? []) {
+    const c = entry.counter;
+    if (c && typeof c.name === 'string' && typeof c.packets === 'number') counters.set(c.name, c.packets);
+  }
+  return counters;
+}
+
 /** Elements per `add element` line: one line per thousand keeps nft's parser errors readable. */
 const ELEMENTS_PER_COMMAND = 1000;
 
@@ -142,6 +153,16 @@ export function createNftWriter(options: NftWriterConfig): Writer {
         for (const t of targets) out.set(t.key, { error: asErrno(err) });
       }
       return out;
+    },
+    async readCounters() {
+      // Lists and zeroes at once: nothing counted between the read and the reset is lost.
+      const result = await runCommand(
+        options.nftPath,
+        ['-j', 'reset', 'counters', 'table', options.family, options.table],
+        { timeoutMs, maxOutput: MAX_LISTING },
+      );
+      if (result.code !== 0) throw commandError('nft', result);
+      return parseNftCountersJson(result.stdout);
     },
     async write(changes, tables = []) {
       const failed = new Map<string, NodeJS.ErrnoException>();

@@ -43,6 +43,11 @@ export interface Writer {
   write(changes: readonly WriteChange[], tables?: readonly TableChange[]): Promise<Map<string, NodeJS.ErrnoException>>;
   /** Writers that keep balancing tables (nft) read them here; the others ignore tables. */
   readTables?(targets: readonly TableTarget[]): Promise<Map<string, TableRead>>;
+  /**
+   * Writers that keep passive counters (nft) read every named counter of their table and
+   * zero it in the same call: packets by counter name. Rejects when the read fails.
+   */
+  readCounters?(): Promise<Map<string, number>>;
   /** One sentence that tells the operator what to do about this error. */
   hint(error: NodeJS.ErrnoException, target: WriterTarget): string;
   close?(): Promise<void>;

@@ -1,0 +1,240 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseNftCountersJson } from '../src/kernel/writers/nft.js';
+import type { Snapshot } from '../src/ops/snapshot.js';
+import { BIN, type DaemonProcess, type LogLine, startDaemon, waitUntil } from './support/daemon.js';
+import { cleanupNetns, tempFolder } from './support/netns.js';
+import {
+  breakReturnRoute,
+  burst,
+  type PassiveLab,
+  passiveLab,
+  passiveYaml,
+  resetClients,
+  restoreReturnRoute,
+  stopResettingClients,
+} from './support/passive-lab.js';
+
+// Passive health on a real kernel: a client, a balancer running the daemon (a real process
+// in its namespace) with the nft writer, three SMTP backends. A backend is broken for real
+// clients only (no route back to the client subnet, or resets to it), so the balancer's own
+// probes still pass; the kernel's counters of the client connections must find it.
+// Everything lives in namespaces made here and is removed afterwards.
+
+afterEach(() => cleanupNetns());
+
+const WINDOW = 2000;
+const FAST = 100;
+/** What the design allows (window + one fastInterval), several times over plus seconds: the machine is shared. */
+const WIDE = 4 * (WINDOW + FAST) + 5000;
+
+let labs = 0;
+/** A lab on its own 10.2xx prefix: the test files run in parallel, each namespace is its own. */
+async function lab(): Promise<PassiveLab> {
+  labs++;
+  return passiveLab(`10.${210 + labs}`, `10.${210 + labs}.9.1`);
+}
+
+interface Running {
+  lab: PassiveLab;
+  config: string;
+  daemon: DaemonProcess;
+  stateFile: string;
+}
+
+async function start(passive: string, timing?: string): Promise<Running> {
+  const l = await lab();
+  const dir = tempFolder('nfh-passive-');
+  const stateFile = path.join(dir, 'state.json');
+  const config = path.join(dir, 'config.yaml');
+  writeFileSync(config, passiveYaml(l, { stateFile, passive, ...(timing ? { timing } : {}) }));
+  const rules = await l.balancer.run([process.execPath, BIN, 'rules', '-c', config, '--format', 'nft']);
+  await l.balancer.run(['nft', '-f', '-'], rules);
+  const daemon = startDaemon(['run', '-c', config], {}, l.balancer.name);
+  await daemon.waitForLine((x) => x.event === 'ready', 20_000);
+  return { lab: l, config, daemon, stateFile };
+}
+
+const isTransition = (backend: string, state: 'up' | 'down') => (l: LogLine) =>
+  l.event === 'transition' && l.backend === backend && l.state === state;
+
+function readState(file: string): Snapshot | undefined {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as Snapshot;
+  } catch {
+    return undefined; // not written yet
+  }
+}
+
+const backendState = (r: Running, name: string) => readState(r.stateFile)?.backends.find((b) => b.backend === name);
+
+describe('passive health counters', () => {
+  it('counts new connections, answers and resets per backend in the forward hook, read and zeroed in one call', async () => {
+    const l = await lab();
+    const dir = tempFolder('nfh-passive-');
+    const config = path.join(dir, 'config.yaml');
+    writeFileSync(config, passiveYaml(l, { stateFile: path.join(dir, 'state.json'), passive: '{}' }));
+    const rules = await l.balancer.run([process.execPath, BIN, 'rules', '-c', config, '--format', 'nft']);
+    expect(rules).toContain('chain passive_reply');
+    await l.balancer.run(['nft', '-f', '-'], rules);
+    const read = async () =>
+      parseNftCountersJson(await l.balancer.run(['nft', '-j', 'reset', 'counters', 'table', 'inet', 'nfh']));
+    await read(); // zero whatever the load left
+
+    const healthy = await burst(l, 30);
+    expect(healthy.answers).toEqual({ backend1: 10, backend2: 10, backend3: 10 });
+    const first = await read();
+    for (const m of ['0x101', '0x102', '0x103']) {
+      expect(first.get(`pn_${m}`)).toBe(10);
+      expect(first.get(`pa_${m}`)).toBe(10);
+      expect(first.get(`pr_${m}`)).toBe(0);
+    }
+    // The read zeroed them.
+    expect((await read()).get('pn_0x101')).toBe(0);
+
+    // No route back from backend 2: its SYN-ACKs never leave it. Backend 3 resets the clients.
+    await breakReturnRoute(l, 1);
+    await resetClients(l, 2);
+    const broken = await burst(l, 30, 1500);
+    expect(broken.answers).toEqual({ backend1: 10 });
+    const second = await read();
+    expect([second.get('pn_0x101'), second.get('pa_0x101'), second.get('pr_0x101')]).toEqual([10, 10, 0]);
+    // A retransmitted SYN is not a new connection: the count is per connection.
+    expect([second.get('pn_0x102'), second.get('pa_0x102'), second.get('pr_0x102')]).toEqual([10, 0, 0]);
+    expect([second.get('pn_0x103'), second.get('pa_0x103'), second.get('pr_0x103')]).toEqual([10, 0, 10]);
+  }, 60_000);
+});
+
+describe('passive health in the daemon', () => {
+  it('ejects a backend whose return route is broken within its window, leaves a quiet one in, and takes it back', async () => {
+    const r = await start('{ window: 2s, eject: true }');
+    await breakReturnRoute(r.lab, 1);
+    // Quiet: 9 connections, 3 of them to mail2, all lost: below minConnections (20), no verdict.
+    const quiet = await burst(r.lab, 9, 1500);
+    expect(quiet.answers).toEqual({ backend1: 3, backend3: 3 });
+    const seen = await waitUntil(
+      () => backendState(r, 'mail2'),
+      (b) => (b?.passive?.unanswered ?? 0) >= 3,
+      WIDE,
+    );
+    expect(seen!.passive!.ratio).toBeUndefined();
+    expect(seen!.passive!.detail).toContain('3 of 3 new connections');
+    expect(seen!.state).toBe('up');
+
+    const from = r.daemon.lines.length;
+    const before = performance.now();
+    const clients = burst(r.lab, 100, 3000);
+    const out = await r.daemon.waitForLine(isTransition('mail2', 'down'), WIDE, from);
+    const tookMs = performance.now() - before;
+    expect(String(out.reason)).toMatch(
+      /^passive: \d+ of \d+ new connections in the latest 2s unanswered, 0 reset \(ratio 1\.00\)$/,
+    );
+    const failing = r.daemon.lines.slice(from).find((x) => x.event === 'passive_failing');
+    expect(failing).toMatchObject({ backend: 'mail2', eject: true, ratio: 1 });
+    const first = await clients;
+    expect(first.answers.backend2 ?? 0).toBe(0);
+    // Out of the table: the clients' later connections all succeed.
+    const later = await burst(r.lab, 30);
+    expect(later.failures).toEqual({});
+    expect(later.answers).toEqual({ backend1: 15, backend3: 15 });
+    // Only mail2 went out.
+    expect(r.daemon.lines.filter((x) => x.event === 'transition' && x.state === 'down').map((x) => x.backend)).toEqual([
+      'mail2',
+    ]);
+    console.log(
+      `mail2 out ${Math.round(tookMs)} ms after 100 client connections began (window 2s, fastInterval 100ms)`,
+    );
+
+    // Repaired: the active checks' rise brings it back once its window is over.
+    await restoreReturnRoute(r.lab, 1);
+    const back = await r.daemon.waitForLine(isTransition('mail2', 'up'), WIDE, from);
+    expect(Date.parse(String(back.time ?? new Date().toISOString())) || Date.now()).toBeGreaterThan(0);
+    const after = await burst(r.lab, 30);
+    expect(after.answers).toEqual({ backend1: 10, backend2: 10, backend3: 10 });
+
+    // A backend that resets real clients: the same outcome.
+    const from2 = r.daemon.lines.length;
+    await resetClients(r.lab, 0);
+    await burst(r.lab, 100, 2000);
+    const reset = await r.daemon.waitForLine(isTransition('mail1', 'down'), WIDE, from2);
+    expect(String(reset.reason)).toMatch(
+      /^passive: 0 of \d+ new connections in the latest 2s unanswered, \d+ reset \(ratio 1\.00\)$/,
+    );
+    const later2 = await burst(r.lab, 30);
+    expect(later2.answers).toEqual({ backend2: 15, backend3: 15 });
+    await stopResettingClients(r.lab, 0);
+    await r.daemon.waitForLine(isTransition('mail1', 'up'), WIDE, from2);
+    r.daemon.kill();
+    expect((await r.daemon.exited).code).toBe(0);
+  }, 180_000);
+
+  it('without eject: the failing backend stays in, is checked at fastInterval and flagged in status and metrics', async () => {
+    const r = await start('{ window: 2s }', 'interval: 5s, fastInterval: 100ms, timeout: 300ms, rise: 2, fall: 2');
+    await breakReturnRoute(r.lab, 1);
+    const from = r.daemon.lines.length;
+    await burst(r.lab, 100, 1500);
+    const failing = await r.daemon.waitForLine((x) => x.event === 'passive_failing', WIDE, from);
+    expect(failing).toMatchObject({ backend: 'mail2', eject: false, ratio: 1 });
+    expect(String(failing.msg)).toContain('passive.eject is off: it stays in');
+    // Flagged in status while the traffic fails.
+    const status = await waitUntil(
+      () => r.lab.balancer.exec([process.execPath, BIN, 'status', '-c', r.config]),
+      (s) => s.stdout.includes('Passive:'),
+      WIDE,
+    );
+    expect(status.stdout).toMatch(
+      /mail\/mail2: failing since \S+: \d+ of \d+ new connections in the latest 2s unanswered, 0 reset \(ratio 1\.00\)/,
+    );
+    // fastInterval (100ms) instead of interval (5s): its checks come many times per second.
+    const checked = (b: string) => backendState(r, b)?.last?.at;
+    const a = await waitUntil(
+      () => checked('mail2'),
+      (at) => at !== undefined,
+      WIDE,
+    );
+    await waitUntil(
+      () => checked('mail2'),
+      (at) => at !== a,
+      WIDE,
+    );
+    const stamps = new Set<string>();
+    await waitUntil(
+      () => {
+        const at = checked('mail2');
+        if (at) stamps.add(at);
+        return stamps.size;
+      },
+      (n) => n >= 4,
+      WIDE,
+    );
+    expect(r.daemon.lines.some(isTransition('mail2', 'down'))).toBe(false);
+    r.daemon.kill();
+    expect((await r.daemon.exited).code).toBe(0);
+  }, 120_000);
+
+  it('all three broken: the cap keeps at least half in and the log says why', async () => {
+    const r = await start('{ window: 2s, eject: true }');
+    for (const i of [0, 1, 2]) await breakReturnRoute(r.lab, i);
+    const from = r.daemon.lines.length;
+    await burst(r.lab, 120, 1500);
+    const capped = await r.daemon.waitForLine((x) => x.event === 'passive_eject_capped', WIDE, from);
+    expect(String(capped.msg)).toMatch(
+      /kept in although failing: 1 of 3 backends of mail are out already and maxEjectPercent 50 lets passive health take at most 1 out/,
+    );
+    await waitUntil(
+      () => r.daemon.lines.slice(from).filter((x) => x.event === 'passive_eject_capped').length,
+      (n) => n >= 2,
+      WIDE,
+    );
+    // More failing traffic: still one out, and the cap is logged once per episode per backend.
+    await burst(r.lab, 60, 1500);
+    await burst(r.lab, 60, 1500);
+    const downs = r.daemon.lines.filter((x) => x.event === 'transition' && x.state === 'down');
+    expect(downs.length).toBe(1);
+    const cappedLines = r.daemon.lines.filter((x) => x.event === 'passive_eject_capped').map((x) => x.backend);
+    expect(new Set(cappedLines).size).toBe(cappedLines.length);
+    r.daemon.kill();
+    expect((await r.daemon.exited).code).toBe(0);
+  }, 120_000);
+});
