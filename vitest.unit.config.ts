@@ -20,6 +20,7 @@ export default defineConfig({
       'test/import-cycles.test.ts',
       'test/kernel-loop.test.ts',
       'test/operating-parts.test.ts',
+      'test/passive-verdict.test.ts',
       'test/probes.test.ts',
       'test/vrrp.test.ts',
     ],

@@ -1,4 +1,5 @@
 import pLimit, { type LimitFunction } from 'p-limit';
+import { formatDuration } from './config/duration.js';
 import { ConfigError, formatProblem } from './config/load.js';
 import type { WriterConfig } from './config/writers.js';
 import { type AdminStatus, closestName, eligible } from './health/admin.js';
@@ -238,12 +239,16 @@ export function createDaemon(options: DaemonOptions): Daemon {
     });
     const fields = { service: spec.service, backend: spec.name, ...verdict.tally };
     if (verdict.kind !== 'failing') {
-      if (p.failingSince === undefined) return;
+      // A few connections are no verdict: the episode goes on until the traffic passes, or
+      // stops altogether (an ejected backend gets none).
+      if (p.failingSince === undefined || (verdict.kind === 'quiet' && verdict.tally.new > 0)) return;
       p.failingSince = undefined;
       p.capped = false;
       log.info(
         { event: 'passive_recovered', ...fields },
-        `backend ${spec.name}: passive: real traffic no longer fails: ${describeVerdict(verdict, config.window)}${verdict.kind === 'quiet' ? `, below minConnections ${config.minConnections}` : ''}`,
+        verdict.kind === 'ok'
+          ? `backend ${spec.name}: passive: real traffic passes again: ${describeVerdict(verdict, config.window)}`
+          : `backend ${spec.name}: passive: no new connections in the latest ${formatDuration(config.window)}: nothing failing to see`,
       );
       return;
     }

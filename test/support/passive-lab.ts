@@ -72,9 +72,12 @@ export async function burst(lab: PassiveLab, count: number | string, timeoutMs =
 }
 
 /** The balancer's config: one SMTP service on the VIP over the three backends, with `passive`. */
-export function passiveYaml(lab: PassiveLab, o: { stateFile: string; passive: string; timing?: string }): string {
-  return `defaults: { ${o.timing ?? 'interval: 500ms, fastInterval: 100ms, timeout: 300ms, rise: 2, fall: 2'} }
-log: { level: info, format: json }
+export function passiveYaml(
+  lab: PassiveLab,
+  o: { stateFile: string; passive: string; timing?: string; logLevel?: string },
+): string {
+  return `defaults: { ${o.timing ?? 'interval: 1s, fastInterval: 100ms, timeout: 1s, rise: 2, fall: 3'} }
+log: { level: ${o.logLevel ?? 'info'}, format: json }
 stateFile: ${o.stateFile}
 writer: { type: nft }
 services:
