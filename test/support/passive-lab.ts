@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createNetns, link, type Netns, startServer } from './netns.js';
 
@@ -16,6 +17,8 @@ export interface PassiveLab {
   client: Netns;
   balancer: Netns;
   backends: Netns[];
+  /** The SMTP servers: SIGUSR1 stops accepting (the kernel then resets new connections), SIGUSR2 accepts again. */
+  servers: ChildProcess[];
   /** The client subnet, `PREFIX.1.0/24`. */
   clientNet: string;
 }
@@ -40,13 +43,12 @@ export async function passiveLab(prefix: string, vip: string): Promise<PassiveLa
   await client.run(['ip', 'route', 'add', 'default', 'via', `${prefix}.1.1`]);
   for (const [i, b] of backends.entries())
     await b.run(['ip', 'route', 'add', 'default', 'via', `${prefix}.${i + 2}.1`]);
-  await Promise.all(
-    backends.map(
-      (b, i) =>
-        startServer(b, [process.execPath, BACKEND, '0.0.0.0', '25', `backend${i + 1} ESMTP`], `backend ${i + 1}`).ready,
-    ),
+  const started = backends.map((b, i) =>
+    startServer(b, [process.execPath, BACKEND, '0.0.0.0', '25', `backend${i + 1} ESMTP`], `backend ${i + 1}`),
   );
-  return { prefix, vip, client, balancer, backends, clientNet: `${prefix}.1.0/24` };
+  await Promise.all(started.map((s) => s.ready));
+  const servers = started.map((s) => s.child);
+  return { prefix, vip, client, balancer, backends, servers, clientNet: `${prefix}.1.0/24` };
 }
 
 /** Backend i (from 0) can no longer reach the client subnet; the balancer's own subnet still works. */
