@@ -31,7 +31,7 @@ afterEach(async () => {
   cleanupNetns();
 });
 
-const WINDOW = 3000;
+const WINDOW = 5000;
 const FAST = 100;
 /** What the design allows (window + one fastInterval), several times over plus seconds: the machine is shared. */
 const WIDE = 4 * (WINDOW + FAST) + 5000;
@@ -50,14 +50,20 @@ interface Running {
   stateFile: string;
 }
 
-async function start(passive: string, timing?: string, logLevel?: string): Promise<Running> {
+async function start(passive: string, timing?: string, logLevel?: string, extra?: string): Promise<Running> {
   const l = await lab();
   const dir = tempFolder('nfh-passive-');
   const stateFile = path.join(dir, 'state.json');
   const config = path.join(dir, 'config.yaml');
   writeFileSync(
     config,
-    passiveYaml(l, { stateFile, passive, ...(timing ? { timing } : {}), ...(logLevel ? { logLevel } : {}) }),
+    passiveYaml(l, {
+      stateFile,
+      passive,
+      ...(timing ? { timing } : {}),
+      ...(logLevel ? { logLevel } : {}),
+      ...(extra ? { extra } : {}),
+    }),
   );
   const rules = await l.balancer.run([process.execPath, BIN, 'rules', '-c', config, '--format', 'nft']);
   await l.balancer.run(['nft', '-f', '-'], rules);
@@ -133,7 +139,7 @@ describe('passive health counters', () => {
 
 describe('passive health in the daemon', () => {
   it('ejects a backend whose return route is broken within its window, leaves a quiet one in, and takes it back', async () => {
-    const r = await start('{ window: 3s, eject: true }');
+    const r = await start('{ window: 5s, eject: true }');
     await breakReturnRoute(r.lab, 1);
     // Quiet: 9 connections, 3 of them to mail2, all lost: below minConnections (20), no verdict.
     const quiet = await burst(r.lab, 9, 1500);
@@ -153,7 +159,7 @@ describe('passive health in the daemon', () => {
     const out = await r.daemon.waitForLine(isTransition('mail2', 'down'), WIDE, from);
     const tookMs = performance.now() - before;
     expect(String(out.reason)).toMatch(
-      /^passive: \d+ of \d+ new connections in the latest 3s unanswered, 0 reset \(ratio 1\.00\)$/,
+      /^passive: \d+ of \d+ new connections in the latest 5s unanswered, 0 reset \(ratio 1\.00\)$/,
     );
     const failing = r.daemon.lines.slice(from).find((x) => x.event === 'passive_failing');
     expect(failing).toMatchObject({ backend: 'mail2', eject: true, ratio: 1 });
@@ -171,7 +177,7 @@ describe('passive health in the daemon', () => {
       'mail2',
     ]);
     console.log(
-      `mail2 out ${Math.round(tookMs)} ms after 100 client connections began (window 3s, fastInterval 100ms)`,
+      `mail2 out ${Math.round(tookMs)} ms after 100 client connections began (window 5s, fastInterval 100ms)`,
     );
 
     // Repaired: the active checks' rise brings it back once its window is over.
@@ -188,7 +194,7 @@ describe('passive health in the daemon', () => {
     const reset = await r.daemon.waitForLine(isTransition('mail1', 'down'), WIDE, from2);
     // The window may still hold answered connections of the burst before the fault.
     const resetReason =
-      /^passive: 0 of \d+ new connections in the latest 3s unanswered, \d+ reset \(ratio (\d\.\d\d)\)$/.exec(
+      /^passive: 0 of \d+ new connections in the latest 5s unanswered, \d+ reset \(ratio (\d\.\d\d)\)$/.exec(
         String(reset.reason),
       );
     expect(resetReason, String(reset.reason)).not.toBeNull();
@@ -207,6 +213,8 @@ describe('passive health in the daemon', () => {
       '{ window: 2s, minConnections: 10 }',
       'interval: 5s, fastInterval: 100ms, timeout: 1s, rise: 2, fall: 3',
       'debug',
+      // Inside the balancer's own namespace: nothing else listens there.
+      'http: { listen: 127.0.0.1:9100 }',
     );
     await breakReturnRoute(r.lab, 1);
     const from = r.daemon.lines.length;
@@ -236,6 +244,22 @@ describe('passive health in the daemon', () => {
       /mail\/mail2: failing since \S+: \d+ of \d+ new connections in the latest 2s unanswered, 0 reset \(ratio 1\.00\)/,
     );
     console.log(status.stdout);
+    // Metrics: the kernel's counts next to the probes'.
+    const metrics = await r.lab.balancer.run([
+      process.execPath,
+      '-e',
+      "fetch('http://127.0.0.1:9100/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))",
+    ]);
+    const passiveLines = metrics.split('\n').filter((l) => l.startsWith('nfh_passive_'));
+    console.log(passiveLines.join('\n'));
+    const value = (name: string, backend: string) =>
+      Number(passiveLines.find((l) => l.startsWith(`${name}{service="mail",backend="${backend}"}`))?.split(' ')[1]);
+    expect(value('nfh_passive_unanswered_total', 'mail2')).toBeGreaterThanOrEqual(10);
+    expect(value('nfh_passive_answered_total', 'mail2')).toBe(0);
+    expect(value('nfh_passive_new_total', 'mail1')).toBeGreaterThanOrEqual(10);
+    expect(value('nfh_passive_failing', 'mail2')).toBe(1);
+    expect(value('nfh_passive_failing', 'mail1')).toBe(0);
+    expect(value('nfh_passive_failure_ratio', 'mail2')).toBe(1);
     expect(r.daemon.lines.some(isTransition('mail2', 'down'))).toBe(false);
     const sent = await traffic;
     expect(sent.answers.backend2 ?? 0).toBe(0);

@@ -76,13 +76,13 @@ export async function burst(lab: PassiveLab, count: number | string, timeoutMs =
 /** The balancer's config: one SMTP service on the VIP over the three backends, with `passive`. */
 export function passiveYaml(
   lab: PassiveLab,
-  o: { stateFile: string; passive: string; timing?: string; logLevel?: string },
+  o: { stateFile: string; passive: string; timing?: string; logLevel?: string; extra?: string },
 ): string {
   return `defaults: { ${o.timing ?? 'interval: 1s, fastInterval: 100ms, timeout: 1s, rise: 2, fall: 3'} }
 log: { level: ${o.logLevel ?? 'info'}, format: json }
 stateFile: ${o.stateFile}
 writer: { type: nft }
-services:
+${o.extra ? `${o.extra}\n` : ''}services:
   - name: mail
     vip: ${lab.vip}
     port: 25
