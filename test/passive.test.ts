@@ -163,6 +163,7 @@ describe('passive health in the daemon', () => {
     );
     const failing = r.daemon.lines.slice(from).find((x) => x.event === 'passive_failing');
     expect(failing).toMatchObject({ backend: 'mail2', eject: true, ratio: 1 });
+    console.log(`${JSON.stringify(failing)}\n${JSON.stringify(out)}`);
     // Out of the table: the clients' later connections all succeed (while its window runs,
     // before its checks may bring it back).
     await tableHolds(r.lab, [0x101, 0x103]);
@@ -293,6 +294,7 @@ describe('passive health in the daemon', () => {
       expect(out).toBeLessThanOrEqual(1);
     }
     const cappedAt = r.daemon.lines.filter((x) => x.event === 'passive_eject_capped');
+    console.log(JSON.stringify(cappedAt[0]));
     const episodes = r.daemon.lines.filter((x) => x.event === 'passive_failing');
     expect(cappedAt.length).toBeLessThanOrEqual(episodes.length);
     r.daemon.kill();
