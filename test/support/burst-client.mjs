@@ -4,33 +4,11 @@
 //   node burst-client.mjs HOST PORT rate:PER_S:FOR_MS TIMEOUT_MS  PER_S a second for FOR_MS
 // Prints JSON: {"startedAt": epoch ms, "answers": {"<banner word>": n}, "failures": {"<error>": n},
 // "timeline": [[ms since start, banner or error], ...]} (timeline in start order).
-import net from 'node:net';
+import { greet as greetOnce } from './smtp-greet.mjs';
 
 const [host, port, count, timeoutMs] = process.argv.slice(2);
-
-function greet() {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port: Number(port) });
-    let buffer = '';
-    const done = (result) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(result);
-    };
-    const timer = setTimeout(() => done('TIMEOUT'), Number(timeoutMs));
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk) => {
-      buffer += chunk;
-      const nl = buffer.indexOf('\n');
-      if (nl < 0) return;
-      const line = buffer.slice(0, nl).trim();
-      socket.end('QUIT\r\n');
-      done(line.startsWith('220 ') ? `220 ${line.split(' ')[1]}` : `BAD ${line.slice(0, 40)}`);
-    });
-    socket.on('error', (err) => done(err.code ?? err.message));
-    socket.on('end', () => done('CLOSED'));
-  });
-}
+/** `220 <banner word>` or the error. */
+const greet = () => greetOnce(host, port, timeoutMs).then((r) => (r.banner ? `220 ${r.banner}` : r.error));
 
 const startedAt = Date.now();
 const start = performance.now();

@@ -4,34 +4,11 @@
 // COUNT `for:MS` keeps connecting for MS milliseconds and adds "timeline": [[ms, banner
 // or error], ...]. SOURCES (optional, comma-separated local addresses): connection i
 // binds to source i mod n, and "bySource" says which banner each source got last.
-import net from 'node:net';
+import { greet as greetOnce } from './smtp-greet.mjs';
 
 const [host, port, count, timeoutMs, sourceList] = process.argv.slice(2);
 const sources = sourceList ? sourceList.split(',') : [];
-
-function greet(localAddress) {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port: Number(port), ...(localAddress ? { localAddress } : {}) });
-    let buffer = '';
-    const done = (result) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(result);
-    };
-    const timer = setTimeout(() => done({ error: 'TIMEOUT' }), Number(timeoutMs));
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk) => {
-      buffer += chunk;
-      const nl = buffer.indexOf('\n');
-      if (nl < 0) return;
-      const line = buffer.slice(0, nl).trim();
-      socket.end('QUIT\r\n');
-      done(line.startsWith('220 ') ? { banner: line.split(' ')[1] } : { error: `BAD ${line.slice(0, 40)}` });
-    });
-    socket.on('error', (err) => done({ error: err.code ?? err.message }));
-    socket.on('end', () => done({ error: 'CLOSED' }));
-  });
-}
+const greet = (localAddress) => greetOnce(host, port, timeoutMs, localAddress);
 
 const answers = {};
 const failures = [];
