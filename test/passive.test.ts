@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseNftCountersJson, parseNftMapsJson } from '../src/kernel/writers/nft.js';
 import type { Snapshot } from '../src/ops/snapshot.js';
 import { BIN, type DaemonProcess, type LogLine, startDaemon, waitUntil } from './support/daemon.js';
-import { cleanupNetns, tempFolder } from './support/netns.js';
+import { cleanupNetns, startServer, tempFolder } from './support/netns.js';
 import {
   breakReturnRoute,
   burst,
@@ -134,6 +134,33 @@ describe('passive health counters', () => {
     // A retransmitted SYN is not a new connection: the count is per connection.
     expect([second.get('pn_0x102'), second.get('pa_0x102'), second.get('pr_0x102')]).toEqual([10, 0, 0]);
     expect([second.get('pn_0x103'), second.get('pa_0x103'), second.get('pr_0x103')]).toEqual([10, 0, 10]);
+  }, 60_000);
+  it('counts a UDP flow as answered once, at its first reply; a silent backend leaves its flows unanswered', async () => {
+    const l = await lab();
+    const dir = tempFolder('nfh-passive-');
+    const config = path.join(dir, 'config.yaml');
+    // The SMTP service's config with the service turned into UDP port 53 (the check is a TCP connect to 25).
+    const yaml = passiveYaml(l, { stateFile: path.join(dir, 'state.json'), passive: '{}' })
+      .replace('    port: 25\n', '    port: 53\n    protocol: udp\n')
+      .replace('check: { type: smtp }', 'check: { type: tcp, port: 25 }');
+    writeFileSync(config, yaml);
+    await l.balancer.run(['nft', '-f', '-'], await l.balancer.run([process.execPath, BIN, 'rules', '-c', config]));
+    // Backends 1 and 2 echo every datagram; backend 3 says nothing.
+    const echo =
+      "const s=require('node:dgram').createSocket('udp4');s.on('message',(m,r)=>s.send(m,r.port,r.address));s.bind(53,()=>console.log('ready'))";
+    await Promise.all(
+      [0, 1].map((i) => startServer(l.backends[i]!, [process.execPath, '-e', echo], `echo ${i + 1}`).ready),
+    );
+    // 30 flows (a socket each), two datagrams per flow: two replies per flow from the echoing backends.
+    const client = `const d=require('node:dgram');let got=0;const all=[];for(let i=0;i<30;i++){all.push(new Promise((res)=>{const s=d.createSocket('udp4');let n=0,done=false;const end=()=>{if(done)return;done=true;clearTimeout(t);s.close();res()};s.on('message',()=>{if(++n===2){got++;end()}});s.send('a',53,'${l.vip}',()=>s.send('b',53,'${l.vip}'));const t=setTimeout(end,1500)}))}Promise.all(all).then(()=>console.log(got))`;
+    const read = async () =>
+      parseNftCountersJson(await l.balancer.run(['nft', '-j', 'reset', 'counters', 'table', 'inet', 'nfh']));
+    await read();
+    expect(Number((await l.client.run([process.execPath, '-e', client])).trim())).toBe(20);
+    const c = await read();
+    expect([c.get('pn_0x101'), c.get('pa_0x101'), c.get('pr_0x101')]).toEqual([10, 10, 0]);
+    expect([c.get('pn_0x102'), c.get('pa_0x102'), c.get('pr_0x102')]).toEqual([10, 10, 0]);
+    expect([c.get('pn_0x103'), c.get('pa_0x103'), c.get('pr_0x103')]).toEqual([10, 0, 0]);
   }, 60_000);
 });
 
