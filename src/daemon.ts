@@ -286,7 +286,9 @@ export function createDaemon(options: DaemonOptions): Daemon {
         nextDelay: () => {
           const heldUntil = Math.max(b.damping?.heldUntil ?? 0, b.passive?.heldUntil ?? 0) || undefined;
           const delay = nextCheckDelay({ health: b.health, since: b.since, heldUntil }, b.spec, Date.now());
-          return b.passive?.failingSince === undefined ? delay : Math.min(delay, b.spec.fastInterval);
+          // Real traffic failing on a backend still in: check it at fastInterval (an ejected one waits out its window).
+          const passiveFailing = b.passive?.failingSince !== undefined && b.health.state === 'up';
+          return passiveFailing ? Math.min(delay, b.spec.fastInterval) : delay;
         },
       },
       firstDelay,
