@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
-import { balancedMailYaml } from './config.js';
+import { balancedMailYaml, type Timing } from './config.js';
 import { BIN, type DaemonProcess, startDaemon, waitUntil } from './daemon.js';
 import { eachLine, waitableList } from './lines.js';
 import { cleanupNetns, createNetns, type Netns, startServer, tempFolder } from './netns.js';
@@ -38,9 +38,16 @@ export const BACKENDS = [`${NET}.2.21`, `${NET}.2.22`];
 const ADVERT_INT = 0.1;
 /** VRRPv3 master-down interval of the backup (priority 100): 3 adverts plus the skew time. */
 export const MASTER_DOWN_MS = (3 * ADVERT_INT + ((256 - 100) * ADVERT_INT) / 256) * 1000;
-/** Wide: the machine is shared, and keepalived's timers run in a loaded namespace. */
-export const MOVE_BOUND_MS = MASTER_DOWN_MS + 2500;
+/** Wide: the machine is shared, and keepalived's timers run in a loaded namespace (3.9 s seen at load 11). */
+export const MOVE_BOUND_MS = MASTER_DOWN_MS + 5000;
+/** Fast checks: the track file tests measure how soon nf-healthd moves the VIP. */
 const TIMING = { interval: 500, fastInterval: 100, timeout: 300, rise: 2, fall: 2 };
+/**
+ * Lenient checks, for tests that time nothing of nf-healthd's: on a loaded machine a
+ * 300 ms timeout can fail a live backend, and a table that changes under held
+ * connections would muddle what the test counts.
+ */
+export const LENIENT_TIMING: Timing = { interval: 1000, fastInterval: 200, timeout: 2000, rise: 2, fall: 3 };
 
 export type Node = 'A' | 'B';
 
@@ -61,6 +68,8 @@ export interface LabOptions {
   conntrackd?: boolean;
   /** Extra keys of the service (the scheduler; round robin without). */
   service?: Record<string, string>;
+  /** The checks' timing (default: fast, for the track file tests). */
+  timing?: Timing;
 }
 
 export interface Lab {
@@ -73,6 +82,16 @@ export interface Lab {
 
 /** Every nf-healthd started here: killed by pid after each test, also when the lab failed half-built. */
 const daemons = new Set<DaemonProcess>();
+
+/** What the daemons said about the backends and their tables: for a failing test's message. */
+export function daemonStory(lab: Lab): string {
+  return Object.values(lab.lbs)
+    .map((b) => {
+      const said = (b.daemon?.lines ?? []).filter((l) => l.event !== 'check').slice(-12);
+      return `lb${b.node}: ${said.map((l) => `${String(l.event)}: ${l.msg}`).join(' | ')}`;
+    })
+    .join('\n');
+}
 
 /** For afterEach: every daemon, process, namespace and folder of the labs is gone. */
 export async function cleanupLabs(): Promise<void> {
@@ -226,7 +245,7 @@ export async function buildLab(options: LabOptions = {}): Promise<Lab> {
     writeFileSync(
       b.config,
       balancedMailYaml({
-        timing: TIMING,
+        timing: options.timing ?? TIMING,
         stateFile: path.join(b.dir, 'state.json'),
         writer: '{ type: nft }',
         // With ECMP nobody reads the track file: the test waits on it for the first round of checks.
@@ -375,9 +394,9 @@ export function backend2First(held: readonly Held[]): Held[] {
   return [...held].sort((x, y) => y.banner.localeCompare(x.banner));
 }
 
-/** A crash of a balancer: its links go down first (nothing more leaves it), then its programs die by SIGKILL. */
+/** A crash of a balancer: its links go down first, at once (nothing more leaves it), then its programs die by SIGKILL. */
 export async function crash(b: Balancer): Promise<void> {
-  for (const dev of ['front', 'back', 'sync']) await b.ns.run(['ip', 'link', 'set', dev, 'down']);
+  await b.ns.run(['ip', '-batch', '-'], ['front', 'back', 'sync'].map((dev) => `link set ${dev} down\n`).join(''));
   for (const p of [b.keepalived, b.conntrackd]) p?.kill('SIGKILL');
   b.daemon?.kill('SIGKILL');
 }
@@ -432,6 +451,9 @@ export async function crashScenario(options: LabOptions & { looseOnB?: 0 | 1 }) 
     expect(after.failures).toEqual([]);
     expect(Object.values(after.answers).reduce((a, n) => a + n, 0)).toBe(10);
     return { moveMs, kept, outcomes, banners: held.map((h) => h.banner) };
+  } catch (err) {
+    console.log(daemonStory(lab));
+    throw err;
   } finally {
     await stopAll(lab);
   }
