@@ -50,6 +50,8 @@ export function balancedMailYaml(c: {
   addresses: readonly string[];
   /** Extra top-level YAML lines. */
   extra?: string;
+  /** Extra keys of the service, e.g. `{ scheduler: maglev, hash: flow }`. */
+  service?: Record<string, string>;
 }): string {
   const ms = (n: number) => `${n}ms`;
   const t = c.timing;
@@ -61,7 +63,9 @@ ${c.extra ? `${c.extra}\n` : ''}services:
   - name: mail
     vip: ${c.vip}
     port: 25
-    check: { type: smtp }
+${Object.entries(c.service ?? {})
+  .map(([key, value]) => `    ${key}: ${value}\n`)
+  .join('')}    check: { type: smtp }
     backends:
 ${c.addresses.map((a, i) => `      - { name: mail${i + 1}, address: ${a} }`).join('\n')}
 `;
