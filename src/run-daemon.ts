@@ -43,10 +43,16 @@ export async function runDaemon(configPath: string, plan: Plan, extraPlugins: Da
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+  /** A reload waiting behind the one under way: further SIGHUPs join it (it reads the file when it starts). */
+  let reloadQueued = false;
   process.on('SIGHUP', () => {
-    if (stopping) return;
+    if (stopping || reloadQueued) return;
+    reloadQueued = true;
     log.info({ event: 'reloading' }, 'SIGHUP: reloading the configuration');
-    reloading = reloading.then(() => daemon.reload().then(() => undefined));
+    reloading = reloading.then(() => {
+      reloadQueued = false;
+      return daemon.reload().then(() => undefined);
+    });
   });
 
   log.info(
