@@ -49,10 +49,16 @@ export async function runDaemon(configPath: string, plan: Plan, extraPlugins: Da
     if (stopping || reloadQueued) return;
     reloadQueued = true;
     log.info({ event: 'reloading' }, 'SIGHUP: reloading the configuration');
-    reloading = reloading.then(() => {
-      reloadQueued = false;
-      return daemon.reload().then(() => undefined);
-    });
+    reloading = reloading
+      .then(() => {
+        reloadQueued = false;
+        return daemon.reload().then(() => undefined);
+      })
+      .catch((err: unknown) => {
+        // A broken chain would ignore every later SIGHUP: log it and keep reloading.
+        reloadQueued = false;
+        log.error({ event: 'reload_rejected', err }, `reload failed, keeping what was applied: ${String(err)}`);
+      });
   });
 
   log.info(
