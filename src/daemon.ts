@@ -125,7 +125,12 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const check = async (b: BackendStatus) => {
     if (inMaintenance(b)) return; // maintenance: no connection attempts at all
     const spec = b.spec;
-    const result = await limit(() => checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal));
+    // A check that waited for a slot past the backend's removal (a reload) never connects.
+    const gone = () => runtimes.get(spec.id) !== b;
+    const result = await limit(() =>
+      gone() ? undefined : checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal),
+    );
+    if (!result) return;
     // Aborted checks are no verdict; nor is one that ran while an operator set maintenance.
     if (shutdown.signal.aborted || runtimes.get(spec.id) !== b || inMaintenance(b)) return;
     progressAt = performance.now();

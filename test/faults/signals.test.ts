@@ -3,13 +3,10 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { SmtpServer } from '../../demo/smtp-server.js';
 import { parseDuration } from '../../src/config/duration.js';
-import { renderRules } from '../../src/kernel/rules/command.js';
-import { parseNftSetJson } from '../../src/kernel/writers/nft.js';
 import type { Snapshot } from '../../src/ops/snapshot.js';
-import { parsePlan } from '../../src/plan/load.js';
-import { smtpFarmYaml } from '../support/config.js';
+import { loopbackMailYaml, smtpFarmYaml } from '../support/config.js';
 import { type DaemonProcess, type LogLine, startDaemon, tempDir, waitUntil } from '../support/daemon.js';
-import { type FaultyTool, faultyTool } from '../support/faulty-tool.js';
+import { type FaultyTool, faultyTool, type NftLab, nftLab } from '../support/faulty-tool.js';
 import { cleanupNetns, createNetns, type Netns, tempFolder } from '../support/netns.js';
 import { startSmtp } from '../support/servers.js';
 
@@ -115,45 +112,33 @@ describe('SIGTERM at a bad moment, with a slow nft', () => {
   let ns: Netns;
   let dir: string;
   let tool: FaultyTool;
-  let marks: string[];
+  let lab: NftLab;
   let where: string[];
   const ports: number[] = [];
   const backends: SmtpServer[] = [];
 
-  const yaml = (names: string[], state: string) =>
-    `defaults: { interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 1, fall: 1 }
-log: { level: debug, format: json }
-writer: { type: nft, commandTimeout: 8s }
-stateFile: ${state}
-initialState: kernel
-services:
-  - name: mail
-    vip: 10.0.0.1
-    port: 25
-    check: { type: smtp }
-    backends:
-${names.map((n) => `      - { name: ${n}, address: 127.0.0.1, port: ${ports[Number(n.slice(4)) - 1]} }`).join('\n')}
-`;
+  const yaml = (names: string[], stateFile: string) =>
+    loopbackMailYaml({
+      timing: 'interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 1, fall: 1',
+      writer: '{ type: nft, commandTimeout: 8s }',
+      stateFile,
+      extra: 'initialState: kernel',
+      backends: names.map((name) => ({ name, port: ports[Number(name.slice(4)) - 1]! })),
+    });
 
   beforeAll(async () => {
     ns = createNetns('fsig');
     dir = tempFolder('nfh-faults-sig-');
     for (let i = 0; i < 3; i++) backends.push(await startSmtp(servers));
     ports.push(...backends.map((b) => b.port));
-    const plan = parsePlan(yaml(['mail1', 'mail2', 'mail3'], '/tmp/x'));
-    marks = plan.backends.map((b) => b.target.key);
-    const w = plan.writer as { family: string; table: string; set: string };
-    where = [w.family, w.table, w.set];
-    await ns.run(['nft', '-f', '-'], renderRules(plan, 'nft'));
+    lab = await nftLab(ns, yaml(['mail1', 'mail2', 'mail3'], path.join(dir, 'state.json')));
+    where = lab.where;
     // Start with the set empty: what the daemon writes is all that is in it.
     await ns.run(['nft', 'flush', 'set', ...where]);
     tool = faultyTool(dir, 'nft', ns);
   });
 
-  async function members(): Promise<boolean[]> {
-    const inSet = parseNftSetJson(await ns.run(['nft', '-j', 'list', 'set', ...where]))!;
-    return marks.map((m) => inSet.has(Number(m)));
-  }
+  const members = () => lab.members();
 
   /** The latest state each backend was logged in (transition, or added by a reload), by name. */
   function logged(lines: LogLine[]): Record<string, boolean> {

@@ -1,5 +1,8 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { renderRules } from '../../src/kernel/rules/command.js';
+import { parseNftSetJson } from '../../src/kernel/writers/nft.js';
+import { parsePlan } from '../../src/plan/load.js';
 import type { Netns } from './netns.js';
 
 /**
@@ -71,5 +74,31 @@ exec ${real}
     restore: () => renameSync(`${file}.off`, file),
     heldPid: () => (existsSync(pidFile) ? Number(readFileSync(pidFile, 'latin1')) : undefined),
     calls: () => readFileSync(callLog, 'utf8').split('\n').filter(Boolean),
+  };
+}
+
+/** The nft side of a fault test: the config's rules loaded in `ns`, and its set read back per backend. */
+export interface NftLab {
+  /** The backends' marks, in config order. */
+  marks: string[];
+  /** `family table set` */
+  where: string[];
+  /** Whether each backend's mark is in the set, in config order. */
+  members(): Promise<boolean[]>;
+}
+
+export async function nftLab(ns: Netns, configText: string): Promise<NftLab> {
+  const plan = parsePlan(configText);
+  const marks = plan.backends.map((b) => b.target.key);
+  const w = plan.writer as { family: string; table: string; set: string };
+  const where = [w.family, w.table, w.set];
+  await ns.run(['nft', '-f', '-'], renderRules(plan, 'nft'));
+  return {
+    marks,
+    where,
+    async members() {
+      const inSet = parseNftSetJson(await ns.run(['nft', '-j', 'list', 'set', ...where]))!;
+      return marks.map((m) => inSet.has(Number(m)));
+    },
   };
 }
