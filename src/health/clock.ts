@@ -8,5 +8,6 @@
  * own wall clock (the state file's `writtenAt`) stays on Date.now().
  */
 export function steadyNow(): number {
-  return performance.timeOrigin + performance.now();
+  // Whole milliseconds, as Date.now(): the times it stamps are shown and saved at that precision.
+  return Math.floor(performance.timeOrigin + performance.now());
 }
