@@ -70,3 +70,28 @@ ${Object.entries(c.service ?? {})
 ${c.addresses.map((a, i) => `      - { name: mail${i + 1}, address: ${a} }`).join('\n')}
 `;
 }
+
+/** One SMTP service on a VIP with backends on loopback ports, for the fault tests' nft writer. */
+export function loopbackMailYaml(c: {
+  /** The `defaults` flow mapping's inside. */
+  timing: string;
+  /** The `writer:` value, e.g. `{ type: nft, commandTimeout: 3s }`. */
+  writer: string;
+  stateFile: string;
+  backends: readonly { name: string; port: number }[];
+  /** Extra top-level YAML lines. */
+  extra?: string;
+}): string {
+  return `defaults: { ${c.timing} }
+log: { level: debug, format: json }
+writer: ${c.writer}
+stateFile: ${c.stateFile}
+${c.extra ? `${c.extra}\n` : ''}services:
+  - name: mail
+    vip: 10.0.0.1
+    port: 25
+    check: { type: smtp }
+    backends:
+${c.backends.map((b) => `      - { name: ${b.name}, address: 127.0.0.1, port: ${b.port} }`).join('\n')}
+`;
+}

@@ -30,14 +30,21 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
   const valueFor = (up: boolean) => (up ? options.upValue : 1 - options.upValue);
   const readBuffer = Buffer.alloc(16);
   // The keys are the config's targets: each is checked and joined once per writer, not on every check.
+  /** The largest read: the read-back reads every target at once, so about the config's size. */
+  let largestRead = 0;
   const files = new Map<string, string>();
   const fileOf = (name: string): string => {
     let file = files.get(name);
-    if (file === undefined) files.set(name, (file = conditionPath(options.dir, name)));
+    if (file === undefined) {
+      // Removed backends' keys must not pile up over reloads: start over once it is twice the config.
+      if (files.size >= 2 * largestRead + 1024) files.clear();
+      files.set(name, (file = conditionPath(options.dir, name)));
+    }
     return file;
   };
   return {
     async read(targets) {
+      largestRead = Math.max(largestRead, targets.length);
       // Synchronous on purpose: each file is a few bytes in kernel memory (/proc) or the
       // page cache; open+read+close here costs a few µs, while the async path (four
       // thread-pool round trips per file) was the daemon's largest cost at 5,000 checks a
