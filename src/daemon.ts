@@ -3,6 +3,7 @@ import { formatDuration } from './config/duration.js';
 import { ConfigError, formatProblem } from './config/load.js';
 import type { WriterConfig } from './config/writers.js';
 import { type AdminStatus, closestName, eligible } from './health/admin.js';
+import { steadyNow } from './health/clock.js';
 import { damp } from './health/damping.js';
 import { type BackendState, initialHealth, isSettling, observe } from './health/hysteresis.js';
 import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
@@ -87,7 +88,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     onOutcome(key, up, outcome) {
       const b = byKey.get(key);
       if (!b) return;
-      if (outcome.confirmed) b.written = { up, confirmed: true, at: Date.now() };
+      if (outcome.confirmed) b.written = { up, confirmed: true, at: steadyNow() };
       else if (b.written) b.written.confirmed = false;
       emit('onSync', b, outcome);
     },
@@ -135,11 +136,16 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const check = async (b: BackendStatus) => {
     if (inMaintenance(b)) return; // maintenance: no connection attempts at all
     const spec = b.spec;
-    const result = await limit(() => checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal));
+    // A check that waited for a slot past the backend's removal (a reload) never connects.
+    const gone = () => runtimes.get(spec.id) !== b;
+    const result = await limit(() =>
+      gone() ? undefined : checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal),
+    );
+    if (!result) return;
     // Aborted checks are no verdict; nor is one that ran while an operator set maintenance.
     if (shutdown.signal.aborted || runtimes.get(spec.id) !== b || inMaintenance(b)) return;
     progressAt = performance.now();
-    const now = Date.now();
+    const now = steadyNow();
     b.last = { ...result, at: now };
     const damping = plan.config.damping;
     // Passively ejected: passes count only once its window is over (then `rise` of them).
@@ -285,7 +291,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         run: () => check(b),
         nextDelay: () => {
           const heldUntil = Math.max(b.damping?.heldUntil ?? 0, b.passive?.heldUntil ?? 0) || undefined;
-          const delay = nextCheckDelay({ health: b.health, since: b.since, heldUntil }, b.spec, Date.now());
+          const delay = nextCheckDelay({ health: b.health, since: b.since, heldUntil }, b.spec, steadyNow());
           // Real traffic failing on a backend still in: check it at fastInterval (an ejected one waits out its window).
           const passiveFailing = b.passive?.failingSince !== undefined && b.health.state === 'up';
           return passiveFailing ? Math.min(delay, b.spec.fastInterval) : delay;
@@ -320,7 +326,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
           : found
             ? `adopted ${state} from ${spec.target.label}`
             : `${spec.target.label} unreadable or unset: assumed up`;
-      return { spec, health: initialHealth(state), since: Date.now(), reason, ...(admin ? { admin } : {}) };
+      return { spec, health: initialHealth(state), since: steadyNow(), reason, ...(admin ? { admin } : {}) };
     });
   };
 
@@ -433,7 +439,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
         return { ok: false, problem: `no backend ${id} in the running config`, ...(suggestion ? { suggestion } : {}) };
       }
       const previous = b.admin?.state ?? 'ready';
-      const now = Date.now();
+      const now = steadyNow();
       if (previous === 'maint' && state !== 'maint') {
         // Nothing was checked during maintenance: it has to earn `up` again, `rise` checks in a row.
         b.health = initialHealth('down');

@@ -20,7 +20,7 @@ export const EVENTS = {
   reloaded: { level: 'info', when: 'a reload was applied: backends added and removed' },
   reload_rejected: {
     level: 'error',
-    when: 'a reload found the config invalid (one line per problem, with FILE:LINE:COLUMN); the running config is kept',
+    when: 'a reload found the config invalid or unreadable (one line per problem, with FILE:LINE:COLUMN); the running config is kept. Without a position: the reload failed unexpectedly (a bug: report it)',
   },
   stopping: { level: 'info', when: 'SIGTERM or SIGINT: checks are aborted, writes under way finish' },
   start_failed: { level: 'error', when: 'starting failed unexpectedly: the daemon stops (a bug: report it)' },

@@ -43,10 +43,22 @@ export async function runDaemon(configPath: string, plan: Plan, extraPlugins: Da
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+  /** A reload waiting behind the one under way: further SIGHUPs join it (it reads the file when it starts). */
+  let reloadQueued = false;
   process.on('SIGHUP', () => {
-    if (stopping) return;
+    if (stopping || reloadQueued) return;
+    reloadQueued = true;
     log.info({ event: 'reloading' }, 'SIGHUP: reloading the configuration');
-    reloading = reloading.then(() => daemon.reload().then(() => undefined));
+    reloading = reloading
+      .then(() => {
+        reloadQueued = false;
+        return daemon.reload().then(() => undefined);
+      })
+      .catch((err: unknown) => {
+        // A broken chain would ignore every later SIGHUP: log it and keep reloading.
+        reloadQueued = false;
+        log.error({ event: 'reload_rejected', err }, `reload failed, keeping what was applied: ${String(err)}`);
+      });
   });
 
   log.info(

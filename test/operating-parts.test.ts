@@ -133,11 +133,17 @@ describe('state file', () => {
     await writeStateFile(file, snapshotOf());
     const read = await readStateFile(file);
     expect(read).toEqual({ ok: true, state: snapshotOf() });
-    writeFileSync(file, '{"version": 2}');
+    writeFileSync(file, '{"version": 0}');
     expect(await readStateFile(file)).toMatchObject({
       ok: false,
       missing: false,
       problem: expect.stringContaining('is not a state file of this version: version'),
+    });
+    writeFileSync(file, '{"version": 2}');
+    expect(await readStateFile(file)).toMatchObject({
+      ok: false,
+      missing: false,
+      problem: `${file} was written by a newer nf-healthd (state file version 2, this one reads 1)`,
     });
     writeFileSync(file, 'garbage');
     expect(await readStateFile(file)).toMatchObject({ ok: false, problem: `${file} is not JSON` });

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { type Document, isMap, isScalar, LineCounter, type Node, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { checkTypes } from '../probes/registry.js';
@@ -46,17 +46,44 @@ export interface ConfigDocument {
   place(problem: PathProblem): ConfigProblem;
 }
 
-/** Reads a config file; a file that cannot be read is one problem at 1:1. */
-export function readConfigFile(file: string): ConfigDocument {
-  let text: string;
+/**
+ * The largest config file read: 10,000 backends take well under 1 MiB. A bigger file (a
+ * log or a disk image written to the wrong path) is refused before it is read or parsed.
+ */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
+/** The file's text, at most MAX_CONFIG_BYTES of it; a string is the problem in words. */
+function readBounded(file: string): { text: string } | string {
+  let fd: number | undefined;
   try {
-    text = readFileSync(file, 'utf8');
+    fd = openSync(file, 'r');
+    const stat = fstatSync(fd);
+    if (stat.isDirectory()) return 'cannot read the file: it is a directory';
+    if (!stat.isFile()) return 'cannot read the file: not a regular file';
+    // Read one byte past the limit: a file that grew since the stat is refused too.
+    const buffer = Buffer.alloc(Math.min(stat.size, MAX_CONFIG_BYTES) + 1);
+    let length = 0;
+    for (let n = 1; n > 0 && length < buffer.length; length += n)
+      n = readSync(fd, buffer, length, buffer.length - length, null);
+    if (length > MAX_CONFIG_BYTES || stat.size > MAX_CONFIG_BYTES)
+      return `the file is larger than ${MAX_CONFIG_BYTES / 1024 / 1024} MiB (${stat.size} bytes): not read`;
+    return { text: buffer.toString('utf8', 0, length) };
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const problem = { file, line: 1, column: 1, path: '', message: `cannot read the file: ${e.code ?? e.message}` };
+    return `cannot read the file: ${e.code ?? e.message}`;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** Reads a config file; a file that cannot be read is one problem at 1:1. */
+export function readConfigFile(file: string): ConfigDocument {
+  const read = readBounded(file);
+  if (typeof read === 'string') {
+    const problem = { file, line: 1, column: 1, path: '', message: read };
     return { file, raw: undefined, config: undefined, problems: [problem], place: () => problem };
   }
-  return readConfigText(text, file);
+  return readConfigText(read.text, file);
 }
 
 /** Parses YAML and validates it against the schema, collecting every problem with its position. */

@@ -311,7 +311,8 @@ function fullDescription(key: KeyDoc): string {
 const INTRO = `The configuration file is YAML, by default \`/etc/nf-healthd/config.yaml\` (\`-c FILE\` names
 another). \`nf-healthd check\` validates it and names file, line, column and key of every error at
 once. Unknown keys are errors. Durations are strings with a unit: \`250ms\`, \`2s\`, \`1m\`,
-\`1m30s\`, \`1h\`.
+\`1m30s\`, \`1h\`. A file larger than 4 MiB is refused unread (10,000 backends take well under
+1 MiB): at start that is exit code 78, at a reload the running config is kept.
 
 The timing keys (\`interval\`, \`fastInterval\`, \`timeout\`, \`rise\`, \`fall\`, \`downInterval\`)
 can be set in \`defaults\`, on a service and on a backend: the backend's value wins, then its

@@ -299,13 +299,14 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   /** Big tables take long to list (a 25,000-slot map ~4 s on a busy machine): read them back at most 10 % of the time. */
   let tableReadMs = 0;
   let tableReadAt = Number.NEGATIVE_INFINITY;
-  const readBackTables = async () => {
+  /** `now`: drift was just found elsewhere (a rules reload resets the maps too): read them whatever the budget. */
+  const readBackTables = async (now: boolean) => {
     // Changed meanwhile, or failing already: the write decides (and no listing is spent on them).
     const all = [...wantedTables.values()].filter(
       (w) => !dirtyTables.has(w.target.key) && !retryingTables.has(w.target.key),
     );
     if (!tablesOn() || all.length === 0) return;
-    if (performance.now() - tableReadAt < 10 * tableReadMs) return;
+    if (!now && performance.now() - tableReadAt < 10 * tableReadMs) return;
     tableReadAt = performance.now();
     const read = await timed(() => writer.readTables!(all.map((w) => w.target)));
     tableReadMs = performance.now() - tableReadAt;
@@ -331,10 +332,10 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   };
 
   const readBack = async () => {
-    await readBackTables();
     const all = [...wanted.values()];
-    if (all.length === 0) return;
+    if (all.length === 0) return readBackTables(false);
     const read = await timed(() => writer.read(all.map((w) => w.target)));
+    let drift = false;
     for (const w of all) {
       // Changed meanwhile, or failing already: the write decides.
       if (wanted.get(w.target.key) !== w || dirty.has(w.target.key) || retrying.has(w.target.key)) continue;
@@ -343,15 +344,19 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
         // Unreadable: write it, and let the write's error (with its hint) tell the operator.
         known.delete(w.target.key);
         dirty.add(w.target.key);
+        drift = true;
       } else if (r.up !== w.up) {
         known.delete(w.target.key);
         drifted.set(w.target.key, r.raw.trim() || '(empty)');
         dirty.add(w.target.key);
+        drift = true;
       } else if (known.get(w.target.key) !== w.up) {
         known.set(w.target.key, w.up);
         outcome(w.target.key, w.up, { confirmed: true, wrote: false });
       }
     }
+    // Sets first: the element that drifted and the map slots it steers go back in one transaction.
+    await readBackTables(drift);
   };
 
   const scheduleRetry = () => {

@@ -1,3 +1,4 @@
+import { steadyNow } from '../health/clock.js';
 import { type CountWindow, createCountWindow, type PassiveCounts, passiveReadPeriod } from '../health/passive.js';
 import type { Logger } from '../log.js';
 import type { BackendPlan, Plan } from '../plan/compile.js';
@@ -52,7 +53,7 @@ export function createPassiveReader(options: PassiveReaderOptions): PassiveReade
       reading = false;
     }
     if (!counters) return;
-    const now = Date.now();
+    const now = steadyNow();
     for (const spec of specs) {
       const names = spec.passive!;
       const counts = {

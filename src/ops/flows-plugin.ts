@@ -14,6 +14,7 @@
  * writer loop's.
  */
 
+import { steadyNow } from '../health/clock.js';
 import { countFlows, deleteFlows, type FlowSelection } from '../kernel/conntrack.js';
 import type { BackendStatus, DaemonPlugin } from '../observer.js';
 import { runHook } from './hooks-plugin.js';
@@ -54,7 +55,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   };
 
   const drained = (b: BackendStatus, admin: NonNullable<BackendStatus['admin']>) => {
-    admin.drainedAt = Date.now();
+    admin.drainedAt = steadyNow();
     const { service, name: backend, address, port } = b.spec;
     const tookMs = admin.drainedAt - admin.since;
     log.info(
@@ -132,7 +133,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     if (stopped || b.admin !== admin) return; // set again since: that setting decides
     const deleted = await remove(b, 'all');
     if (deleted === undefined) return;
-    admin.deadlineDoneAt = Date.now();
+    admin.deadlineDoneAt = steadyNow();
     log.warn(
       { event: 'drain_deadline', service: b.spec.service, backend: b.spec.name, deleted },
       `backend ${b.spec.name}: drain deadline reached, ${deleted} flows deleted (their clients get a reset and reconnect elsewhere)`,
@@ -145,7 +146,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     deadlines.delete(b.spec.id);
     const admin = b.admin;
     if (admin?.state !== 'drain' || admin.deadline === undefined || admin.deadlineDoneAt !== undefined) return;
-    const t = setTimeout(() => void atDeadline(b, admin), Math.max(0, admin.deadline - Date.now()));
+    const t = setTimeout(() => void atDeadline(b, admin), Math.max(0, admin.deadline - steadyNow()));
     t.unref();
     deadlines.set(b.spec.id, t);
   };

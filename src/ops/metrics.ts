@@ -5,6 +5,7 @@
  * string. Series of backends removed by a reload are dropped.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { steadyNow } from '../health/clock.js';
 import { isHeld } from '../health/damping.js';
 import type { Daemon, DaemonObserver } from '../observer.js';
 import { checkLabel } from '../probes/run.js';
@@ -170,7 +171,7 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
     registers,
     collect() {
       this.reset();
-      const now = Date.now();
+      const now = steadyNow();
       for (const b of daemon.backends())
         this.set({ service: b.spec.service, backend: b.spec.name }, isHeld(b.damping, now) ? 1 : 0);
     },

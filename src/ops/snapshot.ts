@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { AdminState } from '../health/admin.js';
+import { steadyNow } from '../health/clock.js';
 import { type DampingState, isHeld } from '../health/damping.js';
 import type { BackendState } from '../health/hysteresis.js';
 import { describeVerdict, type PassiveStatus } from '../health/passive.js';
@@ -145,14 +146,16 @@ export function snapshot(
   daemon: Pick<Daemon, 'backends'>,
   options: { configPath: string; writePeriodMs: number; now?: number; stopped?: boolean },
 ): Snapshot {
+  // writtenAt is compared with another process's wall clock (`status`, a restart); holds run on the daemon's own.
   const now = options.now ?? Date.now();
+  const steady = options.now ?? steadyNow();
   const out: Snapshot = {
     version: SNAPSHOT_VERSION,
     pid: process.pid,
     writtenAt: iso(now),
     staleAfterMs: staleAfter(options.writePeriodMs),
     configPath: path.resolve(options.configPath),
-    backends: daemon.backends().map((b) => backendSnapshot(b, now)),
+    backends: daemon.backends().map((b) => backendSnapshot(b, steady)),
   };
   if (options.stopped) out.stoppedAt = iso(now);
   return out;

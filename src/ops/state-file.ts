@@ -6,7 +6,7 @@ import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ADMIN_STATES } from '../health/admin.js';
-import type { Snapshot } from './snapshot.js';
+import { SNAPSHOT_VERSION, type Snapshot } from './snapshot.js';
 
 /** Largest state file we read back: thousands of backends fit, a wrong path does not hurt. */
 const MAX_BYTES = 64 * 1024 * 1024;
@@ -17,15 +17,16 @@ export async function writeFileAtomically(file: string, text: string): Promise<v
   const tmp = `${file}.${process.pid}.tmp`;
   const handle = await open(tmp, 'w', 0o644);
   try {
-    await handle.writeFile(text);
-    // The rename must not reach the disk before the data: a crash leaves old or new, not empty.
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
+    try {
+      await handle.writeFile(text);
+      // The rename must not reach the disk before the data: a crash leaves old or new, not empty.
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await rename(tmp, file);
   } catch (err) {
+    // A full disk (ENOSPC) leaves a part written: it must not keep the space the next try needs.
     await unlink(tmp).catch(() => undefined);
     throw err;
   }
@@ -123,6 +124,13 @@ export async function readStateFile(file: string): Promise<ReadState> {
   } catch {
     return { ok: false, missing: false, problem: `${file} is not JSON` };
   }
+  const version = (json as { version?: unknown } | null)?.version;
+  if (typeof version === 'number' && version > SNAPSHOT_VERSION)
+    return {
+      ok: false,
+      missing: false,
+      problem: `${file} was written by a newer nf-healthd (state file version ${version}, this one reads ${SNAPSHOT_VERSION})`,
+    };
   const parsed = snapshotSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -4,6 +4,7 @@
  * variable arms it. Built by test/instrument/build.mjs; dist/ (what ships) has none of it.
  */
 import type { main as cliMain } from '../../src/cli.js';
+import { heapPlugin } from './heap.js';
 import { samplesPlugin } from './samples.js';
 import { wedgePlugin } from './wedge.js';
 
@@ -11,4 +12,4 @@ import { wedgePlugin } from './wedge.js';
 const cli = new URL('../../../dist/cli.js', import.meta.url);
 const { main } = (await import(cli.href)) as { main: typeof cliMain };
 
-process.exitCode = await main(process.argv.slice(2), undefined, { plugins: [wedgePlugin, samplesPlugin] });
+process.exitCode = await main(process.argv.slice(2), undefined, { plugins: [wedgePlugin, samplesPlugin, heapPlugin] });

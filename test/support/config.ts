@@ -50,6 +50,8 @@ export function balancedMailYaml(c: {
   addresses: readonly string[];
   /** Extra top-level YAML lines. */
   extra?: string;
+  /** Extra keys of the service, e.g. `{ scheduler: maglev, hash: flow }`. */
+  service?: Record<string, string>;
 }): string {
   const ms = (n: number) => `${n}ms`;
   const t = c.timing;
@@ -61,8 +63,35 @@ ${c.extra ? `${c.extra}\n` : ''}services:
   - name: mail
     vip: ${c.vip}
     port: 25
-    check: { type: smtp }
+${Object.entries(c.service ?? {})
+  .map(([key, value]) => `    ${key}: ${value}\n`)
+  .join('')}    check: { type: smtp }
     backends:
 ${c.addresses.map((a, i) => `      - { name: mail${i + 1}, address: ${a} }`).join('\n')}
+`;
+}
+
+/** One SMTP service on a VIP with backends on loopback ports, for the fault tests' nft writer. */
+export function loopbackMailYaml(c: {
+  /** The `defaults` flow mapping's inside. */
+  timing: string;
+  /** The `writer:` value, e.g. `{ type: nft, commandTimeout: 3s }`. */
+  writer: string;
+  stateFile: string;
+  backends: readonly { name: string; port: number }[];
+  /** Extra top-level YAML lines. */
+  extra?: string;
+}): string {
+  return `defaults: { ${c.timing} }
+log: { level: debug, format: json }
+writer: ${c.writer}
+stateFile: ${c.stateFile}
+${c.extra ? `${c.extra}\n` : ''}services:
+  - name: mail
+    vip: 10.0.0.1
+    port: 25
+    check: { type: smtp }
+    backends:
+${c.backends.map((b) => `      - { name: ${b.name}, address: 127.0.0.1, port: ${b.port} }`).join('\n')}
 `;
 }

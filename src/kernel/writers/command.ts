@@ -2,6 +2,8 @@ import { spawn } from 'node:child_process';
 
 export interface CommandResult {
   code: number | null;
+  /** The signal that ended it (code null), e.g. SIGKILL from the OOM killer or an operator. */
+  signal?: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
 }
@@ -53,18 +55,21 @@ export function runCommand(file: string, args: readonly string[], options: Comma
     });
     child.stdin.on('error', () => {}); // EPIPE when the child exits early: its exit code tells
     child.stdin.end(options.input ?? '');
-    child.on('close', (code) => {
+    child.on('close', (code, signal) => {
       if (settled) return;
       settled = true;
       if (failure) reject(failure);
-      else resolve({ code, stdout, stderr: stderr.trim() });
+      else resolve({ code, signal, stdout, stderr: stderr.trim() });
     });
   });
 }
 
 /** An error carrying the command's own words, coded for the writer's hint. */
 export function commandError(tool: string, result: CommandResult): NodeJS.ErrnoException {
-  const text = result.stderr || result.stdout.trim() || `exit code ${result.code}`;
+  const ended = result.signal ? `killed by ${result.signal}` : `exit code ${result.code}`;
+  const text = result.signal
+    ? `${ended}${result.stderr ? `: ${result.stderr}` : ''}`
+    : result.stderr || result.stdout.trim() || ended;
   const code = /does not exist|No such file or directory|doesn't exist/i.test(text)
     ? 'ENOENT'
     : /Operation not permitted|Permission denied|must be root/i.test(text)

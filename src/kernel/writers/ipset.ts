@@ -5,7 +5,6 @@ import { commandError, commandHint, runCommand } from './command.js';
 import { asErrno, type ReadOutcome, type WriteChange, type Writer } from './types.js';
 
 const MAX_LISTING = 16 * 1024 * 1024;
-
 /** ipset prints addresses in canonical form; so must we, to compare. */
 export function canonicalIp(text: string): string {
   return net.isIPv6(text) ? new URL(`http://[${text}]/`).hostname.slice(1, -1) : text;
@@ -37,10 +36,16 @@ export function parseIpsetSave(text: string): Map<string, Set<string>> {
 export function createIpsetWriter(options: IpsetWriterConfig): Writer {
   const timeoutMs = options.commandTimeout ?? 5000;
   // The keys are the config's targets: each is checked and canonicalised once per writer, not on every check.
+  /** The largest read: the read-back reads every target at once, so about the config's size. */
+  let largestRead = 0;
   const parsed = new Map<string, { set: string; element: string }>();
   const parse = (key: string) => {
     let target = parsed.get(key);
-    if (target === undefined) parsed.set(key, (target = parseTarget(key)));
+    if (target === undefined) {
+      // Removed backends' keys must not pile up over reloads: start over once it is twice the config.
+      if (parsed.size >= 2 * largestRead + 1024) parsed.clear();
+      parsed.set(key, (target = parseTarget(key)));
+    }
     return target;
   };
   const ipset = (args: string[], input?: string) =>
@@ -61,6 +66,7 @@ export function createIpsetWriter(options: IpsetWriterConfig): Writer {
 
   return {
     async read(targets) {
+      largestRead = Math.max(largestRead, targets.length);
       const out = new Map<string, ReadOutcome>();
       if (targets.length === 0) return out;
       let sets: Map<string, Set<string>>;

@@ -1,0 +1,137 @@
+import { chmodSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
+import { tcpServer } from './support/servers.js';
+
+// What an operator sees when conntrack(8) is not there or fails. The connection counts
+// (status, /metrics, drain) come from one `conntrack -L` per interval. A conntrack that
+// fails on demand cannot be had from the real tool as root, so a script stands in for it
+// here: it fails, then prints a real `conntrack -L` line. The real tool is exercised by
+// test/drain.test.ts and test/admin.test.ts in network namespaces.
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** A real `conntrack -L` line for a flow DNATed to backend mark 0x101 (257). */
+const FLOW_LINE =
+  'tcp      6 431999 ESTABLISHED src=10.0.0.9 dst=10.0.0.10 sport=40000 dport=25 src=10.0.1.21 dst=10.0.0.9 sport=25 dport=40000 [ASSURED] mark=257 use=1';
+
+async function farm(conntrackPath: string): Promise<{ daemon: DaemonProcess; stateFile: string }> {
+  const tmp = tempDir('nfh-conntrack-');
+  cleanups.push(tmp.cleanup);
+  const server = await tcpServer((s) => s.end());
+  cleanups.push(() => server.close());
+  const stateFile = path.join(tmp.dir, 'state.json');
+  const configPath = path.join(tmp.dir, 'config.yaml');
+  writeFileSync(
+    configPath,
+    `defaults: { interval: 200ms, fastInterval: 100ms, timeout: 150ms, rise: 1, fall: 1 }
+log: { level: info, format: json }
+stateFile: ${stateFile}
+conntrackPath: ${conntrackPath}
+writer: { type: condition, dir: ${tmp.dir} }
+services:
+  - name: mail
+    port: 25
+    check: { type: tcp }
+    backends:
+      - { name: mail1, address: 127.0.0.1, port: ${server.port} }
+`,
+  );
+  const daemon = startDaemon(['run', '-c', configPath]);
+  cleanups.push(async () => {
+    daemon.kill();
+    await daemon.exited;
+  });
+  return { daemon, stateFile };
+}
+
+const connectionsOf = (stateFile: string): number | undefined => {
+  try {
+    const state = JSON.parse(readFileSync(stateFile, 'utf8')) as { backends: { connections?: number }[] };
+    return state.backends[0]?.connections;
+  } catch {
+    return undefined; // not written yet, or being replaced
+  }
+};
+
+describe('conntrack(8) missing or failing', () => {
+  it('not installed: one info line naming the package; checks and the kernel side go on', async () => {
+    const tmp = tempDir('nfh-conntrack-none-');
+    cleanups.push(tmp.cleanup);
+    const missing = path.join(tmp.dir, 'no-such-conntrack');
+    const { daemon, stateFile } = await farm(missing);
+    const line = await daemon.waitForLine((l) => l.event === 'conntrack_missing');
+    expect(line.level).toBe('info');
+    expect(line.msg).toContain(`${missing} not found`);
+    expect(line.msg).toContain('install conntrack');
+    // Three state-file writes later (one counting attempt per write period): still one line.
+    const writes = new Set<string>();
+    await waitUntil(
+      () => {
+        try {
+          writes.add((JSON.parse(readFileSync(stateFile, 'utf8')) as { writtenAt: string }).writtenAt);
+        } catch {
+          // being replaced
+        }
+        return writes.size;
+      },
+      (n) => n >= 4,
+    );
+    expect((JSON.parse(readFileSync(stateFile, 'utf8')) as { backends: { state: string }[] }).backends[0]!.state).toBe(
+      'up',
+    );
+    expect(daemon.lines.filter((l) => l.event === 'conntrack_missing')).toHaveLength(1);
+    expect(daemon.lines.filter((l) => l.event === 'conntrack_failed')).toHaveLength(0);
+    expect(connectionsOf(stateFile)).toBeUndefined();
+  });
+
+  it('failing: one error line per episode with its stderr; recovered when it works again, counts shown', async () => {
+    const tmp = tempDir('nfh-conntrack-fail-');
+    cleanups.push(tmp.cleanup);
+    const tool = path.join(tmp.dir, 'conntrack');
+    const install = (body: string) => {
+      // Replaced whole (rename), so the daemon never runs a half-written script.
+      const next = `${tool}.next`;
+      writeFileSync(next, `#!/bin/sh\n${body}\n`);
+      chmodSync(next, 0o755);
+      renameSync(next, tool);
+    };
+    install('echo "conntrack v1.4.7 (conntrack-tools): Operation failed: Operation not permitted" >&2; exit 1');
+    const { daemon, stateFile } = await farm(tool);
+    const failed = await daemon.waitForLine((l) => l.event === 'conntrack_failed');
+    expect(failed.level).toBe('error');
+    expect(failed.msg).toContain('Operation not permitted');
+    expect(failed.msg).toContain('CAP_NET_ADMIN');
+    // The tool keeps failing the same way for several intervals: still one line.
+    const calls = path.join(tmp.dir, 'calls');
+    install(
+      `echo x >> ${calls}; echo "conntrack v1.4.7 (conntrack-tools): Operation failed: Operation not permitted" >&2; exit 1`,
+    );
+    await waitUntil(
+      () => {
+        try {
+          return readFileSync(calls, 'utf8').split('\n').length - 1;
+        } catch {
+          return 0;
+        }
+      },
+      (n) => n >= 3,
+    );
+    expect(daemon.lines.filter((l) => l.event === 'conntrack_failed')).toHaveLength(1);
+    expect(connectionsOf(stateFile)).toBeUndefined();
+
+    install(`echo '${FLOW_LINE}'; echo "conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown." >&2`);
+    await daemon.waitForLine((l) => l.event === 'conntrack_recovered');
+    expect(
+      await waitUntil(
+        () => connectionsOf(stateFile),
+        (n) => n === 1,
+      ),
+    ).toBe(1);
+    expect(daemon.lines.filter((l) => l.event === 'conntrack_failed')).toHaveLength(1);
+  });
+});
