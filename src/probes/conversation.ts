@@ -1,6 +1,8 @@
+import type { z } from 'zod';
 import { connect, DEFAULT_BOUNDS, type LineConnection, lineConnection, type ReadBounds } from './connection.js';
+import { oncePer } from './memo.js';
 import { startTls, type TlsOptions } from './tls-options.js';
-import { CheckFailed, type ProbeTarget, type ProbeVerdict } from './types.js';
+import { CheckFailed, type ProbeDefinition, type ProbeTarget, type ProbeVerdict } from './types.js';
 
 /**
  * The one connect/send/expect engine behind every line-based check (HAProxy's
@@ -42,12 +44,12 @@ export function shorten(text: string): string {
   return printable.length > MAX_DETAIL ? `${printable.slice(0, MAX_DETAIL)}...` : printable;
 }
 
-interface Reply {
+export interface Reply {
   code: string;
   lines: string[];
 }
 
-const REPLY_LINE = /^(\d{3})(?:([ -])(.*))?$/s;
+export const REPLY_LINE = /^(\d{3})(?:([ -])(.*))?$/s;
 
 /** Reads one multi-line reply, bounded in bytes as a whole. */
 export async function readReply(
@@ -81,7 +83,7 @@ export async function readReply(
  * A reply as one line for a detail, the code once and the text of every line:
  * `220-mx.example ESMTP` + `220 ready` gives `220 mx.example ESMTP | ready`.
  */
-function replyText(reply: Reply): string {
+export function replyText(reply: Reply): string {
   const texts = reply.lines
     .map((line) =>
       line.startsWith(reply.code) && (line.length === 3 || line[3] === ' ' || line[3] === '-') ? line.slice(4) : line,
@@ -89,6 +91,15 @@ function replyText(reply: Reply): string {
     .map((text) => text.trim())
     .filter((text) => text !== '');
   return texts.length > 0 ? `${reply.code} ${texts.join(' | ')}` : reply.code;
+}
+
+/** Why a whole reply fails its step (a wrong code, a required line missing), or undefined. */
+export function checkReply(step: Extract<Step, { kind: 'reply' }>, reply: Reply): string | undefined {
+  if (!reply.code.startsWith(step.code))
+    return `${step.phase}: expected ${step.code.padEnd(3, 'x')}, got "${shorten(reply.lines.join(' | '))}"`;
+  if (step.require && !reply.lines.some((line) => step.require!.pattern.test(line)))
+    return `${step.phase}: ${step.require.missing} (reply "${shorten(reply.lines.join(' | '))}")`;
+  return undefined;
 }
 
 /** Runs the steps; up when every step passed, with the first thing the backend said as detail. */
@@ -111,14 +122,8 @@ export async function converse(
       } else if (step.kind === 'reply') {
         const reply = await readReply(conn, maxReplyBytes, step.style);
         if (said === 'connected') said = replyText(reply);
-        if (!reply.code.startsWith(step.code)) {
-          throw new CheckFailed(
-            `${step.phase}: expected ${step.code.padEnd(3, 'x')}, got "${shorten(reply.lines.join(' | '))}"`,
-          );
-        }
-        if (step.require && !reply.lines.some((line) => step.require!.pattern.test(line))) {
-          throw new CheckFailed(`${step.phase}: ${step.require.missing} (reply "${shorten(reply.lines.join(' | '))}")`);
-        }
+        const wrong = checkReply(step, reply);
+        if (wrong !== undefined) throw new CheckFailed(wrong);
       } else if (step.kind === 'line') {
         const line = await conn.readLine();
         if (said === 'connected') said = line;
@@ -146,16 +151,18 @@ export async function converse(
   return { up: true, detail: tlsNote ? `${detail}; ${tlsNote}` : detail };
 }
 
+/**
+ * exec on a /g or /y pattern would carry lastIndex between checks: a non-global copy of
+ * those (made once); any other pattern is stateless and used as it is.
+ */
+export const statelessPattern = oncePer(
+  (match: RegExp): RegExp =>
+    match.global || match.sticky ? new RegExp(match.source, match.flags.replace(/[gy]/g, '')) : match,
+);
+
 /** Reads until the received text holds `match`; returns the matched text. */
 async function searchFor(conn: LineConnection, match: string | RegExp): Promise<string> {
-  // exec on a /g or /y pattern would carry lastIndex between checks: use a non-global copy of
-  // those; any other pattern is stateless and used as it is (no compilation per check).
-  const pattern =
-    typeof match === 'string'
-      ? undefined
-      : match.global || match.sticky
-        ? new RegExp(match.source, match.flags.replace(/[gy]/g, ''))
-        : match;
+  const pattern = typeof match === 'string' ? undefined : statelessPattern(match);
   let found = '';
   await conn.readUntil((buffered) => {
     if (pattern === undefined) {
@@ -173,7 +180,7 @@ async function searchFor(conn: LineConnection, match: string | RegExp): Promise<
 }
 
 /** How long a backend may take to close after QUIT before we reset. */
-const FAREWELL_GRACE_MS = 2000;
+export const FAREWELL_GRACE_MS = 2000;
 
 /**
  * The verdict is known: QUIT and half-close in the background, so the backend logs
@@ -192,4 +199,23 @@ function sayFarewell(conn: LineConnection, farewell: string): void {
       clearTimeout(grace);
       conn.reset();
     });
+}
+
+/**
+ * A check that is a conversation: its steps built once per check config (its patterns
+ * compiled once), run by converse() here or, without TLS, by the lean engine (engine.ts)
+ * that runCheck picks through `script`.
+ */
+export function scriptedProbe<S extends z.ZodObject>(def: {
+  type: string;
+  schema: S;
+  script: (options: z.infer<S>) => Conversation;
+}): ProbeDefinition<S> & { script: (options: z.infer<S>) => Conversation } {
+  const script = oncePer(def.script);
+  return {
+    type: def.type,
+    schema: def.schema,
+    script,
+    run: (target, options, signal) => converse(target, script(options), signal),
+  };
 }
