@@ -1,5 +1,6 @@
 import type { z } from 'zod';
 import { connect, DEFAULT_BOUNDS, type LineConnection, lineConnection, type ReadBounds } from './connection.js';
+import { type ResponseHead, readHead, statusMatches } from './http-head.js';
 import { oncePer } from './memo.js';
 import { startTls, type TlsOptions } from './tls-options.js';
 import { CheckFailed, type ProbeDefinition, type ProbeTarget, type ProbeVerdict } from './types.js';
@@ -28,11 +29,24 @@ export type Step =
   /** Read on (within the byte bound) until what was received contains the string or matches the pattern. */
   | { kind: 'search'; match: string | RegExp; phase: string }
   /** TLS handshake on the connection as it is: at the start for implicit TLS, after STARTTLS otherwise. */
-  | { kind: 'tls'; options: TlsOptions; phase: string };
+  | { kind: 'tls'; options: TlsOptions; phase: string }
+  /**
+   * Send an HTTP/1.1 request (built for the target) and read the response head; its status
+   * must be one of `expectStatus` (the `http` check when the status alone is the verdict).
+   */
+  | {
+      kind: 'http';
+      request: (target: ProbeTarget) => string;
+      expectStatus: readonly (number | string)[];
+      phase: string;
+    };
 
 export interface Conversation {
   steps: Step[];
-  /** Sent after the verdict is known (QUIT): failures past this point do not change it. */
+  /**
+   * Sent after the verdict is known (QUIT): failures past this point do not change it.
+   * Either way (`''`: nothing to say) the backend is then left to close first.
+   */
   farewell?: string;
   bounds?: Partial<ReadBounds> & { maxReplyBytes?: number };
 }
@@ -102,6 +116,16 @@ export function checkReply(step: Extract<Step, { kind: 'reply' }>, reply: Reply)
   return undefined;
 }
 
+/** An HTTP response head against the statuses that mean up, in the words of the http check. */
+export function headVerdict(head: ResponseHead | string, expectStatus: readonly (number | string)[]): ProbeVerdict {
+  if (typeof head === 'string') return { up: false, detail: head };
+  const where =
+    head.status >= 300 && head.status < 400 && head.location ? ` (Location: ${shorten(head.location)})` : '';
+  if (!statusMatches(head.status, expectStatus))
+    return { up: false, detail: `status ${head.statusText}${where}, expected ${expectStatus.join(', ')}` };
+  return { up: true, detail: `${head.statusText}${where}` };
+}
+
 /** Runs the steps; up when every step passed, with the first thing the backend said as detail. */
 export async function converse(
   target: ProbeTarget,
@@ -129,6 +153,16 @@ export async function converse(
         if (said === 'connected') said = line;
         const ok = typeof step.match === 'string' ? line.startsWith(step.match) : step.match.test(line);
         if (!ok) throw new CheckFailed(`${step.phase}: expected ${String(step.match)}, got "${shorten(line)}"`);
+      } else if (step.kind === 'http') {
+        await conn.write(step.request(target));
+        let head: ResponseHead | string | undefined;
+        await conn.readUntil((buffered) => {
+          head = readHead(buffered);
+          return head === undefined ? -1 : typeof head === 'string' ? 0 : head.end;
+        });
+        const verdict = headVerdict(head!, step.expectStatus);
+        if (!verdict.up) throw new CheckFailed(verdict.detail);
+        said = verdict.detail;
       } else if (step.kind === 'search') {
         const found = await searchFor(conn, step.match);
         if (said === 'connected') said = found.trim();
@@ -191,8 +225,7 @@ function sayFarewell(conn: LineConnection, farewell: string): void {
   conn.phase = 'closing';
   const grace = setTimeout(() => conn.reset(), FAREWELL_GRACE_MS);
   grace.unref();
-  conn
-    .write(farewell)
+  (farewell === '' ? Promise.resolve() : conn.write(farewell))
     .then(() => conn.closeGracefully())
     .catch(() => undefined)
     .finally(() => {

@@ -5,6 +5,7 @@ import {
   type Conversation,
   checkReply,
   FAREWELL_GRACE_MS,
+  headVerdict,
   REPLY_LINE,
   type Reply,
   replyText,
@@ -12,6 +13,7 @@ import {
   shorten,
   statelessPattern,
 } from './conversation.js';
+import { type ResponseHead, readHead } from './http-head.js';
 import { createTimerHeap, type TimerEntry } from './timer-heap.js';
 import type { ProbeResult, ProbeTarget } from './types.js';
 
@@ -86,6 +88,8 @@ class Exchange implements TimerEntry {
   private settled = false;
   private ended = false;
   private closing = false;
+  /** The http step's request is out. */
+  private requested = false;
   /** The reply being read (multi-line) and its size so far. */
   private reply: Reply | undefined;
   private replySize = 0;
@@ -220,6 +224,7 @@ class Exchange implements TimerEntry {
   /** true: the step passed; a string: why it failed; undefined: it needs more bytes. */
   private expect(step: Exclude<Step, { kind: 'send' | 'tls' }>): true | string | undefined {
     if (step.kind === 'search') return this.search(step.match);
+    if (step.kind === 'http') return this.http(step);
     for (;;) {
       const line = this.nextLine();
       if (typeof line !== 'object') return line;
@@ -273,6 +278,20 @@ class Exchange implements TimerEntry {
       : `${this.phase}: connection closed by backend`;
   }
 
+  private http(step: Extract<Step, { kind: 'http' }>): true | string | undefined {
+    if (!this.requested) {
+      this.requested = true;
+      this.socket!.write(step.request(this.target), 'latin1');
+    }
+    const head = readHead(this.buffer);
+    if (head === undefined) return this.ended ? `${this.phase}: connection closed by backend` : undefined;
+    const verdict = headVerdict(head, step.expectStatus);
+    if (!verdict.up) return verdict.detail;
+    this.buffer = this.buffer.slice((head as ResponseHead).end);
+    this.said = verdict.detail;
+    return true;
+  }
+
   private search(match: string | RegExp): true | string | undefined {
     const buffer = this.buffer;
     let end = -1;
@@ -308,7 +327,7 @@ class Exchange implements TimerEntry {
     this.phase = 'closing';
     this.due = performance.now() + FAREWELL_GRACE_MS;
     deadlines.add(this);
-    this.socket!.write(farewell, 'latin1');
+    if (farewell !== '') this.socket!.write(farewell, 'latin1');
     if (this.ended) this.farewellDone();
   }
 

@@ -85,8 +85,11 @@ const runners: Runners = {
 export const checkTypes = Object.keys(runners) as CheckType[];
 
 /** The checks that are conversations (scriptedProbe), by type. */
-const scripts: { [K in CheckType]?: (options: Extract<CheckConfig, { type: K }>) => Conversation } = {
+const scripts: {
+  [K in CheckType]?: (options: Extract<CheckConfig, { type: K }>) => Conversation | undefined;
+} = {
   tcp: tcpProbe.script,
+  http: httpProbe.script,
   smtp: smtpProbe.script,
   expect: expectProbe.script,
   pop3: pop3Probe.script,
@@ -99,7 +102,7 @@ const scripts: { [K in CheckType]?: (options: Extract<CheckConfig, { type: K }>)
 
 /** The check's conversation when the lean engine can run it (no TLS step), else undefined. */
 export const leanConversation = oncePer((check: CheckConfig): Conversation | undefined => {
-  const script = scripts[check.type] as ((o: CheckConfig) => Conversation) | undefined;
+  const script = scripts[check.type] as ((o: CheckConfig) => Conversation | undefined) | undefined;
   const conversation = script?.(check);
   return conversation !== undefined && isLean(conversation) ? conversation : undefined;
 });
