@@ -1,9 +1,9 @@
-import pLimit, { type LimitFunction } from 'p-limit';
 import { ConfigError, formatProblem } from './config/load.js';
 import type { WriterConfig } from './config/writers.js';
 import { type AdminStatus, closestName, eligible } from './health/admin.js';
 import { damp } from './health/damping.js';
 import { type BackendState, initialHealth, isSettling, observe } from './health/hysteresis.js';
+import { createLimiter, type Limiter } from './health/limit.js';
 import { WRITER_SLACK_MS, writerTimeout } from './health/liveness.js';
 import { nextCheckDelay } from './health/pace.js';
 import { createScheduler } from './health/scheduler.js';
@@ -98,7 +98,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     },
   });
   const shutdown = new AbortController();
-  const limit: LimitFunction = pLimit(plan.config.concurrency);
+  const limit: Limiter = createLimiter(plan.config.concurrency);
   const random = options.random ?? Math.random;
   const checkOnce = options.runCheck ?? runCheck;
   const scheduler = createScheduler({
@@ -124,7 +124,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
   const check = async (b: BackendStatus) => {
     if (inMaintenance(b)) return; // maintenance: no connection attempts at all
     const spec = b.spec;
-    const result = await limit(() => checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal));
+    const result = await limit.run(() => checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal));
     // Aborted checks are no verdict; nor is one that ran while an operator set maintenance.
     if (shutdown.signal.aborted || runtimes.get(spec.id) !== b || inMaintenance(b)) return;
     progressAt = performance.now();

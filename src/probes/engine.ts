@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { formatDuration } from '../config/duration.js';
+import { createTimerHeap, type TimerEntry } from '../timer-heap.js';
 import { DEFAULT_BOUNDS, describeSocketError, type ReadBounds } from './connection.js';
 import {
   type Conversation,
@@ -14,7 +15,6 @@ import {
   statelessPattern,
 } from './conversation.js';
 import { type ResponseHead, readHead } from './http-head.js';
-import { createTimerHeap, type TimerEntry } from './timer-heap.js';
 import type { ProbeResult, ProbeTarget } from './types.js';
 
 /**

@@ -24,7 +24,7 @@ export interface TimerHeapOptions {
   batchMs?: number;
   /** The clock (default performance.now). */
   now?: () => number;
-  /** Called when an entry's fire() throws: the other entries still run. */
+  /** Called when an entry's fire() throws: the other entries still run (default: rethrown, as from a timer). */
   onError?: (err: unknown) => void;
 }
 
@@ -100,7 +100,11 @@ export function createTimerHeap(options: TimerHeapOptions = {}): TimerHeap {
       try {
         entry.fire();
       } catch (err) {
-        options.onError?.(err);
+        if (options.onError) options.onError(err);
+        else
+          queueMicrotask(() => {
+            throw err;
+          });
       }
     }
     arm();
