@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLimiter } from '../src/health/limit.js';
 import type { BackendStatus } from '../src/observer.js';
+import { createMetrics } from '../src/ops/metrics.js';
 import { shortestInterval, writePeriod } from '../src/ops/state-plugin.js';
 import { MAX_HEAD_BYTES, readHead } from '../src/probes/http-head.js';
 import { checkSchema, leanConversation } from '../src/probes/registry.js';
@@ -220,5 +221,45 @@ describe('state file heartbeat', () => {
     expect(writePeriod(daemonOf(50_000, 30_000))).toBe(30_000);
     // Per-interval work (connection counts) keeps the interval.
     expect(shortestInterval(daemonOf(50_000))).toBe(1000);
+  });
+});
+
+describe('check metrics as plain counters', () => {
+  it('are series in prom-client form at scrape time, and a reload drops a removed backend', async () => {
+    const backend = (name: string) =>
+      ({
+        spec: { id: `svc/${name}`, service: 'svc', name, checks: [{ type: 'smtp' }] },
+        health: { state: 'up' },
+      }) as unknown as BackendStatus;
+    let backends = [backend('a'), backend('b')];
+    const daemon = {
+      backends: () => backends,
+      checksInFlight: () => ({ active: 0, pending: 0 }),
+      scheduler: () => ({ lastLagMs: () => 0 }),
+      lastProgressAt: () => 0,
+    } as unknown as Parameters<typeof createMetrics>[0];
+    const { registry, observer } = createMetrics(daemon, { processMetrics: false });
+    observer.onCheck!(backends[0]!, { up: true, detail: '', latencyMs: 3 });
+    observer.onCheck!(backends[0]!, { up: true, detail: '', latencyMs: 30 });
+    observer.onCheck!(backends[1]!, { up: false, detail: '', latencyMs: 700 });
+    const text = await registry.metrics();
+    expect(text).toContain('nfh_checks_total{service="svc",backend="a",type="smtp",outcome="up"} 2');
+    expect(text).toContain('nfh_checks_total{service="svc",backend="b",type="smtp",outcome="down"} 1');
+    expect(text).toContain(
+      'nfh_check_duration_seconds_bucket{le="0.005",service="svc",backend="a",type="smtp",outcome="up"} 1',
+    );
+    expect(text).toContain(
+      'nfh_check_duration_seconds_bucket{le="0.05",service="svc",backend="a",type="smtp",outcome="up"} 2',
+    );
+    expect(text).toContain('nfh_check_duration_seconds_sum{service="svc",backend="a",type="smtp",outcome="up"} 0.033');
+    expect(text).toContain(
+      'nfh_check_duration_seconds_bucket{le="+Inf",service="svc",backend="b",type="smtp",outcome="down"} 1',
+    );
+    expect(text).not.toContain('backend="a",type="smtp",outcome="down"');
+    backends = [backends[0]!];
+    observer.onReloaded!(true, []);
+    const after = await registry.metrics();
+    expect(after).toContain('backend="a"');
+    expect(after).not.toContain('backend="b"');
   });
 });
