@@ -73,17 +73,22 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
         options.onError?.(entry.job, err);
       }
     }
-    entry.running = entry.job
-      .run()
-      .catch((err: unknown) => options.onError?.(entry.job, err))
-      .finally(() => {
-        entry.running = undefined;
-        // The period runs from start to start (HAProxy's inter): a check that took its
-        // whole timeout does not push the next one back by that much. One that overran
-        // the period is followed at once, never overlapped.
-        const took = performance.now() - now;
-        if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()) - took);
-      });
+    const ran = () => {
+      entry.running = undefined;
+      // The period runs from start to start (HAProxy's inter): a check that took its
+      // whole timeout does not push the next one back by that much. One that overran
+      // the period is followed at once, never overlapped.
+      const took = performance.now() - now;
+      if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()) - took);
+    };
+    // One then() for both outcomes: one promise per run, not a catch() and a finally() too.
+    entry.running = entry.job.run().then(ran, (err: unknown) => {
+      try {
+        options.onError?.(entry.job, err);
+      } finally {
+        ran();
+      }
+    });
   };
 
   const removeEntry = async (entry: Entry) => {
