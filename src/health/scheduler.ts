@@ -1,7 +1,11 @@
+import { createTimerHeap, type TimerEntry } from '../timer-heap.js';
+
 /**
  * Runs each job once per period, start to start, never two runs of one job at once, with
- * jitter so that a thousand backends do not fire in one burst. Plain timers, so
- * vitest's fake timers drive it in tests.
+ * jitter so that a thousand backends do not fire in one burst. All jobs wait on one timer
+ * heap (one Node timer, every job due in the same millisecond started in one wake-up),
+ * not a timer each; it is driven by setTimeout and performance.now(), so vitest's fake
+ * timers drive it in tests.
  */
 export interface Job {
   readonly id: string;
@@ -19,13 +23,10 @@ export interface SchedulerOptions {
   onError?: (job: Job, err: unknown) => void;
 }
 
-interface Entry {
+interface Entry extends TimerEntry {
   job: Job;
-  timer?: NodeJS.Timeout;
   running?: Promise<void>;
   removed: boolean;
-  /** When the current wait was planned to end (performance.now()), for lag metrics. */
-  due?: number;
 }
 
 export interface Scheduler {
@@ -52,37 +53,47 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
   let lag = 0;
   let lastRun = performance.now();
   const startListeners: ((id: string, lagMs: number) => void)[] = [];
+  const heap = createTimerHeap({ batchMs: 1 });
 
   const plan = (entry: Entry, delay: number) => {
     if (entry.removed) return;
-    const ms = Math.max(0, delay);
-    entry.due = performance.now() + ms;
-    entry.timer = setTimeout(() => fire(entry), ms);
+    entry.due = performance.now() + Math.max(0, delay);
+    heap.add(entry);
   };
 
   const fire = (entry: Entry) => {
-    entry.timer = undefined;
     if (entry.removed) return;
     const now = performance.now();
-    lag = entry.due === undefined ? 0 : Math.max(0, now - entry.due);
+    lag = Math.max(0, now - entry.due);
     lastRun = now;
-    for (const listener of startListeners) listener(entry.job.id, lag);
-    entry.running = entry.job
-      .run()
-      .catch((err: unknown) => options.onError?.(entry.job, err))
-      .finally(() => {
-        entry.running = undefined;
-        // The period runs from start to start (HAProxy's inter): a check that took its
-        // whole timeout does not push the next one back by that much. One that overran
-        // the period is followed at once, never overlapped.
-        const took = performance.now() - now;
-        if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()) - took);
-      });
+    for (const listener of startListeners) {
+      try {
+        listener(entry.job.id, lag);
+      } catch (err) {
+        options.onError?.(entry.job, err);
+      }
+    }
+    const ran = () => {
+      entry.running = undefined;
+      // The period runs from start to start (HAProxy's inter): a check that took its
+      // whole timeout does not push the next one back by that much. One that overran
+      // the period is followed at once, never overlapped.
+      const took = performance.now() - now;
+      if (!entry.removed) plan(entry, entry.job.nextDelay() * (1 - jitter * random()) - took);
+    };
+    // One then() for both outcomes: one promise per run, not a catch() and a finally() too.
+    entry.running = entry.job.run().then(ran, (err: unknown) => {
+      try {
+        options.onError?.(entry.job, err);
+      } finally {
+        ran();
+      }
+    });
   };
 
   const removeEntry = async (entry: Entry) => {
     entry.removed = true;
-    if (entry.timer) clearTimeout(entry.timer);
+    heap.remove(entry);
     entries.delete(entry.job.id);
     await entry.running;
   };
@@ -90,7 +101,7 @@ export function createScheduler(options: SchedulerOptions = {}): Scheduler {
   return {
     add(job, firstDelay) {
       if (entries.has(job.id)) throw new Error(`job ${job.id} is scheduled already`);
-      const entry: Entry = { job, removed: false };
+      const entry: Entry = { job, removed: false, due: 0, slot: -1, fire: () => fire(entry) };
       entries.set(job.id, entry);
       plan(entry, firstDelay);
     },

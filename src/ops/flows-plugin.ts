@@ -19,7 +19,7 @@ import { countFlows, deleteFlows, type FlowSelection } from '../kernel/conntrack
 import type { BackendStatus, DaemonPlugin } from '../observer.js';
 import { runHook } from './hooks-plugin.js';
 import { metricsFor } from './metrics.js';
-import { writePeriod } from './state-plugin.js';
+import { shortestInterval } from './state-plugin.js';
 
 export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   let stopped = false;
@@ -112,7 +112,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     if (stopped) return;
     count().finally(() => {
       if (stopped) return;
-      timer = setTimeout(tick, writePeriod(daemon));
+      timer = setTimeout(tick, shortestInterval(daemon));
       timer.unref();
     });
   };

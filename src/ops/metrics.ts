@@ -4,11 +4,12 @@
  * backend, check type, outcome and state only: bounded by the config, never a detail
  * string. Series of backends removed by a reload are dropped.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, type Histogram, Registry } from 'prom-client';
 import { steadyNow } from '../health/clock.js';
 import { isHeld } from '../health/damping.js';
-import type { Daemon, DaemonObserver } from '../observer.js';
+import type { BackendStatus, Daemon, DaemonObserver } from '../observer.js';
 import { checkLabel } from '../probes/run.js';
+import { type CheckRecord, createCheckCounters } from './check-counters.js';
 import { registerPassiveMetrics } from './passive-metrics.js';
 
 export interface Metrics {
@@ -41,19 +42,9 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
   const registers = [registry];
   const backendLabels = ['service', 'backend'] as const;
 
-  const checkDuration = new Histogram({
-    name: 'nfh_check_duration_seconds',
-    help: 'Duration of one whole check (connect and exchange), by outcome',
-    labelNames: [...backendLabels, 'type', 'outcome'],
-    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-    registers,
-  });
-  const checks = new Counter({
-    name: 'nfh_checks_total',
-    help: 'Checks run, by outcome (up or down)',
-    labelNames: [...backendLabels, 'type', 'outcome'],
-    registers,
-  });
+  // Per check: plain numbers, made into series at scrape time (check-counters.ts).
+  const checkCounters = createCheckCounters();
+  for (const metric of checkCounters.metrics) registry.registerMetric(metric);
   const transitions = new Counter({
     name: 'nfh_transitions_total',
     help: 'Backend state changes, by the state entered',
@@ -228,18 +219,18 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
     if (!mine.has(key)) mine.set(key, { metric, labels });
   };
 
+  /** Each backend plan's check record: a reload gives kept backends new plans, looked up again by id. */
+  const recordOf = new WeakMap<BackendStatus['spec'], CheckRecord>();
+
   const observer: DaemonObserver = {
     onCheck(b, result) {
-      const labels = {
-        service: b.spec.service,
-        backend: b.spec.name,
-        type: checkLabel(b.spec.checks),
-        outcome: result.up ? 'up' : 'down',
-      };
-      checkDuration.observe(labels, result.latencyMs / 1000);
-      checks.inc(labels);
-      track({ name: 'checkDuration', metric: checkDuration }, b.spec.id, labels);
-      track({ name: 'checks', metric: checks }, b.spec.id, labels);
+      const spec = b.spec;
+      let record = recordOf.get(spec);
+      if (record === undefined) {
+        record = checkCounters.record(spec.id, spec.service, spec.name, checkLabel(spec.checks));
+        recordOf.set(spec, record);
+      }
+      checkCounters.observe(record, result.up, result.latencyMs / 1000);
     },
     onTransition(b, _from, to) {
       const labels = { service: b.spec.service, backend: b.spec.name, to };
@@ -261,6 +252,10 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
       reloads.inc({ outcome: ok ? 'applied' : 'rejected' });
       if (!ok) return;
       const current = new Map(daemon.backends().map((b) => [b.spec.id, b]));
+      checkCounters.retain((id, record) => {
+        const b = current.get(id);
+        return b !== undefined && record.type === checkLabel(b.spec.checks);
+      });
       for (const [id, mine] of series) {
         const b = current.get(id);
         for (const [key, s] of mine) {

@@ -1,16 +1,33 @@
 /**
  * Keeps the state file current: soon after every change (coalesced, so a burst of
- * transitions is one write) and at least once per interval; a final write marked
- * `stoppedAt` when the daemon stops. One write at a time, never blocking checks.
+ * transitions is one write) and otherwise once per heartbeat (writePeriod); a final
+ * write marked `stoppedAt` when the daemon stops. One write at a time, never blocking
+ * checks.
  */
 import type { Daemon, DaemonPlugin } from '../observer.js';
 import { snapshot } from './snapshot.js';
 import { writeStateFile } from './state-file.js';
 
-/** Shortest interval of any backend: the state file is refreshed at least that often. */
+/** Shortest interval of any backend (at least 100 ms): how often per-interval work runs. */
+export function shortestInterval(daemon: Pick<Daemon, 'backends' | 'config'>): number {
+  let shortest = daemon.config().defaults.interval ?? 2000;
+  for (const b of daemon.backends()) if (b.spec.interval < shortest) shortest = b.spec.interval;
+  return Math.max(100, shortest);
+}
+
+/** Heartbeat of the state file per backend in it, and the longest heartbeat. */
+export const HEARTBEAT_MS_PER_BACKEND = 1;
+export const MAX_HEARTBEAT_MS = 10_000;
+
+/**
+ * The state file's heartbeat: the shortest interval, or 1 ms per backend up to 10 s when
+ * that is longer. Changes are written when they happen; the heartbeat only tells readers
+ * the daemon is alive (their staleness bound is made from it, see staleAfter), so a big
+ * farm does not rewrite its whole snapshot (about 650 bytes a backend) every second.
+ */
 export function writePeriod(daemon: Pick<Daemon, 'backends' | 'config'>): number {
-  const intervals = daemon.backends().map((b) => b.spec.interval);
-  return Math.max(100, Math.min(...intervals, daemon.config().defaults.interval ?? 2000));
+  const bySize = Math.min(MAX_HEARTBEAT_MS, daemon.backends().length * HEARTBEAT_MS_PER_BACKEND);
+  return Math.max(shortestInterval(daemon), bySize);
 }
 
 export const stateFilePlugin: DaemonPlugin = ({ daemon, log, configPath }) => {

@@ -1,9 +1,7 @@
 import { z } from 'zod';
 import { DEFAULT_BOUNDS } from './connection.js';
-import { type Conversation, converse, type Step } from './conversation.js';
-import { oncePer } from './memo.js';
+import { type Conversation, type Step, scriptedProbe } from './conversation.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
-import { defineProbe } from './types.js';
 
 export const regex = z
   .string()
@@ -110,23 +108,16 @@ export function expectSteps(options: ExpectOptions): Step[] {
   });
 }
 
-/** The conversation of each check config, built (and its patterns compiled) once, not on every check. */
-const conversationOf = oncePer(
-  (options: ExpectOptions): Conversation => ({
-    steps: expectSteps(options),
-    bounds: { maxTotalBytes: options.maxBytes },
-    ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
-  }),
-);
-
 /**
  * The generic send/expect check (HAProxy's tcp-check): its steps run on the same
  * engine as the smtp check and the presets.
  */
-export const expectProbe = defineProbe({
+export const expectProbe = scriptedProbe({
   type: 'expect',
   schema: expectSchema,
-  run(target, options, signal) {
-    return converse(target, conversationOf(options), signal);
-  },
+  script: (options): Conversation => ({
+    steps: expectSteps(options),
+    bounds: { maxTotalBytes: options.maxBytes },
+    ...(options.farewell !== undefined ? { farewell: options.farewell } : {}),
+  }),
 });

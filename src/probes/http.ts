@@ -1,7 +1,9 @@
 import http from 'node:http';
 import { z } from 'zod';
 import { abortedDuring, countRead, describeSocketError } from './connection.js';
-import { shorten } from './conversation.js';
+import { type Conversation, shorten } from './conversation.js';
+import { requestText, statusMatches } from './http-head.js';
+import { oncePer } from './memo.js';
 import { describeTlsFailure } from './tls-options.js';
 import { CheckFailed, defineProbe, type ProbeTarget, type ProbeVerdict } from './types.js';
 
@@ -46,14 +48,6 @@ export const httpSchema = z
     'Up when the HTTP status matches `expectStatus`, and the body holds `expectBody`. A fresh connection per check.',
   );
 export type HttpOptions = z.infer<typeof httpSchema>;
-
-export function statusMatches(status: number, expect: readonly (number | string)[]): boolean {
-  return expect.some((e) => {
-    if (typeof e === 'number') return status === e;
-    const [lo, hi = lo] = e.split('-').map(Number);
-    return status >= lo! && status <= hi!;
-  });
-}
 
 /** Formats an IPv6 literal for a Host header. */
 function hostHeader(target: ProbeTarget, host: string | undefined): string {
@@ -150,8 +144,33 @@ export function httpExchange(
   });
 }
 
-export const httpProbe = defineProbe({
-  type: 'http',
-  schema: httpSchema,
-  run: (target, options, signal) => httpExchange(http.request, target, options, {}, signal),
+/**
+ * The check as a conversation for the lean engine when the status alone is the verdict
+ * (no `expectBody`, or HEAD) and the path and Host need no escaping; undefined otherwise
+ * (Node's http client then runs it, body search and all).
+ */
+const statusOnly = oncePer((options: HttpOptions): Conversation | undefined => {
+  if (options.expectBody !== undefined && options.method !== 'HEAD') return undefined;
+  if (requestText(options.method, options.path, options.host ?? '') === undefined) return undefined;
+  const requests = new WeakMap<ProbeTarget, string>();
+  const request = (target: ProbeTarget): string => {
+    let text = requests.get(target);
+    if (text === undefined) {
+      // The Host from an address and a port needs no escaping; only options.host could.
+      text = requestText(options.method, options.path, hostHeader(target, options.host))!;
+      requests.set(target, text);
+    }
+    return text;
+  };
+  // farewell '': nothing more to say, but the backend closes first (Connection: close).
+  return { steps: [{ kind: 'http', request, expectStatus: options.expectStatus, phase: 'response' }], farewell: '' };
 });
+
+export const httpProbe = {
+  ...defineProbe({
+    type: 'http',
+    schema: httpSchema,
+    run: (target, options, signal) => httpExchange(http.request, target, options, {}, signal),
+  }),
+  script: statusOnly,
+};

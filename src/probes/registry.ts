@@ -1,10 +1,13 @@
 import { z } from 'zod';
 import { port } from '../config/names.js';
+import type { Conversation } from './conversation.js';
 import { dnsProbe } from './dns.js';
+import { isLean } from './engine.js';
 import { execProbe } from './exec.js';
 import { expectProbe } from './expect.js';
 import { httpProbe } from './http.js';
 import { httpsProbe } from './https.js';
+import { oncePer } from './memo.js';
 import { ftpProbe, imapProbe, lmtpProbe, pop3Probe, redisProbe, sshProbe } from './presets.js';
 import { smtpProbe } from './smtp.js';
 import { checkTarget } from './target.js';
@@ -80,6 +83,29 @@ const runners: Runners = {
 };
 
 export const checkTypes = Object.keys(runners) as CheckType[];
+
+/** The checks that are conversations (scriptedProbe), by type. */
+const scripts: {
+  [K in CheckType]?: (options: Extract<CheckConfig, { type: K }>) => Conversation | undefined;
+} = {
+  tcp: tcpProbe.script,
+  http: httpProbe.script,
+  smtp: smtpProbe.script,
+  expect: expectProbe.script,
+  pop3: pop3Probe.script,
+  imap: imapProbe.script,
+  ftp: ftpProbe.script,
+  ssh: sshProbe.script,
+  redis: redisProbe.script,
+  lmtp: lmtpProbe.script,
+};
+
+/** The check's conversation when the lean engine can run it (no TLS step), else undefined. */
+export const leanConversation = oncePer((check: CheckConfig): Conversation | undefined => {
+  const script = scripts[check.type] as ((o: CheckConfig) => Conversation | undefined) | undefined;
+  const conversation = script?.(check);
+  return conversation !== undefined && isLean(conversation) ? conversation : undefined;
+});
 
 export function runCheckType(check: CheckConfig, target: ProbeTarget, signal: AbortSignal): Promise<ProbeVerdict> {
   const run = runners[check.type] as (t: ProbeTarget, o: CheckConfig, s: AbortSignal) => Promise<ProbeVerdict>;

@@ -1,7 +1,9 @@
 import { setMaxListeners } from 'node:events';
 import { formatDuration } from '../config/duration.js';
 import { describeSocketError, openMeter } from './connection.js';
-import { type CheckConfig, runCheckType } from './registry.js';
+import { runLean } from './engine.js';
+import { type CheckConfig, leanConversation, runCheckType } from './registry.js';
+import { checkTarget } from './target.js';
 import { CheckFailed, type ProbeResult, type ProbeTarget, type ProbeVerdict } from './types.js';
 
 export class CheckTimedOut extends Error {
@@ -18,6 +20,16 @@ export async function runCheck(
   timeoutMs: number,
   parent?: AbortSignal,
 ): Promise<ProbeResult> {
+  const single: CheckConfig | undefined = Array.isArray(checks)
+    ? checks.length === 1
+      ? checks[0]
+      : undefined
+    : (checks as CheckConfig);
+  if (single !== undefined) {
+    const check = single;
+    const conversation = leanConversation(check);
+    if (conversation !== undefined) return runLean(checkTarget(target, check), conversation, timeoutMs, parent);
+  }
   const started = performance.now();
   const controller = new AbortController();
   const meter = openMeter(controller.signal);

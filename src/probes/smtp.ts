@@ -1,7 +1,6 @@
 import { z } from 'zod';
-import { converse, type Step } from './conversation.js';
+import { type Step, scriptedProbe } from './conversation.js';
 import { pickTlsOptions, tlsOptions } from './tls-options.js';
-import { defineProbe } from './types.js';
 
 const hostname = z
   .string()
@@ -15,7 +14,7 @@ const hostname = z
  * the EHLO reply must be 250 as well. QUIT afterwards so the server logs a clean
  * session instead of a lost connection.
  */
-export const smtpProbe = defineProbe({
+export const smtpProbe = scriptedProbe({
   type: 'smtp',
   schema: z
     .strictObject({
@@ -35,7 +34,7 @@ export const smtpProbe = defineProbe({
       ...tlsOptions,
     })
     .describe('Up when the greeting is 220 (RFC 5321 multi-line replies), and with `ehlo` the EHLO reply 250.'),
-  run(target, options, signal) {
+  script(options) {
     const steps: Step[] = [{ kind: 'reply', code: '220', phase: 'greeting' }];
     if (options.starttls) {
       const ehlo = `EHLO ${options.ehlo ?? 'localhost'}\r\n`;
@@ -59,6 +58,6 @@ export const smtpProbe = defineProbe({
         { kind: 'reply', code: '250', phase: 'EHLO' },
       );
     }
-    return converse(target, { steps, farewell: 'QUIT\r\n' }, signal);
+    return { steps, farewell: 'QUIT\r\n' };
   },
 });
