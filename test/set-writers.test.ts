@@ -228,7 +228,7 @@ describe('writer commands', () => {
     });
     // An argument with shell syntax is one argv entry, printed back as is.
     const echoed = await runCommand('printf', ['%s', '$(id); `id` | x'], { timeoutMs: 5000, maxOutput: 1000 });
-    expect(echoed).toEqual({ code: 0, stdout: '$(id); `id` | x', stderr: '' });
+    expect(echoed).toEqual({ code: 0, signal: null, stdout: '$(id); `id` | x', stderr: '' });
   });
 
   it('a hanging ipset is reported with its timeout, and the writer carries on', async () => {
