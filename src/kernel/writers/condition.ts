@@ -1,12 +1,8 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { ConditionWriterConfig } from '../../config/writers.js';
 import { conditionPath } from '../../plan/kernel-names.js';
 import { asErrno, type ReadOutcome, type Writer } from './types.js';
-
-/** Files read between two turns of the event loop (about a millisecond's work). */
-const READ_BATCH = 200;
 
 const who = () => `uid ${process.getuid?.()}, gid ${process.getgid?.()}`;
 
@@ -48,16 +44,11 @@ export function createConditionWriter(options: ConditionWriterConfig): Writer {
       // Synchronous on purpose: each file is a few bytes in kernel memory (/proc) or the
       // page cache; open+read+close here costs a few µs, while the async path (four
       // thread-pool round trips per file) was the daemon's largest cost at 5,000 checks a
-      // second (see BENCHMARKS.md). The read-back covers every target at once, so it
-      // yields to the event loop every READ_BATCH files: 5,000 files in one pass held
-      // every check's start back by tens of milliseconds.
+      // second (see BENCHMARKS.md). One pass without yielding: yielding every few hundred
+      // files made a 5,000-file read-back wait for as many turns of a saturated event
+      // loop (seconds, reported as a stalled writer) for no less work.
       const out = new Map<string, ReadOutcome>();
-      let inBatch = 0;
       for (const t of targets) {
-        if (++inBatch > READ_BATCH) {
-          inBatch = 1;
-          await nextTurn();
-        }
         let fd: number | undefined;
         try {
           fd = openSync(fileOf(t.key), 'r');
