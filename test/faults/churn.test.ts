@@ -8,7 +8,7 @@ import { eachLine } from '../support/lines.js';
 import { cleanupNetns, createNetns, tempFolder } from '../support/netns.js';
 
 /*
- * Many backends (2,000 by default, 10,000 with NFH_CHURN_BACKENDS), reloaded 50 times with
+ * 2,000 backends (NFH_CHURN_BACKENDS=10000 for the full size), reloaded 50 times with
  * half of them replaced each time: no leak (heap
  * after a full GC and the event loop's resources, first reload against last), and no
  * connection to a removed backend after the reload that removed it. Kept cheap: the
@@ -19,8 +19,9 @@ import { cleanupNetns, createNetns, tempFolder } from '../support/netns.js';
  */
 
 /**
- * The size `npm test` runs fits in about two minutes on a loaded machine; the full size
- * (NFH_CHURN_BACKENDS=10000) takes ~15 s a reload there (BENCHMARKS.md territory, not a test's).
+ * 2,000 keeps `npm test` short (about 0.5 s a reload); 10,000 takes about 2 s a reload on 2
+ * quiet cores. Measured at 10,000: heap after GC 49-53 MiB from reload 10 to 50, the writers'
+ * key caches (bounded, cleared when full) making most of the swing.
  */
 const BACKENDS = Number(process.env.NFH_CHURN_BACKENDS ?? 2000);
 const RELOADS = Number(process.env.NFH_CHURN_RELOADS ?? 50);
@@ -144,19 +145,28 @@ ${[...stable, ...generation(g)].join('\n')}
       const late = accepted.filter((a) => (removedAt.get(a.address) ?? Number.POSITIVE_INFINITY) + 1000 < a.at);
       expect(late).toEqual([]);
 
-      // No leak: after a full GC, the last reloads hold about what the first ones did.
-      const first = record.slice(1, 6);
+      // No leak: after a full GC, the last reloads hold about what the middle ones did. The
+      // first reloads are not the baseline: the writers' per-key caches fill up to their cap
+      // (twice the config's keys) over the first reloads, then stay there; a leak goes on.
+      const mid = Math.floor(RELOADS / 2);
+      const middle = record.slice(mid - 2, mid + 3);
       const lastFive = record.slice(-5);
       const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-      const heapFirst = mean(first.map((s) => s.heapUsed));
+      const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+      const heapMiddle = mean(middle.map((s) => s.heapUsed));
       const heapLast = mean(lastFive.map((s) => s.heapUsed));
-      const resourcesFirst = mean(first.map((s) => s.resources));
+      const resourcesFirst = mean(record.slice(1, 6).map((s) => s.resources));
       const resourcesLast = mean(lastFive.map((s) => s.resources));
       console.log(
-        `churn: heap after GC ${(heapFirst / 2 ** 20).toFixed(1)} MiB (reloads 1-5) -> ${(heapLast / 2 ** 20).toFixed(1)} MiB (reloads ${RELOADS - 4}-${RELOADS}); resources ${resourcesFirst.toFixed(0)} -> ${resourcesLast.toFixed(0)}; ${reloadMs.toFixed(0)} ms per reload`,
+        `churn: ${BACKENDS} backends; heap after GC per reload ${record
+          .map((s) => mib(s.heapUsed))
+          .join(
+            ', ',
+          )} MiB; reloads ${mid - 1}-${mid + 3}: ${mib(heapMiddle)} MiB, ${RELOADS - 4}-${RELOADS}: ${mib(heapLast)} MiB; resources ${resourcesFirst.toFixed(0)} -> ${resourcesLast.toFixed(0)}; ${reloadMs.toFixed(0)} ms per reload`,
       );
-      // A leak of 100 bytes per removed backend would add BACKENDS / 2 * RELOADS * 100 bytes (5 MB at 2,000 backends).
-      expect(heapLast).toBeLessThan(heapFirst * 1.05 + 2 ** 20);
+      // A leak of 100 bytes per removed backend adds BACKENDS / 2 * RELOADS / 2 * 100 bytes between
+      // the middle and the end (12.5 MB at 10,000 backends, 2.5 MB at 2,000).
+      expect(heapLast).toBeLessThan(heapMiddle * 1.03 + 2 ** 20);
       expect(resourcesLast).toBeLessThan(resourcesFirst * 1.1 + 50);
       expect(daemon.child.exitCode).toBeNull();
     } finally {
@@ -164,5 +174,5 @@ ${[...stable, ...generation(g)].join('\n')}
       await daemon.exited;
       execFileSync('umount', ['-l', files]);
     }
-  }, 240_000);
+  }, 480_000);
 });
