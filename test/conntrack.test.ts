@@ -2,7 +2,7 @@ import { chmodSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type DaemonProcess, startDaemon, tempDir, waitUntil } from './support/daemon.js';
-import { tcpServer } from './support/servers.js';
+import { closedPort, tcpServer } from './support/servers.js';
 
 // What an operator sees when conntrack(8) is not there or fails. The connection counts
 // (status, /metrics, drain) come from one `conntrack -L` per interval. A conntrack that
@@ -19,7 +19,7 @@ afterEach(async () => {
 const FLOW_LINE =
   'tcp      6 431999 ESTABLISHED src=10.0.0.9 dst=10.0.0.10 sport=40000 dport=25 src=10.0.1.21 dst=10.0.0.9 sport=25 dport=40000 [ASSURED] mark=257 use=1';
 
-async function farm(conntrackPath: string): Promise<{ daemon: DaemonProcess; stateFile: string }> {
+async function farm(conntrackPath: string, backends?: string): Promise<{ daemon: DaemonProcess; stateFile: string }> {
   const tmp = tempDir('nfh-conntrack-');
   cleanups.push(tmp.cleanup);
   const server = await tcpServer((s) => s.end());
@@ -38,7 +38,7 @@ services:
     port: 25
     check: { type: tcp }
     backends:
-      - { name: mail1, address: 127.0.0.1, port: ${server.port} }
+${backends ?? `      - { name: mail1, address: 127.0.0.1, port: ${server.port} }`}
 `,
   );
   const daemon = startDaemon(['run', '-c', configPath]);
@@ -133,5 +133,45 @@ describe('conntrack(8) missing or failing', () => {
       ),
     ).toBe(1);
     expect(daemon.lines.filter((l) => l.event === 'conntrack_failed')).toHaveLength(1);
+  });
+
+  it('a hundred backends down at once: their flows are reaped two conntrack calls at a time', async () => {
+    const tmp = tempDir('nfh-conntrack-reap-');
+    cleanups.push(tmp.cleanup);
+    const tool = path.join(tmp.dir, 'conntrack');
+    const calls = path.join(tmp.dir, 'calls');
+    // -L: no flows. -D: one line when it starts and one when it ends (O_APPEND: whole lines).
+    writeFileSync(
+      tool,
+      `#!/bin/sh\ncase "$1" in -D) echo "start $$ $*" >> ${calls}; sleep 0.05; echo "end $$" >> ${calls}; echo "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted." >&2; exit 1;; esac\n`,
+    );
+    chmodSync(tool, 0o755);
+    const port = await closedPort();
+    const backends = Array.from(
+      { length: 100 },
+      (_, i) => `      - { name: b${i}, address: 127.0.0.1, port: ${port} }`,
+    ).join('\n');
+    const { daemon } = await farm(tool, backends);
+    // Two calls per backend (UDP flows, unanswered SYNs), 200 in all.
+    const lines = await waitUntil(
+      () => {
+        try {
+          return readFileSync(calls, 'utf8').trim().split('\n');
+        } catch {
+          return [];
+        }
+      },
+      (l) => l.filter((x) => x.startsWith('end ')).length >= 200,
+      45_000,
+    );
+    let running = 0;
+    let most = 0;
+    for (const line of lines) {
+      running += line.startsWith('start ') ? 1 : -1;
+      most = Math.max(most, running);
+    }
+    expect(most).toBe(2);
+    expect(lines.filter((l) => l.startsWith('start ')).length).toBe(200);
+    expect(daemon.lines.filter((l) => l.event === 'conntrack_failed')).toHaveLength(0);
   });
 });

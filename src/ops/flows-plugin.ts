@@ -14,12 +14,15 @@
  * writer loop's.
  */
 
+import pLimit from 'p-limit';
 import { steadyNow } from '../health/clock.js';
 import { countFlows, deleteFlows, type FlowSelection } from '../kernel/conntrack.js';
 import type { BackendStatus, DaemonPlugin } from '../observer.js';
 import { runHook } from './hooks-plugin.js';
 import { metricsFor } from './metrics.js';
 import { shortestInterval } from './state-plugin.js';
+
+const DELETES_AT_ONCE = 2;
 
 export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   let stopped = false;
@@ -30,6 +33,12 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   /** Backends that went down by health and whose flows go once the kernel holds them down. */
   const toReap = new Set<BackendStatus>();
   const conntrack = () => daemon.config().conntrackPath;
+  /**
+   * `conntrack -D` calls at once: one backend going down costs two, and a switch failure
+   * can take a thousand backends down in one interval; unbounded, that was two thousand
+   * processes at once (each forked from the daemon).
+   */
+  const deleting = pLimit(DELETES_AT_ONCE);
 
   const conntrackFailed = (err: unknown, doing: string) => {
     const message = err instanceof Error ? err.message : String(err);
@@ -119,7 +128,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   const remove = async (b: BackendStatus, selection: FlowSelection): Promise<number | undefined> => {
     try {
-      const deleted = await deleteFlows(conntrack(), b.spec.kernel.mark, selection);
+      const deleted = await deleting(() => deleteFlows(conntrack(), b.spec.kernel.mark, selection));
       conntrackWorks();
       return deleted;
     } catch (err) {
@@ -151,9 +160,11 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     deadlines.set(b.spec.id, t);
   };
 
+  const current = (b: BackendStatus) => daemon.backends().includes(b);
+
   const reap = async (b: BackendStatus) => {
     toReap.delete(b);
-    if (stopped) return;
+    if (stopped || !current(b)) return; // removed by a reload meanwhile: not ours to reap
     const mode = daemon.config().services.find((s) => s.name === b.spec.service)?.reapOnDown ?? 'stale';
     if (mode === 'none') return;
     const all = mode === 'all';
@@ -195,6 +206,12 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     },
     onSync(b) {
       if (toReap.has(b) && heldDown(b)) void reap(b);
+    },
+    onReloaded(ok) {
+      if (!ok) return;
+      // Backends a reload removed before their down state was written: never reaped, never kept.
+      const kept = new Set(daemon.backends());
+      for (const b of toReap) if (!kept.has(b)) toReap.delete(b);
     },
     onStopping() {
       stopped = true;
