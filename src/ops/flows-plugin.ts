@@ -32,6 +32,10 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   const deadlines = new Map<string, NodeJS.Timeout>();
   /** Backends that went down by health and whose flows go once the kernel holds them down. */
   const toReap = new Set<BackendStatus>();
+  /** Backends whose reaping has started (or waits for a conntrack slot). */
+  const reaping = new Set<BackendStatus>();
+  /** Backends a reload removed: nothing of theirs is deleted any more. */
+  const gone = new WeakSet<BackendStatus>();
   const conntrack = () => daemon.config().conntrackPath;
   /**
    * `conntrack -D` calls at once: one backend going down costs two, and a switch failure
@@ -128,7 +132,10 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   const remove = async (b: BackendStatus, selection: FlowSelection): Promise<number | undefined> => {
     try {
-      const deleted = await deleting(() => deleteFlows(conntrack(), b.spec.kernel.mark, selection));
+      // Checked when its turn comes: a reload may have removed the backend while it waited.
+      const deleted = await deleting(() =>
+        gone.has(b) ? Promise.resolve(0) : deleteFlows(conntrack(), b.spec.kernel.mark, selection),
+      );
       conntrackWorks();
       return deleted;
     } catch (err) {
@@ -160,11 +167,18 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     deadlines.set(b.spec.id, t);
   };
 
-  const current = (b: BackendStatus) => daemon.backends().includes(b);
-
   const reap = async (b: BackendStatus) => {
     toReap.delete(b);
-    if (stopped || !current(b)) return; // removed by a reload meanwhile: not ours to reap
+    if (stopped || gone.has(b)) return; // removed by a reload meanwhile: not ours to reap
+    reaping.add(b);
+    try {
+      await reapFlows(b);
+    } finally {
+      reaping.delete(b);
+    }
+  };
+
+  const reapFlows = async (b: BackendStatus) => {
     const mode = daemon.config().services.find((s) => s.name === b.spec.service)?.reapOnDown ?? 'stale';
     if (mode === 'none') return;
     const all = mode === 'all';
@@ -209,9 +223,13 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     },
     onReloaded(ok) {
       if (!ok) return;
-      // Backends a reload removed before their down state was written: never reaped, never kept.
+      // Backends a reload removed: not reaped, and not kept by a queue of conntrack calls.
       const kept = new Set(daemon.backends());
-      for (const b of toReap) if (!kept.has(b)) toReap.delete(b);
+      for (const b of [...toReap, ...reaping]) {
+        if (kept.has(b)) continue;
+        gone.add(b);
+        toReap.delete(b);
+      }
     },
     onStopping() {
       stopped = true;
