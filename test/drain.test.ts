@@ -29,7 +29,15 @@ const WAIT = 15_000;
 /** Per test: each spawns the CLI several times, and node starts slowly on a busy machine. */
 const TEST_MS = 240_000;
 
-afterEach(() => cleanupNetns());
+/** Daemons started by a test: a test that fails half way still stops its daemon. */
+const daemons: DaemonProcess[] = [];
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    d.kill('SIGKILL');
+    await d.exited;
+  }
+  cleanupNetns();
+});
 
 interface Backend {
   accepted: string[];
@@ -167,6 +175,7 @@ async function pinToB1(ask: Ask, count: number): Promise<number[]> {
 
 async function daemonIn(lab: Lab): Promise<DaemonProcess> {
   const d = startDaemon(['run', '-c', lab.config], {}, lab.balancer.name);
+  daemons.push(d);
   await d.waitForLine((l) => l.event === 'control_listening', WAIT);
   return d;
 }
