@@ -32,10 +32,9 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   const deadlines = new Map<string, NodeJS.Timeout>();
   /** Backends that went down by health and whose flows go once the kernel holds them down. */
   const toReap = new Set<BackendStatus>();
-  /** Backends whose reaping has started (or waits for a conntrack slot). */
-  const reaping = new Set<BackendStatus>();
-  /** Backends a reload removed: nothing of theirs is deleted any more. */
-  const gone = new WeakSet<BackendStatus>();
+  /** The daemon's backends as of the latest reload: a removed one has nothing deleted any more. */
+  let current: Set<BackendStatus> | undefined;
+  const isCurrent = (b: BackendStatus) => (current ??= new Set(daemon.backends())).has(b);
   const conntrack = () => daemon.config().conntrackPath;
   /**
    * `conntrack -D` calls at once: one backend going down costs two, and a switch failure
@@ -134,7 +133,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     try {
       // Checked when its turn comes: a reload may have removed the backend while it waited.
       const deleted = await deleting(() =>
-        gone.has(b) ? Promise.resolve(0) : deleteFlows(conntrack(), b.spec.kernel.mark, selection),
+        isCurrent(b) ? deleteFlows(conntrack(), b.spec.kernel.mark, selection) : Promise.resolve(0),
       );
       conntrackWorks();
       return deleted;
@@ -169,16 +168,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   const reap = async (b: BackendStatus) => {
     toReap.delete(b);
-    if (stopped || gone.has(b)) return; // removed by a reload meanwhile: not ours to reap
-    reaping.add(b);
-    try {
-      await reapFlows(b);
-    } finally {
-      reaping.delete(b);
-    }
-  };
-
-  const reapFlows = async (b: BackendStatus) => {
+    if (stopped || !isCurrent(b)) return; // removed by a reload meanwhile: not ours to reap
     const mode = daemon.config().services.find((s) => s.name === b.spec.service)?.reapOnDown ?? 'stale';
     if (mode === 'none') return;
     const all = mode === 'all';
@@ -202,6 +192,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   return {
     onReady() {
+      current = undefined;
       for (const b of daemon.backends()) armDeadline(b);
       tick();
     },
@@ -224,12 +215,8 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     onReloaded(ok) {
       if (!ok) return;
       // Backends a reload removed: not reaped, and not kept by a queue of conntrack calls.
-      const kept = new Set(daemon.backends());
-      for (const b of [...toReap, ...reaping]) {
-        if (kept.has(b)) continue;
-        gone.add(b);
-        toReap.delete(b);
-      }
+      current = new Set(daemon.backends());
+      for (const b of toReap) if (!current.has(b)) toReap.delete(b);
     },
     onStopping() {
       stopped = true;
