@@ -346,6 +346,9 @@ export function createDaemon(options: DaemonOptions): Daemon {
       if (shutdown.signal.aborted) return;
       const summary = summarize(fresh);
       log.info({ event: 'ready', backends: fresh.length, summary }, `nf-healthd ready: ${summary}`);
+      // The scheduler starts now: the wait for the writer above (a commandTimeout per
+      // attempt when the tool hangs) is the writer's to report, not a stalled scheduler.
+      progressAt = performance.now();
       emit('onReady');
       for (const b of fresh) {
         // Spread the settled ones over one interval; a backend that is changing state goes on at fastInterval.

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createKernelLoop, type KernelLoop, type SyncOutcome } from '../src/kernel/loop.js';
 import { createConditionWriter } from '../src/kernel/writers/condition.js';
+import { createNftWriter } from '../src/kernel/writers/nft.js';
 import type { Writer } from '../src/kernel/writers/types.js';
 import { createLogger } from '../src/log.js';
 import { tempDir } from './support/daemon.js';
@@ -186,6 +187,23 @@ describe('writer loop', () => {
     expect(readFileSync(t.label, 'latin1')).toBe('1\n');
     expect(lines.map((x) => x.event)).toEqual(['write_failed', 'write_recovered']);
     expect(l.health().failingSince).toBeUndefined();
+  });
+
+  it('ends an attempt at a read that timed out: a hung tool costs one commandTimeout, not one per call', async () => {
+    // A real child process that never answers (a stand-in for an nft stuck on netlink).
+    const dir = folder();
+    const nft = path.join(dir, 'nft-hangs');
+    const calls = path.join(dir, 'calls');
+    writeFileSync(nft, `#!/bin/sh\necho "$@" >> ${calls}\nexec sleep 30\n`);
+    chmodSync(nft, 0o755);
+    const o = outcomes();
+    const inner = createNftWriter({ type: 'nft', table: 'nfh', family: 'inet', set: 'up', nftPath: nft, commandTimeout: 300 });
+    const l = loop(inner, capture().log, 60_000, o.onOutcome);
+    l.want({ key: '0x101', label: 'nft set inet nfh up element 0x101' }, true);
+    await l.settled();
+    expect(o.seen.map((s) => s.outcome.error?.code)).toEqual(['ETIMEDOUT']);
+    // The set was listed once; no `nft -f -` transaction followed the hung listing.
+    expect(readFileSync(calls, 'latin1')).toBe('-j list set inet nfh up\n');
   });
 
   it('keeps other targets going when one fails', async () => {

@@ -89,6 +89,10 @@ ${servers.map((s, i) => `      - { name: b${i}, address: 127.0.0.1, port: ${s.po
     const port = listening.port as number;
     // READY=1 comes after the first write was tried (it timed out): the daemon is up, the writer is not.
     await socket.waitFor((m) => text(m).includes('READY=1'), 15_000);
+    // The first round waited for the hung writer (a commandTimeout per attempt): that wait
+    // is the writer's, not a stuck scheduler, and must not read as one right after READY=1.
+    const atReady = await get(port, '/healthz');
+    expect(atReady.body).not.toMatch(/scheduler is stuck/);
     const failed = await d.waitForLine((l) => l.event === 'write_failed', 15_000);
     expect(failed).toMatchObject({ level: 'error', code: 'ETIMEDOUT' });
     // The writer counts as stalled once writes have failed for 5 s; checks go on meanwhile.

@@ -156,11 +156,16 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
   const drifted = new Map<string, string>();
 
   /** Keys never confirmed (start, a new writer, after a failure) are read first: what already holds is not rewritten. */
-  const alreadyThere = async (batch: { target: WriterTarget; up: boolean }[]) => {
+  const alreadyThere = async (
+    batch: { target: WriterTarget; up: boolean }[],
+  ): Promise<{ batch: typeof batch; hung?: NodeJS.ErrnoException }> => {
     const unknown = batch.filter((w) => !known.has(w.target.key) && !drifted.has(w.target.key));
-    if (unknown.length === 0) return batch;
+    if (unknown.length === 0) return { batch };
     const read = await timed(() => writer.read(unknown.map((w) => w.target)));
-    return batch.filter((w) => {
+    // A tool that hung on the read hangs on the write too: the attempt ends here, not a
+    // second timeout later (a hung nft would hold READY=1 and every retry twice as long).
+    for (const r of read.values()) if ('error' in r && r.error.code === 'ETIMEDOUT') return { batch, hung: r.error };
+    const left = batch.filter((w) => {
       const r = read.get(w.target.key);
       if (known.has(w.target.key) || drifted.has(w.target.key) || !r || 'error' in r || r.up !== w.up) return true;
       known.set(w.target.key, w.up);
@@ -168,6 +173,7 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
       outcome(w.target.key, w.up, { confirmed: true, wrote: false });
       return false;
     });
+    return { batch: left };
   };
 
   /** A table read as complete content, or undefined when a slot is missing or the read failed. */
@@ -255,14 +261,16 @@ export function createKernelLoop(options: KernelLoopOptions): KernelLoop {
     dirty.clear();
     const tables = tableBatch();
     if (wantedNow.length === 0 && tables.length === 0) return;
-    const batch = wantedNow.length > 0 ? await alreadyThere(wantedNow) : [];
+    const { batch, hung } = wantedNow.length > 0 ? await alreadyThere(wantedNow) : { batch: [] };
     if (batch.length === 0 && tables.length === 0) return;
-    const errors = await timed(() =>
-      writer.write(
-        batch.map((w) => ({ target: w.target, up: w.up })),
-        tables,
-      ),
-    );
+    const errors = hung
+      ? new Map([...batch.map((w) => w.target.key), ...tables.map((t) => t.target.key)].map((key) => [key, hung]))
+      : await timed(() =>
+          writer.write(
+            batch.map((w) => ({ target: w.target, up: w.up })),
+            tables,
+          ),
+        );
     let anyFailed = tableWritten(tables, errors);
     for (const w of batch) {
       const current = wanted.get(w.target.key);
