@@ -197,7 +197,14 @@ describe('writer loop', () => {
     writeFileSync(nft, `#!/bin/sh\necho "$@" >> ${calls}\nexec sleep 30\n`);
     chmodSync(nft, 0o755);
     const o = outcomes();
-    const inner = createNftWriter({ type: 'nft', table: 'nfh', family: 'inet', set: 'up', nftPath: nft, commandTimeout: 300 });
+    const inner = createNftWriter({
+      type: 'nft',
+      table: 'nfh',
+      family: 'inet',
+      set: 'up',
+      nftPath: nft,
+      commandTimeout: 300,
+    });
     const l = loop(inner, capture().log, 60_000, o.onOutcome);
     l.want({ key: '0x101', label: 'nft set inet nfh up element 0x101' }, true);
     await l.settled();
