@@ -30,5 +30,5 @@ COPY config ./config
 COPY --from=build /src/dist ./dist
 # Root inside the container, but with only the capabilities `docker run` grants
 # (--cap-drop ALL --cap-add NET_ADMIN): /proc/net/nf_condition/* files are root's, mode 0644.
-ENTRYPOINT ["node", "/opt/nf-healthd/bin/nf-healthd.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=32", "/opt/nf-healthd/bin/nf-healthd.js"]
 CMD ["run", "-c", "/etc/nf-healthd/config.yaml"]

@@ -153,6 +153,13 @@ function watchExit(child: ChildProcess, name: string) {
   };
 }
 
+/**
+ * The Node flags nf-healthd ships with (the unit, /usr/bin/nf-healthd, the Dockerfile and
+ * bin/nf-healthd.js; test/systemd-unit.test.ts keeps them equal): the benchmark measures the
+ * daemon as it runs there.
+ */
+export const SHIPPED_NODE_FLAGS = ['--max-semi-space-size=32'];
+
 export async function startNfHealthd(setup: CheckerSetup): Promise<CheckerProcess> {
   const conditionDir = path.join(setup.dir, 'conditions');
   mkdirSync(conditionDir, { recursive: true });
@@ -162,6 +169,7 @@ export async function startNfHealthd(setup: CheckerSetup): Promise<CheckerProces
   const [cmd, args] = command(
     [
       process.execPath,
+      ...SHIPPED_NODE_FLAGS,
       ...(setup.nodeArgs ?? []),
       setup.daemonEntry ?? path.join(repoRoot(), 'test', 'instrument', 'dist', 'entry.js'),
       'run',

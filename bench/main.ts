@@ -29,6 +29,7 @@ const USAGE = `usage: npm run bench -- [options]
   --nice N              niceness of the checker and the backends (default -10, 0: unchanged;
                         on a shared machine, keeps other work from starving them)
   --profile DIR         run nf-healthd under --cpu-prof, profiles into DIR
+  --node-arg FLAG       a Node/V8 flag for nf-healthd (repeatable), e.g. --node-arg=--max-semi-space-size=32
   --daemon FILE         nf-healthd entry point to measure (default test/instrument/dist/entry.js,
                         the daemon with its samples hook; for before/after)
   --out FILE            Markdown file to write the tables into (default BENCHMARKS.md)
@@ -67,6 +68,7 @@ async function main(argv: string[]): Promise<number> {
       'backend-cpu': { type: 'string', default: '0' },
       nice: { type: 'string', default: '-10' },
       profile: { type: 'string' },
+      'node-arg': { type: 'string', multiple: true },
       daemon: { type: 'string' },
       out: { type: 'string', default: 'BENCHMARKS.md' },
       'no-write': { type: 'boolean', default: false },
@@ -119,8 +121,9 @@ async function main(argv: string[]): Promise<number> {
       for (const count of sizes) {
         for (const checker of checkers) {
           log(`${mode} × ${count} with ${checker} (load ${os.loadavg()[0]!.toFixed(2)})`);
-          const nodeArgs =
-            checker === 'nf-healthd' && values.profile
+          const nodeArgs = [
+            ...(checker === 'nf-healthd' ? (values['node-arg'] ?? []) : []),
+            ...(checker === 'nf-healthd' && values.profile
               ? [
                   '--cpu-prof',
                   '--cpu-prof-dir',
@@ -128,7 +131,8 @@ async function main(argv: string[]): Promise<number> {
                   '--cpu-prof-name',
                   `nf-healthd-${mode}-${count}.cpuprofile`,
                 ]
-              : [];
+              : []),
+          ];
           const row = await runRow({
             checker,
             mode,

@@ -41,4 +41,16 @@ describe('systemd/nf-healthd.service', () => {
     ]);
     expect(values('Restart')).toEqual(['on-failure']);
   });
+
+  it('starts the daemon with the same Node flags as /usr/bin/nf-healthd, the Dockerfile, the bin and the benchmark', () => {
+    const read = (file: string) => readFileSync(fileURLToPath(new URL(`../${file}`, import.meta.url)), 'utf8');
+    const flagsIn = (text: string) => [...text.matchAll(/--max-[a-z-]+=\d+/g)].map((m) => m[0]);
+    const unit = /^ExecStart=(.*)$/m.exec(read('systemd/nf-healthd.service'))?.[1] ?? '';
+    const shipped = flagsIn(unit);
+    expect(shipped).toEqual(['--max-semi-space-size=32']);
+    expect(flagsIn(/^exec .*$/m.exec(read('packaging/nf-healthd'))?.[0] ?? '')).toEqual(shipped);
+    expect(flagsIn(/^ENTRYPOINT .*$/m.exec(read('Dockerfile'))?.[0] ?? '')).toEqual(shipped);
+    expect(flagsIn(read('bin/nf-healthd.js').split('\n')[0]!)).toEqual(shipped);
+    expect(flagsIn(/SHIPPED_NODE_FLAGS = \[.*\]/.exec(read('bench/checkers.ts'))?.[0] ?? '')).toEqual(shipped);
+  });
 });
