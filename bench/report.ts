@@ -5,7 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import type { Timing } from './checkers.js';
+import { SHIPPED_NODE_FLAGS, type Timing } from './checkers.js';
 import type { DetectionRow } from './detection.js';
 import type { RowResult } from './sweep.js';
 
@@ -248,6 +248,7 @@ export function renderReport(r: Report): string {
     `- Load average (1, 5, 15 min) before: ${r.loadBefore}; after: ${r.loadAfter}`,
     `- Checks: interval ${t.intervalMs} ms, fastInterval ${t.fastIntervalMs} ms, timeout ${t.timeoutMs} ms, rise ${t.rise}, fall ${t.fall}; SMTP = greeting, EHLO, QUIT on both sides; HTTP = GET /; measured over ${r.windowS} s per row`,
     '- Checker pinned to one core, the banner server (C, epoll) to the other (taskset); both in a network namespace of their own, each in a session whose autogroup has niceness −10 (see --nice).',
+    `- nf-healthd runs as the unit starts it: \`node ${SHIPPED_NODE_FLAGS.join(' ')}\` (docs/operating.md, "Node flags"); node-loop with Node's defaults.`,
     "- node-loop: `bench/node-loop.ts`, a bare Node loop doing the same exchange with nothing else (no timeouts, bounds, hysteresis, writer, logs): the floor for a checker written on Node's net module.",
     '',
   ];
