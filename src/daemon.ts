@@ -13,6 +13,7 @@ import {
   describeVerdict,
   ejectionAllowed,
   NO_COUNTS,
+  nextEjection,
   type PassiveCounts,
   passiveVerdict,
   tally,
@@ -277,9 +278,16 @@ export function createDaemon(options: DaemonOptions): Daemon {
       );
       return;
     }
-    p.heldUntil = now + config.window;
+    const previous =
+      p.ejections !== undefined && p.heldUntil !== undefined
+        ? { ejections: p.ejections, endedAt: p.heldUntil }
+        : undefined;
+    const ejection = nextEjection(previous, now, config.window, config.maxEjectionTime);
+    p.ejections = ejection.ejections;
+    p.heldUntil = now + ejection.holdMs;
     b.health = { state: 'down', successes: 0, failures: Math.max(b.health.failures, spec.fall) };
-    transitioned(b, 'up', 'down', `passive: ${what}`, now);
+    const inARow = ejection.ejections > 1 ? ` (ejection ${ejection.ejections} in a row)` : '';
+    transitioned(b, 'up', 'down', `passive: ${what}; out for ${formatDuration(ejection.holdMs)}${inARow}`, now);
     want(b);
   };
   const passive = createPassiveReader({ log, read: () => kernel.readCounters(), onCounts: passiveCounts });

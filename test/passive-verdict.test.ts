@@ -5,6 +5,7 @@ import {
   describeVerdict,
   ejectionAllowed,
   ejectionLimit,
+  nextEjection,
   passiveReadPeriod,
   passiveVerdict,
   tally,
@@ -25,6 +26,22 @@ describe('passive verdict', () => {
     // Answered, then reset: a failure, counted once.
     expect(tally({ new: 10, answered: 10, reset: 4 })).toEqual({ new: 10, answered: 6, reset: 4, unanswered: 0 });
     expect(tally({ new: 0, answered: 3, reset: 2 })).toEqual({ new: 0, answered: 0, reset: 0, unanswered: 0 });
+  });
+
+  it('ejects for window times the ejections in a row, at most maxEjectionTime; each window back in takes one off', () => {
+    const w = 5000;
+    const max = 300_000;
+    expect(nextEjection(undefined, 0, w, max)).toEqual({ ejections: 1, holdMs: 5000 });
+    // Ejected again 1 s after the first ejection ended: the second in a row.
+    expect(nextEjection({ ejections: 1, endedAt: 5000 }, 6000, w, max)).toEqual({ ejections: 2, holdMs: 10_000 });
+    expect(nextEjection({ ejections: 2, endedAt: 20_000 }, 24_999, w, max)).toEqual({ ejections: 3, holdMs: 15_000 });
+    // Two whole windows in service since: two off the count.
+    expect(nextEjection({ ejections: 3, endedAt: 0 }, 10_000, w, max)).toEqual({ ejections: 2, holdMs: 10_000 });
+    // A long calm starts over at one window.
+    expect(nextEjection({ ejections: 9, endedAt: 0 }, 3_600_000, w, max)).toEqual({ ejections: 1, holdMs: 5000 });
+    // The cap, and a cap below the window (one window then).
+    expect(nextEjection({ ejections: 99, endedAt: 0 }, 1, w, max)).toEqual({ ejections: 100, holdMs: 300_000 });
+    expect(nextEjection({ ejections: 4, endedAt: 0 }, 1, w, 1000)).toEqual({ ejections: 5, holdMs: 5000 });
   });
 
   it('gives no verdict below minConnections, fails at failureRatio and above', () => {
@@ -115,6 +132,7 @@ describe('passive config', () => {
       minConnections: 20,
       failureRatio: 0.5,
       maxEjectPercent: 50,
+      maxEjectionTime: 300_000,
       eject: false,
     });
     expect(plan.backends[1]!.passive).toEqual({ new: 'pn_0x102', answered: 'pa_0x102', reset: 'pr_0x102' });

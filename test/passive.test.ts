@@ -186,7 +186,7 @@ describe('passive health in the daemon', () => {
     const out = await r.daemon.waitForLine(isTransition('mail2', 'down'), WIDE, from);
     const tookMs = performance.now() - before;
     expect(String(out.reason)).toMatch(
-      /^passive: \d+ of \d+ new connections in the latest 5s unanswered, 0 reset \(ratio 1\.00\)$/,
+      /^passive: \d+ of \d+ new connections in the latest 5s unanswered, 0 reset \(ratio 1\.00\); out for 5s$/,
     );
     const failing = r.daemon.lines.slice(from).find((x) => x.event === 'passive_failing');
     expect(failing).toMatchObject({ backend: 'mail2', eject: true, ratio: 1 });
@@ -208,9 +208,18 @@ describe('passive health in the daemon', () => {
       `mail2 out ${Math.round(tookMs)} ms after 100 client connections began (window 5s, fastInterval 100ms)`,
     );
 
-    // Repaired: the active checks' rise brings it back once its window is over.
-    await restoreReturnRoute(r.lab, 1);
+    // Still broken, but its checks pass: back in once its window is over, and out again
+    // at the next burst, now for two windows (Envoy's growing ejection time).
     await r.daemon.waitForLine(isTransition('mail2', 'up'), WIDE, from);
+    const fromAgain = r.daemon.lines.length;
+    const clientsAgain = burst(r.lab, 100, 3000);
+    const again = await r.daemon.waitForLine(isTransition('mail2', 'down'), WIDE, fromAgain);
+    expect(String(again.reason)).toMatch(/ \(ratio 1\.00\); out for 10s \(ejection 2 in a row\)$/);
+    await clientsAgain;
+
+    // Repaired: the active checks' rise brings it back once its ejection is over.
+    await restoreReturnRoute(r.lab, 1);
+    await r.daemon.waitForLine(isTransition('mail2', 'up'), 2 * WIDE, fromAgain);
     await tableHolds(r.lab, [0x101, 0x102, 0x103]);
     const after = await burst(r.lab, 30);
     expect(after.answers).toEqual({ backend1: 10, backend2: 10, backend3: 10 });
@@ -222,7 +231,7 @@ describe('passive health in the daemon', () => {
     const reset = await r.daemon.waitForLine(isTransition('mail1', 'down'), WIDE, from2);
     // The window may still hold answered connections of the burst before the fault.
     const resetReason =
-      /^passive: 0 of \d+ new connections in the latest 5s unanswered, \d+ reset \(ratio (\d\.\d\d)\)$/.exec(
+      /^passive: 0 of \d+ new connections in the latest 5s unanswered, \d+ reset \(ratio (\d\.\d\d)\); out for 5s$/.exec(
         String(reset.reason),
       );
     expect(resetReason, String(reset.reason)).not.toBeNull();

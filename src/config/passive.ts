@@ -35,6 +35,11 @@ export const passiveSchema = z
       .describe(
         "Passive ejection never takes a backend out when that would leave more than this percentage of the service's backends out (whatever took the others out); Envoy's max_ejection_percent.",
       ),
+    maxEjectionTime: duration
+      .default(300_000)
+      .describe(
+        "The longest one ejection lasts: each ejection in a row lasts `window` times its number (the first one `window`), at most this; a whole `window` in service takes one off the count. Envoy's base_ejection_time and max_ejection_time.",
+      ),
     eject: z
       .boolean()
       .default(false)

@@ -59,6 +59,25 @@ export function ejectionAllowed(backends: number, out: number, maxEjectPercent: 
   return out + 1 <= ejectionLimit(backends, maxEjectPercent);
 }
 
+/**
+ * How long an ejection lasts, as Envoy's outlier detection does it: `window` times the
+ * number of ejections in a row, never more than `maxEjectionTime` (nor less than one
+ * `window`). Each whole `window` the backend stayed in since its previous ejection ended
+ * takes one off the count (Envoy takes one off its multiplier per healthy interval), so a
+ * backend that keeps failing real traffic while passing its checks is let back less and
+ * less often, and one that fails once in a long while is out for one window.
+ */
+export function nextEjection(
+  previous: { ejections: number; endedAt: number } | undefined,
+  now: number,
+  windowMs: number,
+  maxEjectionMs: number,
+): { ejections: number; holdMs: number } {
+  const calm = previous ? Math.floor(Math.max(0, now - previous.endedAt) / windowMs) : 0;
+  const ejections = Math.max(0, (previous?.ejections ?? 0) - calm) + 1;
+  return { ejections, holdMs: Math.min(windowMs * ejections, Math.max(windowMs, maxEjectionMs)) };
+}
+
 /** A sliding window of reads: each read's counts with its time; the sum covers the latest `windowMs`. */
 export interface CountWindow {
   add(at: number, counts: PassiveCounts): void;
@@ -99,6 +118,8 @@ export interface PassiveStatus {
   failingSince?: number | undefined;
   /** Ejected: passing checks count again from this epoch ms on. */
   heldUntil?: number | undefined;
+  /** Ejections in a row (see nextEjection): the latest one lasted `window` times this. */
+  ejections?: number;
   /** The cap kept it in during this episode (logged once). */
   capped?: boolean;
 }
