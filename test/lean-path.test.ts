@@ -187,7 +187,7 @@ describe('state file heartbeat', () => {
 });
 
 describe('check metrics as plain counters', () => {
-  it('are series in prom-client form at scrape time, and a reload drops a removed backend', async () => {
+  it('are series in prom-client form at scrape time, and a reload drops the series of a removed backend (drained ones too)', async () => {
     const backend = (name: string) =>
       ({
         spec: { id: `svc/${name}`, service: 'svc', name, checks: [{ type: 'smtp' }] },
@@ -200,7 +200,8 @@ describe('check metrics as plain counters', () => {
       scheduler: () => ({ lastLagMs: () => 0 }),
       lastProgressAt: () => 0,
     } as unknown as Parameters<typeof createMetrics>[0];
-    const { registry, observer } = createMetrics(daemon, { processMetrics: false });
+    const { registry, observer, countDrained } = createMetrics(daemon, { processMetrics: false });
+    countDrained(backends[1]!);
     observer.onCheck!(backends[0]!, { up: true, detail: '', latencyMs: 3 });
     observer.onCheck!(backends[0]!, { up: true, detail: '', latencyMs: 30 });
     observer.onCheck!(backends[1]!, { up: false, detail: '', latencyMs: 700 });
@@ -218,6 +219,7 @@ describe('check metrics as plain counters', () => {
       'nfh_check_duration_seconds_bucket{le="+Inf",service="svc",backend="b",type="smtp",outcome="down"} 1',
     );
     expect(text).not.toContain('backend="a",type="smtp",outcome="down"');
+    expect(text).toContain('nfh_drained_total{service="svc",backend="b"} 1');
     backends = [backends[0]!];
     observer.onReloaded!(true, []);
     const after = await registry.metrics();

@@ -74,7 +74,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
       { event: 'drained', service, backend, tookMs },
       `backend ${backend} is drained: no open connections left (${(tookMs / 1000).toFixed(1)}s after drain was set)`,
     );
-    metricsFor(daemon).drained.inc({ service, backend });
+    metricsFor(daemon).countDrained(b);
     const notify = daemon.config().notify;
     if (!notify?.drained) return;
     const env = {

@@ -17,8 +17,8 @@ export interface Metrics {
   observer: DaemonObserver;
   /** Notify hook runs, by hook (up, down, change) and outcome (ok, failed, timeout, coalesced). */
   hookRuns: Counter<'hook' | 'outcome'>;
-  /** Draining backends whose last open flow went away. */
-  drained: Counter<'service' | 'backend'>;
+  /** Counts a draining backend whose last open flow went away (its series goes with the backend on reload). */
+  countDrained(b: BackendStatus): void;
 }
 
 type Series = { metric: Counter<string> | Histogram<string>; labels: Record<string, string> };
@@ -269,5 +269,10 @@ export function createMetrics(daemon: Daemon, options: { processMetrics?: boolea
       }
     },
   };
-  return { registry, observer, hookRuns, drained };
+  const countDrained = (b: BackendStatus) => {
+    const labels = { service: b.spec.service, backend: b.spec.name };
+    drained.inc(labels);
+    track({ name: 'drained', metric: drained }, b.spec.id, labels);
+  };
+  return { registry, observer, hookRuns, countDrained };
 }
