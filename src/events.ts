@@ -23,6 +23,10 @@ export const EVENTS = {
     when: 'a reload found the config invalid or unreadable (one line per problem, with FILE:LINE:COLUMN); the running config is kept. Without a position: the reload failed unexpectedly (a bug: report it)',
   },
   stopping: { level: 'info', when: 'SIGTERM or SIGINT: checks are aborted, writes under way finish' },
+  signal_ignored: {
+    level: 'warn',
+    when: 'SIGUSR2 (HAProxy reloads on it, keepalived dumps stats): nothing done; SIGHUP reloads',
+  },
   start_failed: { level: 'error', when: 'starting failed unexpectedly: the daemon stops (a bug: report it)' },
   stop_failed: { level: 'error', when: 'stopping failed unexpectedly: exit code 1 (a bug: report it)' },
   backend_added: { level: 'info', when: 'a reload added a backend: its starting state' },

@@ -61,6 +61,15 @@ export async function runDaemon(configPath: string, plan: Plan, extraPlugins: Da
       });
   });
 
+  // HAProxy's master reloads on SIGUSR2 and keepalived dumps its stats on it: a habit from
+  // either must not end the daemon (Node's default for SIGUSR2). Say what works instead.
+  process.on('SIGUSR2', () =>
+    log.warn(
+      { event: 'signal_ignored', signal: 'SIGUSR2' },
+      'SIGUSR2 ignored: SIGHUP reloads the configuration, `nf-healthd status` shows the state',
+    ),
+  );
+
   log.info(
     { event: 'starting', config: configPath, backends: plan.backends.length },
     `nf-healthd starting with ${configPath}`,

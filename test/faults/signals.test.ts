@@ -98,6 +98,11 @@ describe('a SIGHUP storm', () => {
       for (const backend of ['mail1', 'mail3'])
         await daemon.waitForLine((l) => l.event === 'check' && l.backend === backend, 10_000, after);
       await waitUntil(() => existsSync(path.join(cond, 'mail3')), Boolean);
+      // SIGUSR2 (HAProxy's reload, keepalived's stats): said and ignored, not Node's default exit.
+      const beforeUsr2 = daemon.lines.length;
+      daemon.kill('SIGUSR2');
+      const ignored = await daemon.waitForLine((l) => l.event === 'signal_ignored', 10_000, beforeUsr2);
+      expect(ignored).toMatchObject({ level: 'warn', signal: 'SIGUSR2' });
       expect(daemon.child.exitCode).toBeNull();
       expect(daemon.lines.slice(after).some((l) => l.event === 'check' && l.backend === 'mail2')).toBe(false);
     } finally {
