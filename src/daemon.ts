@@ -12,6 +12,7 @@ import {
   addCounts,
   describeVerdict,
   ejectionAllowed,
+  ejectionLimit,
   NO_COUNTS,
   nextEjection,
   type PassiveCounts,
@@ -274,7 +275,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
       p.capped = true;
       log.warn(
         { event: 'passive_eject_capped', ...fields, ratio: verdict.ratio, out, backends: service.backends.length },
-        `backend ${spec.name}: passive: kept in although failing: ${out} of ${service.backends.length} backends of ${spec.service} are out already and maxEjectPercent ${config.maxEjectPercent} lets passive health take at most ${Math.floor((service.backends.length * config.maxEjectPercent) / 100)} out`,
+        `backend ${spec.name}: passive: kept in although failing: ${out} of ${service.backends.length} backends of ${spec.service} are out already and maxEjectPercent ${config.maxEjectPercent} lets passive health take at most ${ejectionLimit(service.backends.length, config.maxEjectPercent)} out`,
       );
       return;
     }
