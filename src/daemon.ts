@@ -133,19 +133,20 @@ export function createDaemon(options: DaemonOptions): Daemon {
     if (byKey.get(b.spec.target.key) === b) byKey.delete(b.spec.target.key);
   };
 
+  const isCurrent = (b: BackendStatus) => runtimes.get(b.spec.id) === b;
   const inMaintenance = (b: BackendStatus) => b.admin?.state === 'maint';
 
   const check = async (b: BackendStatus) => {
     if (inMaintenance(b)) return; // maintenance: no connection attempts at all
     const spec = b.spec;
     // A check that waited for a slot past the backend's removal (a reload) never connects.
-    const gone = () => runtimes.get(spec.id) !== b;
+    const gone = () => !isCurrent(b);
     const result = await limit(() =>
       gone() ? undefined : checkOnce(spec.checks, spec.probe, spec.timeout, shutdown.signal),
     );
     if (!result) return;
     // Aborted checks are no verdict; nor is one that ran while an operator set maintenance.
-    if (shutdown.signal.aborted || runtimes.get(spec.id) !== b || inMaintenance(b)) return;
+    if (shutdown.signal.aborted || gone() || inMaintenance(b)) return;
     progressAt = performance.now();
     const now = steadyNow();
     b.last = { ...result, at: now };
@@ -438,6 +439,7 @@ export function createDaemon(options: DaemonOptions): Daemon {
     },
 
     backends: () => [...runtimes.values()],
+    isCurrent,
     plan: () => plan,
     config: () => plan.config,
     lastProgressAt: () => progressAt,

@@ -72,6 +72,8 @@ export interface Daemon {
   reload(): Promise<boolean>;
   stop(): Promise<void>;
   backends(): BackendStatus[];
+  /** False once a reload removed the backend (or replaced it under its id): a late task drops it. */
+  isCurrent(backend: BackendStatus): boolean;
   plan(): Plan;
   /** The running Plan's config (its keys for the operating parts). */
   config(): Config;

@@ -32,9 +32,6 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   const deadlines = new Map<string, NodeJS.Timeout>();
   /** Backends that went down by health and whose flows go once the kernel holds them down. */
   const toReap = new Set<BackendStatus>();
-  /** The daemon's backends as of the latest reload: a removed one has nothing deleted any more. */
-  let current: Set<BackendStatus> | undefined;
-  const isCurrent = (b: BackendStatus) => (current ??= new Set(daemon.backends())).has(b);
   const conntrack = () => daemon.config().conntrackPath;
   /**
    * `conntrack -D` calls at once: one backend going down costs two, and a switch failure
@@ -133,7 +130,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     try {
       // Checked when its turn comes: a reload may have removed the backend while it waited.
       const deleted = await deleting(() =>
-        isCurrent(b) ? deleteFlows(conntrack(), b.spec.kernel.mark, selection) : Promise.resolve(0),
+        daemon.isCurrent(b) ? deleteFlows(conntrack(), b.spec.kernel.mark, selection) : Promise.resolve(0),
       );
       conntrackWorks();
       return deleted;
@@ -168,7 +165,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   const reap = async (b: BackendStatus) => {
     toReap.delete(b);
-    if (stopped || !isCurrent(b)) return; // removed by a reload meanwhile: not ours to reap
+    if (stopped || !daemon.isCurrent(b)) return; // removed by a reload meanwhile: not ours to reap
     const mode = daemon.config().services.find((s) => s.name === b.spec.service)?.reapOnDown ?? 'stale';
     if (mode === 'none') return;
     const all = mode === 'all';
@@ -192,7 +189,6 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   return {
     onReady() {
-      current = undefined;
       for (const b of daemon.backends()) armDeadline(b);
       tick();
     },
@@ -215,8 +211,7 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
     onReloaded(ok) {
       if (!ok) return;
       // Backends a reload removed: not reaped, and not kept by a queue of conntrack calls.
-      current = new Set(daemon.backends());
-      for (const b of toReap) if (!current.has(b)) toReap.delete(b);
+      for (const b of toReap) if (!daemon.isCurrent(b)) toReap.delete(b);
     },
     onStopping() {
       stopped = true;
