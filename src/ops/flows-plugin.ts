@@ -27,7 +27,7 @@ const DELETES_AT_ONCE = 2;
 export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
-  let failing: string | undefined;
+  let failing: 'missing' | 'failed' | undefined;
   const stop = new AbortController();
   const deadlines = new Map<string, NodeJS.Timeout>();
   /** Backends that went down by health and whose flows go once the kernel holds them down. */
@@ -42,9 +42,12 @@ export const flowsPlugin: DaemonPlugin = ({ daemon, log }) => {
 
   const conntrackFailed = (err: unknown, doing: string) => {
     const message = err instanceof Error ? err.message : String(err);
-    if (failing === message) return;
-    failing = message;
-    if (message.endsWith(': ENOENT')) {
+    // One line per episode, keyed by kind: the message names the call (-L, -D with a mark),
+    // and a backend going down in a long episode must not log it again.
+    const kind = message.endsWith(': ENOENT') ? 'missing' : 'failed';
+    if (failing === kind) return;
+    failing = kind;
+    if (kind === 'missing') {
       // Not installed: a setup without marks or conntrack is valid, only these extras are off.
       log.info(
         { event: 'conntrack_missing', path: conntrack() },
