@@ -420,6 +420,9 @@ export function createDaemon(options: DaemonOptions): Daemon {
       balancer.setPlan(plan);
       passive.setPlan(plan);
       for (const b of runtimes.values()) if (!b.spec.passive) delete b.passive;
+      // As at start: READY=1 (and `reloaded`) once the new Plan's keys were attempted, so
+      // `systemctl reload` returns with added backends and moved targets in the kernel.
+      await kernel.settled();
       log.info(
         { event: 'reloaded', backends: runtimes.size, added: diff.added.length, removed: diff.removed.length },
         `configuration reloaded: ${runtimes.size} backends (${diff.added.length} added, ${diff.removed.length} removed)`,
