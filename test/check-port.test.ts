@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/config/load.js';
 import { parsePlan } from '../src/plan/load.js';
 import { runCheck } from '../src/probes/run.js';
-import { BIN, tempDir } from './support/daemon.js';
+import { BIN, tempDir, waitUntil } from './support/daemon.js';
 import { closedPort, tcpServer } from './support/servers.js';
 
 // A check with its own `port` (HAProxy's `port`, keepalived's `connect_port`) probes that
@@ -17,6 +17,12 @@ const closers: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
   for (const close of closers.splice(0)) await close();
 });
+
+/**
+ * The count once it reached `n`: the client side of a check can finish (a tcp check ends
+ * at connect) before this process's server has run its accept callback.
+ */
+const accepted = (count: () => number, n: number) => waitUntil(count, (c) => c >= n);
 
 /** A loopback server that counts connections and, with `banner`, greets each one. */
 async function countingServer(banner?: string) {
@@ -47,7 +53,7 @@ services:
     expect(m2!.probes).toEqual([m2!.probe]);
     const up = await runCheck(m1!.checks, m1!.probe, 2000);
     expect(up).toMatchObject({ up: true, detail: 'connected' });
-    expect(admin.connections()).toBe(1);
+    expect(await accepted(() => admin.connections(), 1)).toBe(1);
     const down = await runCheck(m2!.checks, m2!.probe, 2000);
     expect(down).toMatchObject({ up: false, detail: 'connect ECONNREFUSED' });
     expect(admin.connections()).toBe(1);
@@ -68,6 +74,7 @@ services:
     expect(spec.probes.map((p) => p.port)).toEqual([traffic.port, smtp.port]);
     const up = await runCheck(spec.checks, spec.probe, 2000);
     expect(up).toMatchObject({ up: true, detail: 'tcp: connected; smtp: 220 mx ESMTP' });
+    expect(await accepted(() => traffic.connections() + smtp.connections(), 2)).toBe(2);
     expect([traffic.connections(), smtp.connections()]).toEqual([1, 1]);
 
     const closed = await closedPort();
@@ -98,6 +105,7 @@ services:
       ['w1', admin.port, undefined, true],
       ['w2', traffic.port, [traffic.port, admin.port], true],
     ]);
+    expect(await accepted(() => traffic.connections() + admin.connections(), 3)).toBe(3);
     expect([traffic.connections(), admin.connections()]).toEqual([1, 2]);
     const table = await promisify(execFile)(process.execPath, [BIN, 'probe', '-c', file]);
     expect(table.stdout).toContain(`127.0.0.1:${traffic.port},${admin.port}`);

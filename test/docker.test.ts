@@ -55,7 +55,7 @@ function writeConfig(text: string): void {
 }
 
 const smtpConfig = (writer: string, backends: { name: string; port: number }[]) => `
-defaults: {interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1}
+defaults: {interval: 500ms, fastInterval: 200ms, timeout: 1s, rise: 1, fall: 1}
 writer: ${writer}
 stateFile: /run/nf-healthd/state.json
 services:

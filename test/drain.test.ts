@@ -302,6 +302,12 @@ describe('drain on a real kernel (namespaces)', () => {
         (n) => n >= b1Before + TIMING.rise,
         WAIT,
       );
+      // The up line comes before the writer loop's transaction: new flows reach b1 once the set holds it.
+      await waitUntil(
+        () => lab.balancer.run(['ipset', 'list', '-o', 'save']),
+        (saved) => saved.includes(`add nfh-b1 ${VIP}`),
+        WAIT,
+      );
       const ask = clientDriver(lab, TCP_PORT);
       const after = await ask<{ answers: Record<string, number> }>({ op: 'burst', n: 20 });
       expect(after.answers.b1).toBeGreaterThan(0);

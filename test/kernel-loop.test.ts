@@ -203,7 +203,7 @@ describe('writer loop', () => {
       family: 'inet',
       set: 'up',
       nftPath: nft,
-      commandTimeout: 300,
+      commandTimeout: 1500, // time enough for the script to log its call before it hangs
     });
     const l = loop(inner, capture().log, 60_000, o.onOutcome);
     l.want({ key: '0x101', label: 'nft set inet nfh up element 0x101' }, true);

@@ -6,6 +6,7 @@ import { MAX_HEAD_BYTES, readHead } from '../src/probes/http-head.js';
 import { checkSchema, leanConversation } from '../src/probes/registry.js';
 import { runCheck } from '../src/probes/run.js';
 import { createTimerHeap, type TimerEntry } from '../src/timer-heap.js';
+import { waitUntil } from './support/daemon.js';
 import { tcpServer } from './support/servers.js';
 
 /**
@@ -120,12 +121,19 @@ describe('HTTP response head', () => {
 
 describe('lean engine', () => {
   it('ends a check in flight when the daemon stops, naming what it was doing', async () => {
-    const server = await tcpServer(() => undefined); // accepts, never greets
+    let accepted = 0;
+    const server = await tcpServer(() => accepted++); // accepts, never greets
     closers.push(server.close);
     const stop = new AbortController();
     const check = checkSchema.parse({ type: 'smtp' });
     const pending = Array.from({ length: 20 }, () => runCheck(check, target(server.port), 10_000, stop.signal));
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // All 20 accepted: each client saw its handshake complete in the same poll or an earlier
+    // one, so every check is waiting for the greeting (a fixed pause could end before that).
+    await waitUntil(
+      () => accepted,
+      (n) => n === 20,
+    );
+    await new Promise((resolve) => setImmediate(resolve));
     stop.abort();
     for (const result of await Promise.all(pending))
       expect(result).toMatchObject({ up: false, detail: 'check aborted: shutting down (greeting)' });

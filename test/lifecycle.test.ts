@@ -120,7 +120,7 @@ describe('notify hooks in a running daemon', () => {
     run(
       [{ name: 'a', port: a.port }],
       `http: {listen: 0}\nnotify: {down: [${hook.program}], timeout: 500ms}`,
-      'interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 1, fall: 1',
+      'interval: 300ms, fastInterval: 100ms, timeout: 500ms, rise: 1, fall: 3', // fall 3: one slow check is no flap
     );
     const listening = await daemon!.waitForLine((l) => l.event === 'http_listening');
     await daemon!.waitForLine((l) => l.event === 'ready');
@@ -154,7 +154,7 @@ describe('notify hooks in a running daemon', () => {
     run(
       [{ name: 'a', port: a.port }],
       `notify: {down: [${hook.program}], timeout: 1h}`,
-      'interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 1, fall: 1',
+      'interval: 300ms, fastInterval: 100ms, timeout: 500ms, rise: 1, fall: 3', // fall 3: one slow check is no flap
     );
     await daemon!.waitForLine((l) => l.event === 'ready');
     await a.stop();
@@ -180,7 +180,7 @@ describe('flap damping metrics', () => {
         { name: 's', port: steady.port },
       ],
       'http: {listen: 0}\ndamping: {window: 1m, changes: 2, hold: 1m, maxHold: 1m, decay: 1m}',
-      'interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 1, fall: 1',
+      'interval: 300ms, fastInterval: 100ms, timeout: 500ms, rise: 1, fall: 3', // fall 3: one slow check is no flap
     );
     const listening = await daemon!.waitForLine((l) => l.event === 'http_listening');
     await daemon!.waitForLine((l) => l.event === 'ready');

@@ -268,6 +268,12 @@ describe('HTTP listener', () => {
     expect(listening.host).toBe('127.0.0.1');
     const base = `http://127.0.0.1:${String(listening.port)}`;
     await d.waitForLine(isTransition('b', 'down'));
+    // Checks go on: healthy. Asked first: c's writes fail from the start, and failing for 5s
+    // makes the writer count as stalled (docs/operating.md), which a busy machine can reach
+    // before the steps below are done.
+    const healthz = await fetch(`${base}/healthz`);
+    expect(healthz.status).toBe(200);
+    expect(await healthz.text()).toMatch(/^ok: latest check \d+\.\ds ago\n$/);
 
     // Someone writes "down" into a's condition by hand: repaired and counted.
     writeFileSync(path.join(cond, 'a'), '1\n');
@@ -324,9 +330,6 @@ describe('HTTP listener', () => {
     ]);
     expect(backendIn(state, 'c')!.written).toBeUndefined(); // never confirmed: the write fails
 
-    const healthz = await fetch(`${base}/healthz`);
-    expect(healthz.status).toBe(200);
-    expect(await healthz.text()).toMatch(/^ok: latest check \d+\.\ds ago\n$/);
     expect((await fetch(`${base}/nope`)).status).toBe(404);
     expect((await fetch(`${base}/metrics`, { method: 'POST' })).status).toBe(405);
 
@@ -434,8 +437,10 @@ describe('flap damping and downInterval on a flapping backend', () => {
     const flappy = await smtp();
     const { configPath, stateFile, cond } = writeConfig(
       [{ name: 'f', port: flappy.port }],
-      `damping: {window: 30s, changes: 4, hold: 3s, maxHold: 10s, decay: 1m}\nlog: {level: debug}`,
-      'interval: 200ms, fastInterval: 50ms, timeout: 150ms, rise: 2, fall: 1, downInterval: 1s',
+      `damping: {window: 30s, changes: 4, hold: 8s, maxHold: 10s, decay: 1m}\nlog: {level: debug}`,
+      // fall 2 and 400ms: only the test's stops take f down, not one slow greeting on a busy
+      // machine. A hold of 8s: the `status` below (a new Node process) runs inside it.
+      'interval: 200ms, fastInterval: 50ms, timeout: 400ms, rise: 2, fall: 2, downInterval: 1s',
     );
     const condFile = path.join(cond, 'f');
     const d = run(configPath);
@@ -454,9 +459,9 @@ describe('flap damping and downInterval on a flapping backend', () => {
       level: 'warn',
       backend: 'f',
       reason:
-        'flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)',
+        'flapping: 4 state changes in 30s; held down for 8s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)',
     });
-    expect(hold.msg).toBe('backend f stays down: flapping: 4 state changes in 30s; held down for 3s (hold 1)');
+    expect(hold.msg).toBe('backend f stays down: flapping: 4 state changes in 30s; held down for 8s (hold 1)');
     expect(readFileSync(condFile, 'latin1')).toBe('1\n');
     const held = await waitUntil(
       () => readState(stateFile),
@@ -464,17 +469,17 @@ describe('flap damping and downInterval on a flapping backend', () => {
     );
     expect(backendIn(held, 'f')!.held).toEqual({
       until: hold.until,
-      reason: 'flapping: 4 state changes in 30s; held down for 3s (hold 1)',
+      reason: 'flapping: 4 state changes in 30s; held down for 8s (hold 1)',
     });
     const status = await cli(['status', '-c', configPath]);
     expect(status.code).toBe(2);
     expect(status.stdout).toMatch(/mail\/f +DOWN \(held \ds\)/);
     expect(status.stdout).toContain(
-      `mail/f: held down until ${String(hold.until)}; flapping: 4 state changes in 30s; held down for 3s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)\n`,
+      `mail/f: held down until ${String(hold.until)}; flapping: 4 state changes in 30s; held down for 8s (hold 1) (the check passed: 220 nf-healthd-demo ESMTP)\n`,
     );
 
     // Passing checks while held: still down; up only once the hold is over.
-    const up = await d.waitForLine(isTransition('f', 'up'), 10_000, d.lines.indexOf(hold));
+    const up = await d.waitForLine(isTransition('f', 'up'), 20_000, d.lines.indexOf(hold));
     expect(Date.parse(String(up.time))).toBeGreaterThanOrEqual(Date.parse(String(hold.until)));
     expect(d.lines.some((l) => l.event === 'damping_released')).toBe(true);
     const passedWhileHeld = d.lines.filter(

@@ -6,12 +6,12 @@ import {
   cleanupLabs,
   connect,
   crashScenario,
-  holdsVip,
   LENIENT_TIMING,
   MASTER_DOWN_MS,
   MOVE_BOUND_MS,
   startNfHealthd,
   stopAll,
+  vipHeld,
   waitState,
   waitTrackValue,
 } from './support/pair-lab.js';
@@ -24,8 +24,11 @@ import {
 // (test/support/pair-lab.ts). Everything lives in namespaces made there; every process
 // is killed by pid at the end.
 
-/** The vrrp_script (pgrep) runs every second and fails once: FAULT within a second or two; wide margin. */
-const DEATH_BOUND_MS = 2 * 1000 + 3000;
+/**
+ * The vrrp_script (pgrep) runs every second and fails once: FAULT within a second or two,
+ * then lbB's master-down on the same loaded keepalived timers as a crash (MOVE_BOUND_MS).
+ */
+const DEATH_BOUND_MS = 2 * 1000 + MOVE_BOUND_MS;
 
 /** lbA's packets to the backends dropped: lbA alone loses them. */
 const CUT_BACKENDS = `table inet cut {
@@ -69,8 +72,8 @@ describe('a keepalived pair of nf-healthd balancers (namespaces, real keepalived
       expect(readFileSync(B.trackFile, 'utf8').trim()).toBe('0');
       await waitState(A, 'FAULT');
       expect(A.keepalived!.log.items.some((l) => l.includes('tracked file nf_healthd_capacity'))).toBe(true);
-      expect(await holdsVip(B)).toBe(true);
-      expect(await holdsVip(A)).toBe(false);
+      expect(await vipHeld(B, true)).toBe(true);
+      expect(await vipHeld(A, false)).toBe(false);
       expect((await connect(lab, 6)).failures).toEqual([]);
 
       // Reachable again: lbA sees its backends, preempts (priority 150 > 100).
@@ -103,7 +106,7 @@ describe('a keepalived pair of nf-healthd balancers (namespaces, real keepalived
       const killMs = (await waitState(B, 'MASTER', mark, DEATH_BOUND_MS + 5000)) - since;
       expect(readFileSync(A.trackFile, 'utf8').trim()).toBe('0');
       expect(killMs).toBeLessThanOrEqual(DEATH_BOUND_MS);
-      expect(await holdsVip(B)).toBe(true);
+      expect(await vipHeld(B, true)).toBe(true);
       expect((await connect(lab, 6)).failures).toEqual([]);
       console.log(
         `pair track file: backends cut from lbA -> VIP on lbB in ${Math.round(trackMs)}ms; nf-healthd stopped -> ${Math.round(stopMs)}ms; nf-healthd killed -> ${Math.round(killMs)}ms (bound ${DEATH_BOUND_MS}ms)`,

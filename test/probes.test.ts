@@ -121,8 +121,9 @@ describe('smtp check', () => {
     const port = await serve(() => undefined);
     const result = await check({ type: 'smtp' }, port, 300);
     expect(result).toMatchObject({ up: false, detail: 'timeout after 300ms (greeting)' });
-    // A bound, not a timing claim: the verdict does not wait past the timeout.
-    expect(result.latencyMs).toBeLessThan(300 + 250);
+    // A bound, not a timing claim: the verdict does not wait for a greeting that never comes
+    // (a timer can fire late on a busy machine, hence the second of room).
+    expect(result.latencyMs).toBeLessThan(300 + 1000);
   });
 
   it('is down at the timeout when the banner drips in one byte at a time', async () => {

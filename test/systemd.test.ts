@@ -64,7 +64,7 @@ beforeAll(async () => {
     `# test/systemd.test.ts only
 [Service]
 ReadWritePaths=/srv/nfh/cond
-WatchdogSec=3s
+WatchdogSec=6s
 RestartSec=200ms
 # The instrumented entry (test/instrument/, in the bind-mounted project): the unit's daemon plus the fault switch.
 ExecStart=
@@ -197,7 +197,7 @@ describe('nf-healthd.service under a real systemd 252 (systemd-nspawn)', () => {
         () => inside('journalctl', '-u', 'nf-healthd', '-o', 'cat', '--no-pager', '-n', '40'),
         (r) => r.stdout.includes('Watchdog timeout'),
       );
-      expect(log.stdout).toContain('Watchdog timeout (limit 3s)!');
+      expect(log.stdout).toContain('Watchdog timeout (limit 6s)!');
       expect(log.stdout).toContain("Failed with result 'watchdog'");
       expect(cond('mail1')).toBe('0\n');
     });

@@ -50,7 +50,8 @@ beforeAll(async () => {
   config = path.join(tmp.dir, 'config.yaml');
   writeFileSync(
     config,
-    `defaults: { interval: 300ms, fastInterval: 100ms, timeout: 250ms, rise: 1, fall: 1, downInterval: 2m }
+    // fall 2, 500ms: only the test's stop flaps the flapper, never one slow greeting.
+    `defaults: { interval: 300ms, fastInterval: 100ms, timeout: 500ms, rise: 1, fall: 2, downInterval: 2m }
 log: { level: debug, format: json }
 writer: { type: condition, dir: ${cond} }
 stateFile: ${path.join(tmp.dir, 'state.json')}
@@ -96,7 +97,7 @@ async function healthz(): Promise<{ status: number; body: string }> {
 
 describe('the wall clock jumps', () => {
   it('forward an hour: a down backend keeps its pace (no early downInterval), a damping hold is not cut short', async () => {
-    // A dead backend is down from the first round: checked every interval for its first 2 minutes (downInterval).
+    // A dead backend is down after its first two checks: checked every interval for its first 2 minutes (downInterval).
     await daemon.waitForLine((l) => l.event === 'transition' && l.backend === 'dead', 10_000);
     // Flap the flapper twice: the second change starts an 8 s hold.
     const from = daemon.lines.length;

@@ -208,7 +208,8 @@ export async function serviceHost(prefix: string): Promise<ServiceHost> {
     },
     config: (backends) =>
       smtpFarmYaml({
-        timing: 'interval: 500ms, fastInterval: 200ms, timeout: 500ms, rise: 1, fall: 1',
+        // fall 1: a stopped backend is down in the first round; 1 s: a live one never times out on a busy machine.
+        timing: 'interval: 500ms, fastInterval: 200ms, timeout: 1s, rise: 1, fall: 1',
         conditionDir: '/srv/nfh/cond',
         backends,
       }),
