@@ -71,7 +71,7 @@ describe('line protocols (smtp, presets, expect)', () => {
     // one: a busy machine can hold the test's timers long enough that no byte came yet).
     const { port } = await backend(bad.drip('220 mail.example ESMTP ready\r\n', 50));
     const result = await timedCheck({ type: 'smtp' }, port, 1000);
-    expect(result).toMatchObject({ up: false, detail: 'timeout after 1000ms (greeting)' });
+    expect(result).toMatchObject({ up: false, detail: 'timeout after 1s (greeting)' });
     expect(result.bytesRead).toBeGreaterThan(0);
     expect(result.bytesRead).toBeLessThan(30);
   });
@@ -467,7 +467,7 @@ describe('exec', () => {
     const script = `sleep 60 & echo $! > ${pidFile}; echo starting; sleep 60`;
     // Two seconds: the shell must have started its child and written the pid file first.
     const result = await timedCheck({ type: 'exec', command: ['/bin/sh', '-c', script] }, 1, 2000);
-    expect(result).toMatchObject({ up: false, detail: 'timeout after 2000ms (running /bin/sh)' });
+    expect(result).toMatchObject({ up: false, detail: 'timeout after 2s (running /bin/sh)' });
     const pid = Number(await readFile(pidFile, 'latin1'));
     expect(await waitGone(pid)).toBe(true);
   });
