@@ -316,19 +316,15 @@ async function holdsVip(b: Balancer): Promise<boolean> {
 }
 
 /**
- * Whether `b` holds the VIP, once it does as `expected` or 5 s passed: keepalived logs
+ * Whether `b` holds the VIP, once it does as `expected` (rejects after 5 s): keepalived logs
  * "Entering MASTER STATE" (or FAULT) before it adds (removes) the address.
  */
-export async function vipHeld(b: Balancer, expected: boolean): Promise<boolean> {
-  try {
-    return await waitUntil(
-      () => holdsVip(b),
-      (held) => held === expected,
-      5_000,
-    );
-  } catch {
-    return holdsVip(b);
-  }
+export function vipHeld(b: Balancer, expected: boolean): Promise<boolean> {
+  return waitUntil(
+    () => holdsVip(b),
+    (held) => held === expected,
+    5_000,
+  );
 }
 
 /** Bounded polling of the track file until it holds `value`. */
